@@ -1,0 +1,8 @@
+"""Streaming multimodal data: WebDataset shards -> decoded samples -> tokenized, padded batches.
+
+Modules: ``config`` (typed data config), ``sources`` (shard lists from folders, globs, brace
+patterns, list files, URLs), ``stream`` (the resumable IterableDataset), ``decode``
+(``decode_sample``: per-modality lazy decoding), ``conversation`` (templates, labels from spans),
+``collate`` (padding), ``skips`` (counting and limiting bad samples), ``loader`` (DataLoader with
+state_dict / load_state_dict).
+"""
