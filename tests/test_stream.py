@@ -161,7 +161,8 @@ def test_corrupt_media_is_skipped_counted_and_limited(tmp_path):
     assert len(ids) == 38 and "id3" not in ids and "id25" not in ids
     st = loader.skip_state()
     assert st["skipped"] == {"corrupt_media": 2} and st["seen"] == 40
-    assert "000000003_id3" in loader.skip_summary()
+    summary = loader.skip_summary()
+    assert "corrupt_media" in summary and ("000000003_id3" in summary or "000000025_id25" in summary)
     many = str(tmp_path / "many")
     write_shards(many, [20, 20], corrupt=set(range(0, 40, 3)))
     strict = build_loader(cfg(many, max_skip_rate=0.05, skip_check_min_samples=10, image={"size": 16}),

@@ -88,7 +88,7 @@ def open_image(data: bytes) -> Image.Image:
         img = Image.open(io.BytesIO(data))
         return img
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SampleError("corrupt_media", f"image does not decode: {e}") from e
+        raise SampleError("corrupt_media", f"not a readable image ({len(data)} bytes, starting {data[:8]!r})") from e
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -236,3 +236,15 @@ def build_loader(cfg: DataConfig, *, process: Callable[[dict], dict] | None = No
 
         process = DecodeOnly(cfg.image)
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)
+
+
+def build_train_loader(cfg: DataConfig, tokenizer, *, media_tokens: dict[str, int], rank: int | None = None,
+                       world_size: int | None = None, padding_side: str = "right") -> StreamingLoader:
+    """Tokenized, padded training batches (``input_ids``, ``labels``, ``attention_mask``, ``pixel_values``...)."""
+    from .collate import Collator
+    from .pipeline import TrainSample
+
+    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, image=cfg.image,
+                          media_tokens=media_tokens)
+    collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)
+    return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)

@@ -25,3 +25,28 @@ class DecodeOnly:
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         return decode_sample(raw, self.image)
+
+
+class TrainSample:
+    """decode_sample + conversation template -> ``{"input_ids", "labels", "media", "id", "modal_list"}``.
+
+    ``media_tokens`` is how many placeholder tokens one item of each modality expands to; it must
+    come from the model (the token reducer's output length), which derives it in one place.
+    """
+
+    def __init__(self, tokenizer, *, template: str, max_length: int, image: ImageConfig,
+                 media_tokens: dict[str, int]):
+        from .conversation import get_template
+
+        self.template = get_template(template, tokenizer)
+        self.max_length, self.image, self.media_tokens = max_length, image, dict(media_tokens)
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        d = decode_sample(raw, self.image)
+        tok = self.template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
+                                     expected_media={m: len(v) for m, v in d["media"].items()})
+        return {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
+                "labels": torch.tensor(tok.labels, dtype=torch.long),
+                "media": d["media"], "id": d["id"], "modal_list": d["modal_list"], "meta": d["meta"]}
