@@ -1,0 +1,102 @@
+"""Build a ``LlavaWBForCausalLM`` from a ``ModelConfig`` and a tokenizer.
+
+``check_model_config`` validates the registry names (tower, projector, reducer) and the reducer
+and projector options without loading any weights, so a bad config fails before any work.
+``build_model`` then loads or creates the tower and the LLM, sizes the LLM's vocabulary to the
+tokenizer (a config-built LLM gets ``vocab_size = len(tokenizer)`` unless set; a loaded one grows
+when the tokenizer has more tokens), copies the tokenizer's pad/bos/eos ids into the text config
+(so generation knows them after a reload) and sets ``image_token_id`` from the tokenizer.
+``set_trainable`` freezes and unfreezes the parts per training stage.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from llava_wb.data.conversation import special_token_id
+from llava_wb.model.config import LLMConfig, ModelConfig
+from llava_wb.model.llava import LlavaWBConfig, LlavaWBForCausalLM
+from llava_wb.model.projectors import PROJECTORS, build_projector
+from llava_wb.model.reducers import build_reducer
+from llava_wb.model.towers import TOWERS, build_tower
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise (``UnknownNameError``, ``ValueError``) on unknown names or bad options; cheap."""
+    TOWERS.get(cfg.vision.type)
+    PROJECTORS.get(cfg.projector.type)
+    build_reducer(cfg.reducer.type, cfg.reducer.options)
+    build_projector(cfg.projector.type, 1, 1, cfg.projector.options)
+
+
+def build_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The causal LM of ``cfg``: loaded from its local path or created from its config, with the
+    tokenizer's pad/bos/eos ids in its config and generation config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    special = {n: getattr(tokenizer, n) for n in SPECIAL_IDS if getattr(tokenizer, n, None) is not None}
+    kwargs: dict[str, Any] = {}
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.path is not None:
+        lm = AutoModelForCausalLM.from_pretrained(cfg.path, local_files_only=True, **cfg.config, **kwargs)
+    else:
+        options = {"vocab_size": len(tokenizer), **copy.deepcopy(cfg.config), **special}
+        text_config = AutoConfig.for_model(options.pop("model_type"), **options)
+        lm = AutoModelForCausalLM.from_config(text_config, **kwargs)
+    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tokenizer))
+    for name, value in special.items():
+        setattr(lm.config, name, value)
+        setattr(lm.generation_config, name, value)
+    return lm
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWBForCausalLM:
+    """The model of ``cfg`` for ``tokenizer``: tower frozen when ``cfg.vision.freeze``, projector
+    and LLM trainable (training stages change this with ``set_trainable``)."""
+    check_model_config(cfg)
+    image_token_id = special_token_id(tokenizer, cfg.image_token)
+    tower = build_tower(
+        cfg.vision.type,
+        path=cfg.vision.path,
+        config=cfg.vision.config,
+        feature_layer=cfg.vision.feature_layer,
+        select=cfg.vision.select,
+    )
+    lm = build_llm(cfg.llm, tokenizer)
+    config = LlavaWBConfig(
+        vision_config=tower.config,
+        text_config=lm.config,
+        vision_tower_type=cfg.vision.type,
+        vision_feature_layer=cfg.vision.feature_layer,
+        vision_feature_select=cfg.vision.select,
+        reducer_type=cfg.reducer.type,
+        reducer_options=dict(cfg.reducer.options),
+        projector_type=cfg.projector.type,
+        projector_options=dict(cfg.projector.options),
+        image_token_id=image_token_id,
+        tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
+    )
+    model = LlavaWBForCausalLM(config, vision_tower=tower, language_model=lm)
+    set_trainable(model, tower=not cfg.vision.freeze, projector=True, llm=True)
+    return model
+
+
+def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, llm: bool) -> dict[str, int]:
+    """Set ``requires_grad`` per part (the reducer follows the projector; tower parameters that
+    the features never reach stay frozen). Returns the trainable parameter count per part."""
+    unused = set(model.vision_tower.unused_parameter_names())
+    for name, param in model.vision_tower.named_parameters():
+        param.requires_grad_(tower and name not in unused)
+    for module, flag in ((model.projector, projector), (model.reducer, projector), (model.language_model, llm)):
+        for param in module.parameters():
+            param.requires_grad_(flag)
+    parts = {"tower": model.vision_tower, "reducer": model.reducer, "projector": model.projector, "llm": model.language_model}
+    return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}

@@ -1,0 +1,288 @@
+"""The LLaVA model: vision tower -> token reducer -> projector -> spliced into a causal LLM.
+
+``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision
+and text sub-configs plus tower, reducer and projector settings and ``image_token_id``), so
+``save_pretrained(dir)`` / ``LlavaWBForCausalLM.from_pretrained(dir)`` (or ``AutoModelForCausalLM``
+once ``llava_wb.model`` is imported) give one self-describing folder. ``llava_wb.model.bundle``
+adds the tokenizer to that folder.
+
+Splicing: every ``<image>`` in the text was expanded to ``tokens_per_image`` copies of
+``image_token_id`` (``llava_wb.data.conversation``); the images of the batch, concatenated in
+sample order (``pixel_values [N_img, 3, S, S]``), are encoded to ``[N_img, tokens_per_image, D]``
+and written into those positions with one ``masked_scatter`` (row-major order = sample order, then
+position order), so any mix of samples with zero, one or several images works without a Python
+loop over samples. ``tokens_per_image`` is derived in one place (the property) and checked against
+the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at
+image positions are forced to -100; position ids come from the attention mask (left padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llava_wb.data.conversation import IGNORE_INDEX
+from llava_wb.model.projectors import build_projector
+from llava_wb.model.reducers import Grid, ReducerOutput, build_reducer
+from llava_wb.model.towers import TOWERS, VisionTower
+
+# Metadata the collator may put in a batch for media this model does not encode.
+UNSUPPORTED_MEDIA = ("video_values", "audio_values")
+# Keyword arguments of ``forward`` that go on to the LLM; every other extra key is batch metadata.
+PASSED_TO_LLM = ("output_hidden_states", "output_attentions")
+
+
+class LlavaWBConfig(PreTrainedConfig):
+    """Architecture of a ``LlavaWBForCausalLM``: saved as ``config.json`` next to the weights."""
+
+    model_type = "llava_wb"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_tower_type: str = "clip"
+    vision_feature_layer: int = -2
+    vision_feature_select: str = "patch"
+    reducer_type: str = "identity"
+    reducer_options: dict | None = None
+    projector_type: str = "mlp2x_gelu"
+    projector_options: dict | None = None
+    image_token_id: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # transformers sets ``attn_implementation`` (None unless given) on every sub-config; keep
+        # the implementation that already-built sub-models were configured with.
+        kept = {
+            key: sub._attn_implementation
+            for key in ("vision_config", "text_config")
+            if isinstance(sub := getattr(self, key), PreTrainedConfig)
+        }
+        super().__post_init__(**kwargs)
+        if kwargs.get("attn_implementation") is None:
+            for key, impl in kept.items():
+                if impl is not None:
+                    getattr(self, key)._attn_implementation_internal = impl
+
+
+@dataclass
+class ImageFeatures:
+    """Encoded images: ``embeds [N, tokens_per_image, D_llm]`` and the reducer's bookkeeping."""
+
+    embeds: torch.Tensor
+    reduced: ReducerOutput
+
+
+class LlavaWBForCausalLM(PreTrainedModel):
+    """Vision tower, token reducer, projector and a causal LM (see the module docstring)."""
+
+    config_class = LlavaWBConfig
+    config: LlavaWBConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(
+        self,
+        config: LlavaWBConfig,
+        vision_tower: VisionTower | None = None,
+        language_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        if vision_tower is None:
+            vision_tower = TOWERS.get(config.vision_tower_type).from_config(
+                config.vision_config, feature_layer=config.vision_feature_layer, select=config.vision_feature_select
+            )
+        elif (vision_tower.feature_layer, vision_tower.select) != (config.vision_feature_layer, config.vision_feature_select):
+            raise ValueError("the given vision tower's feature_layer/select differ from the config")
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.vision_tower = vision_tower
+        self.reducer = build_reducer(config.reducer_type, config.reducer_options)
+        self.projector = build_projector(
+            config.projector_type, vision_tower.hidden_size, language_model.config.hidden_size, config.projector_options
+        )
+        self.language_model = language_model
+        # One source of truth: resizing the LLM's embeddings updates the saved config too.
+        config.vision_config = vision_tower.config
+        config.text_config = language_model.config
+        self.post_init()
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def image_grid(self) -> Grid:
+        """The ``(T, H, W)`` patch grid of one image, as the reducer sees it."""
+        return (1, *self.vision_tower.grid)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """LLM tokens (= ``<image>`` placeholder ids) per image: the only place this is derived."""
+        return self.vision_tower.num_prefix_tokens + self.reducer.output_len(self.image_grid)
+
+    @property
+    def image_token_id(self) -> int:
+        if self.config.image_token_id is None:
+            raise ValueError("config.image_token_id is not set (build the model with build_model(cfg, tokenizer))")
+        return int(self.config.image_token_id)
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> torch.nn.Embedding:
+        """Resize the LLM's vocabulary (the saved text config follows: it is the LLM's config)."""
+        return self.language_model.resize_token_embeddings(*args, **kwargs)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """``pixel_values [N, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_image, D_llm]``."""
+        features = self.vision_tower(pixel_values)
+        k = self.vision_tower.num_prefix_tokens
+        reduced = self.reducer(features[:, k:], grid=self.image_grid)
+        tokens = torch.cat([features[:, :k], reduced.tokens], dim=1) if k else reduced.tokens
+        weight = next(self.projector.parameters())
+        embeds = self.projector(tokens.to(weight.dtype))
+        if embeds.shape[1] != self.tokens_per_image:
+            raise RuntimeError(f"encoded {embeds.shape[1]} tokens per image, tokens_per_image is {self.tokens_per_image}")
+        return ImageFeatures(embeds=embeds, reduced=reduced)
+
+    def check_placeholders(self, input_ids: torch.Tensor, num_images: int, image_counts: torch.Tensor | None) -> torch.Tensor:
+        """The image-token mask of ``input_ids``; ``ValueError`` when the placeholders do not match
+        ``num_images * tokens_per_image`` (and ``image_counts[b] * tokens_per_image`` per sample)."""
+        mask = input_ids == self.image_token_id
+        per_image = self.tokens_per_image
+        per_sample = mask.sum(dim=1)
+        if image_counts is None:
+            found = int(per_sample.sum())
+            counted, bad = num_images, 0
+        else:
+            counts = torch.as_tensor(image_counts, device=per_sample.device).reshape(-1)
+            if counts.numel() != input_ids.shape[0]:
+                raise ValueError(f"image_counts has {counts.numel()} entries for a batch of {input_ids.shape[0]}")
+            stats = torch.stack([per_sample.sum(), counts.sum(), (per_sample != counts * per_image).sum()])
+            found, counted, bad = stats.tolist()  # one device sync
+        if found != num_images * per_image or counted != num_images:
+            raise ValueError(
+                f"input_ids hold {found} image-token positions but the batch has {num_images} images x "
+                f"{per_image} tokens per image = {num_images * per_image} (image_counts sum to {counted}); "
+                "expand each <image> to tokens_per_image placeholder ids"
+            )
+        if bad:
+            b = int((per_sample != counts * per_image).nonzero()[0, 0])
+            raise ValueError(
+                f"sample {b}: {int(per_sample[b])} image-token positions but image_counts[{b}]={int(counts[b])} x "
+                f"{per_image} tokens per image = {int(counts[b]) * per_image}"
+            )
+        return mask
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings with the visual embeddings written into the placeholder positions, and
+        ``labels`` with those positions set to -100."""
+        num_images = 0 if pixel_values is None else int(pixel_values.shape[0])
+        mask = self.check_placeholders(input_ids, num_images, image_counts)
+        embeds = self.get_input_embeddings()(input_ids)
+        if num_images:
+            visual = self.encode_images(pixel_values).embeds
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), visual.to(embeds.dtype))
+        elif self.training:
+            # In training, a batch without images still runs the visual path on one blank image
+            # (zero weight): DDP then sees every trainable parameter used, and under ZeRO-3 every
+            # rank gathers the same (even frozen) modules instead of hanging.
+            size = self.vision_tower.image_size
+            blank = torch.zeros(1, 3, size, size, device=embeds.device)
+            embeds = embeds + 0.0 * self.encode_images(blank).embeds.sum().to(embeds.dtype)
+        if labels is not None:
+            labels = labels.masked_fill(mask, IGNORE_INDEX)
+        return embeds, labels
+
+    # ---- forward / generate --------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **metadata: Any,
+    ) -> CausalLMOutputWithPast:
+        """Loss and logits for a collated batch. ``output_hidden_states``/``output_attentions`` go
+        to the LLM; other batch keys (``id``, ...) are ignored; ``video_values``/``audio_values``
+        raise (this model encodes images only)."""
+        for key in UNSUPPORTED_MEDIA:
+            if metadata.get(key) is not None:
+                raise ValueError(f"batch has {key!r}, but {type(self).__name__} encodes images only")
+        embeds, labels = self.embed_inputs(input_ids, pixel_values, image_counts, labels)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        extra: dict[str, Any] = {k: metadata[k] for k in PASSED_TO_LLM if metadata.get(k) is not None}
+        if num_items_in_batch is not None:
+            extra["num_items_in_batch"] = num_items_in_batch
+        return self.language_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+            **extra,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy (unless ``generate_kwargs`` say otherwise) answers for a left-padded batch:
+        ``LongTensor [B, <= max_new_tokens]`` holding only the new tokens."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate needs left padding (a sample's last position is padding)")
+        embeds, _ = self.embed_inputs(input_ids, pixel_values, image_counts)
+        generate_kwargs.setdefault("do_sample", False)
+        return self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
+
+    # ---- training helpers ----------------------------------------------------------------------
+    def _set_gradient_checkpointing(self, enable: bool = True, **kwargs: Any) -> None:
+        """Checkpoint the LLM's layers, and the tower's when any of its parameters trains."""
+        self.language_model._set_gradient_checkpointing(enable=enable, **kwargs)
+        tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
+        self.vision_tower.model._set_gradient_checkpointing(enable=enable and tower_trains, **kwargs)
+
+
+AutoConfig.register(LlavaWBConfig.model_type, LlavaWBConfig, exist_ok=True)
+AutoModelForCausalLM.register(LlavaWBConfig, LlavaWBForCausalLM, exist_ok=True)
