@@ -1,0 +1,93 @@
+"""Answer every question of held-out shards with greedy decoding and score it.
+
+Each assistant turn is one question: the prompt is the conversation up to that question (earlier
+reference answers included), built by the same template code as training (``build_prompt``), so
+the prompt ids are exactly the prefix the model was trained on. Question types come from the
+record's ``meta.qtypes`` (the synthetic generator writes them); records without them count as
+``all``. Prompts are left-padded and generated in batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from ..data.config import DataConfig, ImageConfig
+from ..data.conversation import get_template, split_for_eval
+from ..data.errors import SampleError
+from ..data.loader import build_loader
+from ..data.pipeline import DecodeOnly
+from .metrics import EvalResult
+
+
+def _items(shards: list[str], image: ImageConfig, template, media_tokens: dict[str, int], max_length: int,
+           limit: int | None) -> Iterator[dict[str, Any]]:
+    cfg = DataConfig(sources=[{"path": s} for s in shards], batch_size=16, num_workers=0, epoch_mode="exact",
+                     shuffle_shards=False, shuffle_buffer=0, image=image, max_skip_rate=0.05)
+    n = 0
+    for batch in build_loader(cfg, process=DecodeOnly(image)):
+        for s in batch["samples"]:
+            qtypes = (s["meta"].get("meta") or {}).get("qtypes") or []
+            human = [t for t in s["conversations"] if t.get("from") in ("human", "user")]
+            for item in split_for_eval(s["conversations"]):
+                try:
+                    tok = template.tokenize(item.prompt, max_length=max_length, media_tokens=media_tokens,
+                                            add_generation_prompt=True,
+                                            expected_media={m: len(v) for m, v in s["media"].items()})
+                except SampleError as e:
+                    raise SampleError(e.reason, e.detail, key=s["key"]) from None
+                # Media appear in the first human turn; every prompt of the sample carries them.
+                yield {"id": s["id"], "turn": item.turn, "ids": tok.input_ids, "answer": item.answer,
+                       "qtype": qtypes[item.turn] if item.turn < len(qtypes) else "all",
+                       "question": human[item.turn]["value"] if item.turn < len(human) else "",
+                       "images": s["media"].get("image", [])}
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig, template: str = "vicuna_v1",
+             max_length: int = 512, batch_size: int = 32, max_new_tokens: int = 8, limit: int | None = None,
+             progress: bool = True) -> EvalResult:
+    """Greedy answers for every question in ``shards``; returns per-type exact match + majority baseline."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    tmpl = get_template(template, tokenizer)
+    media_tokens = {"image": model.tokens_per_image}
+    device = next(model.parameters()).device
+    result = EvalResult()
+    bar = tqdm(desc="evaluating", unit="q", disable=not progress)
+    items = _items(shards, image, tmpl, media_tokens, max_length, limit)
+    while True:
+        chunk = [it for _, it in zip(range(batch_size), items)]
+        if not chunk:
+            break
+        ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
+        images = [img for c in chunk for img in c["images"]]
+        pixel_values = torch.stack(images).to(device) if images else None
+        counts = torch.tensor([len(c["images"]) for c in chunk])
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values,
+                             image_counts=counts, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        for c, new in zip(chunk, out):
+            new = new.tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            result.add(id=c["id"], qtype=c["qtype"], turn=c["turn"], question=c["question"], answer=c["answer"],
+                       prediction=tokenizer.decode(new, skip_special_tokens=True))
+        bar.update(len(chunk))
+    bar.close()
+    return result
