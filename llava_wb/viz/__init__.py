@@ -1,0 +1,1 @@
+"""Plots for notebooks: data summaries and samples now; token-merge overlays later."""

@@ -1,0 +1,76 @@
+"""Every notebook runs headless under papermill with tiny parameters; the demo runs end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from llava_wb.notebook_runner import NOTEBOOKS, run_notebook
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_are_clean_and_parameterized(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    assert "def train" not in "".join(c.source for c in code), "notebooks import training logic"
+
+
+def test_convert_notebook_runs_headless(tmp_path):
+    from data_tools.make_synthetic import generate
+
+    data = generate(tmp_path / "data", n_pretrain=0, n_instruct=40, n_heldout=0, progress=False)
+    out = tmp_path / "shards"
+    executed = run_notebook("01_convert_shards.ipynb", tmp_path / "01.ipynb", {
+        "INPUT": [str(data["files"]["instruct"])], "MEDIA_ROOTS": [str(data["media_root"])],
+        "OUTPUT_DIR": str(out), "SHARD_SIZE": 16, "WORKERS": 1, "N_SHOW": 4})
+    metrics = json.loads((out / "convert_metrics.json").read_text())
+    assert metrics["converted"] + metrics["rejected"] == 40 and metrics["verified"] is True
+    nb = nbformat.read(executed, as_version=4)
+    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "llava_wb.demo", "--out", str(tmp_path / "demo"), "--quick",
+                           "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
+    assert summary["stream"]["samples"] == summary["data"]["instruct"]["records"] == 600
+    for split in ("pretrain", "instruct", "heldout"):
+        assert (tmp_path / "demo" / f"01_convert_{split}.ipynb").exists()
+
+
+def test_evaluate_notebook_runs_headless(tmp_path):
+    import torch
+
+    from data_tools.convert_to_wds import convert
+    from data_tools.make_synthetic import generate
+    from llava_wb.model import ModelConfig, build_model
+    from llava_wb.model.bundle import save_bundle
+    from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+
+    data = generate(tmp_path / "data", n_pretrain=0, n_instruct=0, n_heldout=12, progress=False)
+    convert([data["files"]["heldout"]], [data["media_root"]], tmp_path / "shards", shard_size=6, progress=False)
+    records = json.loads(open(data["files"]["heldout"]).read())
+    tok = build_demo_tokenizer(demo_corpus(records=records))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict({
+        "vision": {"type": "clip", "config": dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=2, num_attention_heads=4)},
+        "llm": {"config": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)}}), tok)
+    save_bundle(model, tok, tmp_path / "model")
+    run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", {
+        "MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "shards")], "OUT_DIR": str(tmp_path / "eval"),
+        "BATCH_SIZE": 8, "MAX_NEW_TOKENS": 2})
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["overall"]["n"] == sum(len(r["meta"]["qtypes"]) for r in records)
+    assert (tmp_path / "eval" / "eval.md").read_text().startswith("| question type")

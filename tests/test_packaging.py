@@ -1,0 +1,34 @@
+"""Packaging: environment.yml mirrors pyproject.toml; the library imports without the training stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_environment_yml_pip_section_matches_pyproject():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    want = list(project["dependencies"])
+    for extra, deps in project["optional-dependencies"].items():
+        if extra != "all":
+            want += deps
+    with open(os.path.join(ROOT, "environment.yml")) as f:
+        env = yaml.safe_load(f)
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert sorted(pip) == sorted(want)
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_library_imports_without_torch_or_transformers():
+    code = ("import sys, llava_wb, llava_wb.data, llava_wb.data.config, llava_wb.data.sources, "
+            "llava_wb.registry, llava_wb.data.conversation; "
+            "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
