@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from data_tools.convert_to_wds import convert
 from data_tools.make_synthetic import generate
 from llava_wb.data.config import ImageConfig
 from llava_wb.eval.evaluate import evaluate
 from llava_wb.eval.metrics import EvalResult, normalize
-from llava_wb.model import ModelConfig, build_model
 from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+from tiny import tiny_model
 
 
 def test_normalize_and_per_type_scores_with_majority_baseline():
@@ -36,12 +35,7 @@ def heldout(tmp_path_factory):
     convert([data["files"]["heldout"]], [data["media_root"]], base / "shards", shard_size=10, progress=False)
     records = json.loads(open(data["files"]["heldout"]).read())
     tok = build_demo_tokenizer(demo_corpus(records=records))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({
-        "vision": {"type": "clip", "config": dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                  num_hidden_layers=2, num_attention_heads=4)},
-        "llm": {"config": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2)}}), tok).eval()
+    model = tiny_model(tok)
     return {"shards": str(base / "shards"), "records": records, "tok": tok, "model": model}
 
 

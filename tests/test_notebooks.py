@@ -49,24 +49,17 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_evaluate_notebook_runs_headless(tmp_path):
-    import torch
-
     from data_tools.convert_to_wds import convert
     from data_tools.make_synthetic import generate
-    from llava_wb.model import ModelConfig, build_model
     from llava_wb.model.bundle import save_bundle
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+    from tiny import tiny_model
 
     data = generate(tmp_path / "data", n_pretrain=0, n_instruct=0, n_heldout=12, progress=False)
     convert([data["files"]["heldout"]], [data["media_root"]], tmp_path / "shards", shard_size=6, progress=False)
     records = json.loads(open(data["files"]["heldout"]).read())
     tok = build_demo_tokenizer(demo_corpus(records=records))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({
-        "vision": {"type": "clip", "config": dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                  num_hidden_layers=2, num_attention_heads=4)},
-        "llm": {"config": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2)}}), tok)
+    model = tiny_model(tok)
     save_bundle(model, tok, tmp_path / "model")
     run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", {
         "MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "shards")], "OUT_DIR": str(tmp_path / "eval"),
