@@ -1,0 +1,166 @@
+"""Checks of a ``RunConfig`` that run before any work: names, sizes, paths.
+
+``check_run_config`` looks every name up in its registry (stage, vision tower, projector, token
+reducer, conversation template), reads only the *config* of a local vision checkpoint (no
+weights) to predict the visual tokens per image, and fails with ``ConfigError`` naming the field:
+
+- ``data.max_length`` must leave room for text after one image's ``tokens_per_image`` placeholders;
+- ``data.image.size`` must be the tower's input size, or features and placeholders disagree;
+- the paths it will read (tokenizer, ``init_from``, DeepSpeed config, checkpoints) must exist.
+
+The model later derives ``tokens_per_image`` itself; ``llava_wb.train.run`` asserts that the
+prediction here agrees.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llava_wb.registry import UnknownNameError
+from llava_wb.train.config import ConfigError, RunConfig
+
+
+@dataclass
+class ConfigFacts:
+    """What the checks derived: visual tokens per image and the tower's input size."""
+
+    tokens_per_image: int
+    image_size: int
+
+
+def check_run_config(cfg: RunConfig) -> ConfigFacts:
+    """Raise ``ConfigError`` naming the field on the first problem; return the derived sizes."""
+    from llava_wb.train.stages import STAGES
+
+    _lookup(lambda: STAGES.get(cfg.train.stage), "train.stage")
+    _check_names(cfg)
+    facts = predict_visual_tokens(cfg)
+    if cfg.data.max_length <= facts.tokens_per_image:
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} leaves no room for text: one image alone takes "
+            f"tokens_per_image={facts.tokens_per_image} placeholders (model.vision + model.reducer); "
+            f"raise data.max_length or reduce the visual tokens (model.reducer)"
+        )
+    if cfg.data.image.size != facts.image_size:
+        raise ConfigError(
+            f"data.image.size={cfg.data.image.size} but the vision tower takes {facts.image_size}x{facts.image_size} "
+            f"images (model.vision image_size): the features would not match the placeholders"
+        )
+    if cfg.data.epoch_mode != "balanced":
+        raise ConfigError(f"data.epoch_mode={cfg.data.epoch_mode!r}: training needs 'balanced' (every rank takes "
+                          "the same number of batches; 'exact' is for evaluation)")
+    if "wandb" in cfg.train.report_to:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("train.report_to includes wandb but the wandb package is not installed")
+    _check_paths(cfg)
+    return facts
+
+
+def _check_names(cfg: RunConfig) -> None:
+    import llava_wb.data.templates  # noqa: F401  (registers the built-in templates)
+    from llava_wb.data.conversation import TEMPLATES
+    from llava_wb.model import PROJECTORS, build_projector
+    from llava_wb.model import build_reducer
+    from llava_wb.model import TOWERS
+
+    m = cfg.model
+    _lookup(lambda: TOWERS.get(m.vision.type), "model.vision.type")
+    _lookup(lambda: PROJECTORS.get(m.projector.type), "model.projector.type")
+    _lookup(lambda: build_reducer(m.reducer.type, m.reducer.options), "model.reducer")
+    _lookup(lambda: build_projector(m.projector.type, 1, 1, m.projector.options), "model.projector.options")
+    _lookup(lambda: TEMPLATES.get(cfg.data.template), "data.template")
+    from transformers import SchedulerType
+
+    known = [s.value for s in SchedulerType]
+    if cfg.train.lr_scheduler_type not in known:
+        raise ConfigError(f"train.lr_scheduler_type: unknown {cfg.train.lr_scheduler_type!r}; known: {', '.join(known)}")
+
+
+def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
+    """Visual tokens per image from the tower's config and the reducer, without building weights."""
+    from llava_wb.model import build_reducer
+    from llava_wb.model import TOWERS
+
+    v = cfg.model.vision
+    tower_cls = TOWERS.get(v.type)
+    vision_config = _vision_config(tower_cls, v.path, v.config)
+    image_size, patch = int(vision_config.image_size), int(vision_config.patch_size)
+    if image_size % patch:
+        raise ConfigError(f"model.vision: image_size {image_size} is not a multiple of patch_size {patch}")
+    side = image_size // patch
+    if v.select == "cls_patch" and not tower_cls.has_cls:
+        raise ConfigError(f"model.vision.select: {v.type!r} has no CLS token; use 'patch'")
+    prefix = 1 if v.select == "cls_patch" else 0
+    reducer = _lookup(lambda: build_reducer(cfg.model.reducer.type, cfg.model.reducer.options), "model.reducer")
+    try:
+        tokens = prefix + reducer.output_len((1, side, side))
+    except ValueError as exc:
+        raise ConfigError(f"model.reducer: {exc} (tower grid {side}x{side})") from None
+    return ConfigFacts(tokens_per_image=int(tokens), image_size=image_size)
+
+
+def _vision_config(tower_cls: Any, path: str | None, overrides: dict[str, Any]) -> Any:
+    config_cls = tower_cls.model_class().config_class
+    if path is None:
+        try:
+            return config_cls(**overrides)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.vision.config: {exc}") from None
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"model.vision.path: {path!r} is not a local checkpoint folder (no config.json)")
+    return config_cls.from_pretrained(path, local_files_only=True, **overrides)
+
+
+def _check_paths(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.deepspeed is not None and not Path(t.deepspeed).is_file():
+        raise ConfigError(f"train.deepspeed: no DeepSpeed config file at {t.deepspeed!r}")
+    if t.deepspeed is not None and "LOCAL_RANK" not in os.environ:
+        raise ConfigError("train.deepspeed needs a launcher: run under `deepspeed --num_gpus N --module llava_wb.train` "
+                          "or `torchrun --nproc_per_node N -m llava_wb.train` (they set RANK, LOCAL_RANK, WORLD_SIZE, "
+                          "MASTER_ADDR, MASTER_PORT)")
+    if t.init_from is not None:
+        resolve_init_from(t.init_from)
+    if cfg.model.llm.path is not None and t.init_from is None and not (Path(cfg.model.llm.path) / "config.json").is_file():
+        raise ConfigError(f"model.llm.path: {cfg.model.llm.path!r} is not a local checkpoint folder (no config.json)")
+    tok = tokenizer_path(cfg)
+    if tok is None:
+        raise ConfigError("tokenizer: give a tokenizer folder (top-level 'tokenizer:'), a model.llm.path or train.init_from")
+    if not Path(tok).is_dir():
+        raise ConfigError(f"tokenizer: {tok!r} is not a folder")
+    for i, source in enumerate(cfg.data.sources):
+        local = source.path.split("://")[0] == source.path and not source.path.startswith("pipe:")
+        if local and not any(ch in source.path for ch in "*?{") and not os.path.exists(source.path):
+            raise ConfigError(f"data.sources[{i}].path: {source.path!r} does not exist")
+
+
+def resolve_init_from(path: str) -> Path:
+    """A stage-1 output: a bundle folder, or a run folder holding ``final/``."""
+    p = Path(path)
+    for candidate in (p, p / "final"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ConfigError(f"train.init_from: {path!r} holds no saved model (no config.json in it or in its final/)")
+
+
+def tokenizer_path(cfg: RunConfig) -> str | None:
+    """The tokenizer folder: ``tokenizer``, else the ``init_from`` bundle, else ``model.llm.path``."""
+    if cfg.tokenizer is not None:
+        return cfg.tokenizer
+    if cfg.train.init_from is not None:
+        return str(resolve_init_from(cfg.train.init_from))
+    return cfg.model.llm.path
+
+
+def _lookup(fn: Any, where: str) -> Any:
+    try:
+        return fn()
+    except UnknownNameError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None

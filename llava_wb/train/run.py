@@ -1,0 +1,294 @@
+"""``train(run_cfg) -> result dict``: one training run, in-process or under torchrun / deepspeed.
+
+Order of work: checks (``checks.check_run_config``, nothing loaded yet) -> run folder decisions
+(resume / overwrite) -> ``TrainingArguments`` (initialises torch.distributed from the launcher's
+environment) -> tokenizer -> model (built, or the ``train.init_from`` bundle) -> stage and LoRA ->
+this rank's streaming loader -> ``LlavaTrainer`` -> train -> ``OUTPUT/final`` (model + tokenizer,
+LoRA merged) and ``result.json``. Every run folder gets ``resolved_config.yaml``, ``metrics.jsonl``
+and TensorBoard files under ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llava_wb.train import checkpoints as ckpt
+from llava_wb.train.checks import check_run_config, resolve_init_from, tokenizer_path
+from llava_wb.train.config import ConfigError, RunConfig
+from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync
+
+log = logging.getLogger("llava_wb.train")
+RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final")
+# Changing these between a run and its resumption keeps the continuation exact.
+RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
+               "train.save_total_limit", "train.report_to", "train.run_name"}
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns (and writes to ``result.json``) a summary of the run."""
+    facts = check_run_config(cfg)
+    t = cfg.train
+    out = Path(t.output_dir)
+    resume_from = _resume_point(cfg, out)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and the deepspeed launcher
+    if resume_from is not None and ckpt.checkpoint_world_size(resume_from) != world:
+        raise ConfigError(f"train.resume: {resume_from} was saved by {ckpt.checkpoint_world_size(resume_from)} "
+                          f"process(es), this run has {world}; exact resumption needs the same world size")
+    from transformers import set_seed
+
+    from llava_wb.train.stages import apply_stage, trainable_parts
+
+    # The model is built before the TrainingArguments exist, so never under DeepSpeed's zero.Init
+    # (ZeRO-3 partitions it in deepspeed.initialize instead).
+    set_seed(t.seed)  # model initialisation is part of the run's reproducibility
+    tokenizer = load_tokenizer(cfg)
+    model = _build_model(cfg, tokenizer)
+    if model.tokens_per_image != facts.tokens_per_image:
+        raise RuntimeError(f"model has tokens_per_image={model.tokens_per_image}, the config check predicted "
+                           f"{facts.tokens_per_image}")
+    counts = apply_stage(model, cfg)
+
+    # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
+    args = _training_args(cfg, _grad_accum(cfg, world), world)  # initialises torch.distributed
+    rank = args.process_index
+    if args.world_size != world:
+        raise RuntimeError(f"WORLD_SIZE={world} but torch.distributed reports {args.world_size} processes")
+    if rank == 0:
+        if t.overwrite and resume_from is None:
+            _clear_run_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "resolved_config.yaml")
+    barrier()
+
+    from llava_wb.data.loader import build_train_loader
+    from llava_wb.train.trainer import StreamFeed
+
+    loader = build_train_loader(cfg.data, tokenizer, media_tokens={"image": model.tokens_per_image},
+                                rank=rank, world_size=world)
+    id_log = None
+    if t.log_sample_ids:
+        (out / "sample_ids").mkdir(parents=True, exist_ok=True)
+        id_log = out / "sample_ids" / f"rank{rank}.jsonl"
+    feed = StreamFeed(loader, model.tokens_per_image, id_log)
+    max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
+    args.max_steps = max_steps
+    done_steps = 0
+    if resume_from is not None:
+        feed.load_state_dict(ckpt.read_loader_state(resume_from, rank))
+        done_steps = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
+        _truncate_logs(out, rank, done_steps, feed.batches)
+    if rank == 0:
+        log.info("stage %s, trainable %s, parameters %s; tokens/image %d; world %d x batch %d x accum %d; "
+                 "max_steps %d%s", t.stage, trainable_parts(cfg), counts, model.tokens_per_image, world,
+                 cfg.data.batch_size, args.gradient_accumulation_steps, max_steps,
+                 f"; resuming from {resume_from}" if resume_from else "")
+
+    t0 = time.perf_counter()
+    trainer = _make_trainer(cfg, args, model, tokenizer, feed)
+    train_loss = None
+    try:
+        if done_steps < max_steps:
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            train_loss = output.training_loss
+    finally:
+        feed.close()  # stops the loader's worker processes, also when training failed
+    in_sync = replicas_in_sync(trainer, model) if done_steps < max_steps else None
+    step = trainer.state.global_step if done_steps < max_steps else done_steps
+    final_dir = out / "final" if step >= max_steps else None
+    if final_dir is not None and done_steps < max_steps:
+        save_final(trainer, model, tokenizer, final_dir)
+    elif final_dir is not None and not (final_dir / "config.json").is_file():
+        # resumed a run that had finished training but died before writing final/
+        ckpt.load_model_weights(model, resume_from)  # type: ignore[arg-type]
+        save_final(trainer, model, tokenizer, final_dir)
+    result = {"output_dir": str(out), "final_dir": str(final_dir) if final_dir else None, "global_step": step,
+              "max_steps": max_steps, "finished": step >= max_steps, "train_loss": train_loss,
+              "resumed_from": str(resume_from) if resume_from else None, "world_size": world,
+              "distributed": str(trainer.accelerator.distributed_type), "replicas_in_sync": in_sync,
+              "grad_accum": args.gradient_accumulation_steps, "global_batch_size": world * cfg.data.batch_size
+              * args.gradient_accumulation_steps, "tokens_per_image": model.tokens_per_image,
+              "trainable_parameters": counts, "seconds": round(time.perf_counter() - t0, 2),
+              "metrics_file": str(out / "metrics.jsonl"), "resolved_config": str(out / "resolved_config.yaml"),
+              "skips": loader.skip_state()}
+    if rank == 0:
+        (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        log.info("done: step %d/%d in %.1fs; %s", step, max_steps, result["seconds"], loader.skip_summary())
+    return result
+
+
+def load_tokenizer(cfg: RunConfig) -> Any:
+    """The run's tokenizer, with the media placeholders and a pad token added when missing (the
+    model's embeddings grow to match; LLaVA uses ``unk`` as the pad token of LLaMA tokenizers)."""
+    from transformers import AutoTokenizer
+
+    from llava_wb.data.conversation import MEDIA_KINDS
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path(cfg), local_files_only=True)
+    placeholders = [cfg.model.image_token] + [f"<{k}>" for k in MEDIA_KINDS if f"<{k}>" != cfg.model.image_token]
+    vocab = tok.get_vocab()
+    missing = [p for p in placeholders if p not in vocab]
+    if missing:
+        tok.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+        log.info("added special tokens %s to the tokenizer", missing)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> None:
+    """Model (LoRA merged) + tokenizer in one folder; under ZeRO-3 the weights are gathered first."""
+    from llava_wb.model import save_bundle
+    from llava_wb.train.stages import merge_lora
+
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if ds is not None and ds.zero_stage == 3:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
+        if trainer.args.process_index == 0:
+            model.save_pretrained(directory, state_dict=state_dict)
+            tokenizer.save_pretrained(directory)
+    elif trainer.args.process_index == 0:
+        merge_lora(model)
+        save_bundle(model, tokenizer, directory)
+    barrier()
+
+
+def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:
+    from llava_wb.data.conversation import special_token_id
+    from llava_wb.model import build_model
+
+    if cfg.train.init_from is None:
+        return build_model(cfg.model, tokenizer)
+    from llava_wb.model import LlavaWBForCausalLM
+
+    path = resolve_init_from(cfg.train.init_from)
+    model = LlavaWBForCausalLM.from_pretrained(path, local_files_only=True)
+    c, m = model.config, cfg.model
+    for field, have, want in (("model.vision.type", c.vision_tower_type, m.vision.type),
+                              ("model.vision.feature_layer", c.vision_feature_layer, m.vision.feature_layer),
+                              ("model.vision.select", c.vision_feature_select, m.vision.select),
+                              ("model.projector.type", c.projector_type, m.projector.type),
+                              ("model.reducer.type", c.reducer_type, m.reducer.type)):
+        if have != want:
+            raise ConfigError(f"train.init_from: {path} was saved with {field}={have!r}, this config says {want!r}")
+    if special_token_id(tokenizer, m.image_token) != c.image_token_id:
+        raise ConfigError(f"tokenizer: {m.image_token!r} has id {special_token_id(tokenizer, m.image_token)} but "
+                          f"the train.init_from model was built with image_token_id {c.image_token_id}")
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
+    t = cfg.train
+    if t.resume:
+        latest = ckpt.latest_checkpoint(out)
+        if latest is None:
+            log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", out)
+        elif (out / "resolved_config.yaml").is_file():
+            changed = _changed_fields(yaml.safe_load((out / "resolved_config.yaml").read_text()), cfg.to_dict())
+            changed = [c for c in changed if c not in RESUME_FREE]
+            if changed:
+                log.warning("resuming %s with a changed config (%s): the continuation is not exact",
+                            latest, ", ".join(changed))
+        return latest
+    taken = ckpt.checkpoints(out, complete_only=False) or (out / "final").exists()
+    if taken and not t.overwrite:
+        raise ConfigError(f"train.output_dir {str(out)!r} already holds checkpoints or a final model: "
+                          "set train.resume=true to continue it or train.overwrite=true to start over")
+    return None
+
+
+def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
+    """Drop log lines of steps (and batches) after the checkpoint: the resumed run redoes them."""
+    logs = [(out / "sample_ids" / f"rank{rank}.jsonl", "batch", batches)]
+    if rank == 0:
+        logs.append((out / "metrics.jsonl", "step", step))
+    for path, key, limit in logs:
+        if path.is_file():
+            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get(key, 0) < limit + (key == "step")]
+            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def _changed_fields(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new), key=str)
+        return [c for k in keys for c in _changed_fields(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
+    return [] if old == new else [where]
+
+
+def _clear_run_folder(out: Path) -> None:
+    for path in ckpt.checkpoints(out, complete_only=False) + [out / name for name in RUN_FILES]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _grad_accum(cfg: RunConfig, world: int) -> int:
+    t, per_step = cfg.train, cfg.data.batch_size * world
+    if t.global_batch_size is None:
+        return t.grad_accum
+    if t.global_batch_size % per_step:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of data.batch_size "
+                          f"({cfg.data.batch_size}) x world size ({world})")
+    return t.global_batch_size // per_step
+
+
+def _bf16(setting: bool | str) -> bool:
+    if setting != "auto":
+        return bool(setting)
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t, cpu = cfg.train, not torch.cuda.is_available()
+    report = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: our callback, fixed folder
+    extra: dict[str, Any] = {}
+    if t.deepspeed and cpu:
+        init_deepspeed_on_cpu()
+        extra["accelerator_config"] = {"use_configured_state": True}
+    return TrainingArguments(
+        output_dir=t.output_dir, per_device_train_batch_size=cfg.data.batch_size, max_steps=t.max_steps or 1,
+        gradient_accumulation_steps=grad_accum, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler_type, max_grad_norm=t.max_grad_norm, bf16=_bf16(t.bf16),
+        activation_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed, logging_steps=t.logging_steps,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=None, seed=t.seed, data_seed=t.seed,
+        report_to=report or "none", run_name=t.run_name, ignore_data_skip=True, remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=cpu and not t.deepspeed, ddp_backend="gloo" if cpu and world > 1 else None,
+        ddp_find_unused_parameters=False, disable_tqdm=True, log_level="warning", **extra,
+    )
+
+
+def _make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, feed: Any) -> Any:
+    from transformers.integrations import TensorBoardCallback
+
+    from llava_wb.train.trainer import GroupLRCallback, JsonlMetricsCallback, LlavaTrainer, StopAfterCallback
+
+    out = Path(cfg.train.output_dir)
+    trainer = LlavaTrainer(model=model, args=args, processing_class=tokenizer, feed=feed, train_cfg=cfg.train,
+                           save_total_limit=cfg.train.save_total_limit)
+    trainer.add_callback(GroupLRCallback(trainer))
+    trainer.add_callback(JsonlMetricsCallback(out / "metrics.jsonl"))
+    if "tensorboard" in cfg.train.report_to:
+        tb = TensorBoardCallback()
+        tb.logging_dir = str(out / "tensorboard")
+        trainer.add_callback(tb)
+    if cfg.train.stop_after is not None:
+        trainer.add_callback(StopAfterCallback(cfg.train.stop_after))
+    return trainer

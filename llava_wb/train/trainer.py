@@ -1,0 +1,191 @@
+"""The HF ``Trainer`` bent to the streaming loader, plus the callbacks that log and stop.
+
+How the Trainer is bent (transformers 5.x):
+
+- ``get_train_dataloader`` returns a ``StreamFeed``: an endless iterator over the rank's
+  ``StreamingLoader`` epochs with *no* ``__len__``. Accelerate never wraps it (no re-sharding: each
+  rank's loader already reads its own shards), and the Trainer, seeing no length, runs one long
+  "epoch" of ``max_steps`` optimizer steps, so its epoch bookkeeping never fights the loader's.
+- The feed strips metadata (``id``, ``meta``...) before the batch reaches the model and counts
+  samples, LLM tokens (attention mask), visual tokens and the time spent waiting for data.
+- ``ignore_data_skip=True``: on resume the Trainer must not replay batches; the loader restores
+  its exact position from ``loader_state_rank{R}.json`` (see ``checkpoints``), which
+  ``_save_checkpoint`` writes before HF's own files. HF restores model, optimizer, scheduler,
+  RNG and the step counter.
+- ``create_optimizer`` builds per-part learning-rate groups (``stages.param_groups``).
+- ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction (summed over
+  ranks) and each group's learning rate to every training log line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from llava_wb.train import checkpoints as ckpt
+from llava_wb.train.stages import param_groups
+
+MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts")
+
+
+class StreamFeed:
+    """Endless batches from a ``StreamingLoader`` (epoch after epoch); deliberately no ``__len__``."""
+
+    def __init__(self, loader: Any, tokens_per_image: int, id_log: Path | None = None):
+        self.loader = loader
+        self.tokens_per_image = tokens_per_image
+        self.batches = 0  # consumed since the start of the run (restored on resume)
+        self.id_log = id_log
+        self._gen: Iterator[dict[str, Any]] | None = None
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.samples = self.tokens = self.visual = 0
+        self.wait = 0.0
+        self.since = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.batches = int(state["batches"])
+
+    def epoch_progress(self) -> float:
+        """Data epochs done, as a float (loader epoch + fraction of the current one)."""
+        n = self.loader.batches_per_epoch
+        return self.loader.epoch + (self.loader.batches_in_epoch / n if n else 0.0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._gen is None:
+            self._gen = self._stream()
+        return self._gen
+
+    def close(self) -> None:
+        """Stop the loader's workers."""
+        if self._gen is not None:
+            self._gen.close()  # type: ignore[attr-defined]
+            self._gen = None
+
+    def _stream(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(self.loader)
+                continue
+            self.wait += time.perf_counter() - t0
+            self._count(batch)
+            self.batches += 1
+            yield {k: batch[k] for k in MODEL_KEYS if k in batch}
+
+    def _count(self, batch: dict[str, Any]) -> None:
+        self.samples += int(batch["input_ids"].shape[0])
+        self.tokens += int(batch["attention_mask"].sum())
+        counts = batch.get("image_counts")
+        self.visual += int(counts.sum()) * self.tokens_per_image if counts is not None else 0
+        if self.id_log is not None:
+            with open(self.id_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"batch": self.batches, "epoch": self.loader.epoch, "ids": list(batch["id"])}) + "\n")
+
+
+class LlavaTrainer(Trainer):
+    """``Trainer`` fed by a ``StreamFeed`` (see the module docstring)."""
+
+    def __init__(self, *args: Any, feed: StreamFeed, train_cfg: Any, save_total_limit: int | None, **kwargs: Any):
+        self.feed = feed
+        self.train_cfg = train_cfg
+        self.keep_checkpoints = save_total_limit
+        self.group_lrs: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self) -> StreamFeed:  # type: ignore[override]
+        return self.feed
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = param_groups(opt_model, self.train_cfg, self.get_decay_parameter_names(opt_model))
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._throughput())
+            logs.update({f"lr/{name}": lr for name, lr in self.group_lrs.items()})
+            self.state.epoch = round(self.feed.epoch_progress(), 4)
+        super().log(logs, start_time)
+
+    def _throughput(self) -> dict[str, float]:
+        f = self.feed
+        dt = max(time.perf_counter() - f.since, 1e-9)
+        totals = torch.tensor([f.samples, f.tokens, f.visual, f.wait / dt], dtype=torch.float64)
+        if self.args.world_size > 1:
+            moved = totals.to(self.args.device)
+            torch.distributed.all_reduce(moved)
+            totals = moved.cpu()
+        samples, tokens, visual, wait = totals.tolist()
+        f.reset_stats()
+        return {"samples_per_s": samples / dt, "tokens_per_s": tokens / dt,
+                "visual_tokens_per_sample": visual / max(samples, 1.0), "data_wait_frac": wait / self.args.world_size}
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        folder = Path(self._get_output_dir(trial)) / f"{ckpt.PREFIX}{self.state.global_step}"
+        ckpt.write_loader_state(folder, self.args.process_index, self.feed.state_dict())
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            ckpt.mark_complete(folder, self.state.global_step, self.args.world_size)
+            ckpt.rotate(self._get_output_dir(trial), self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+
+class GroupLRCallback(TrainerCallback):
+    """Records each optimizer group's learning rate right after the step that used it."""
+
+    def __init__(self, trainer: LlavaTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        optimizer = self.trainer.optimizer
+        groups = getattr(optimizer, "param_groups", None) or []
+        lrs: dict[str, float] = {}
+        for i, group in enumerate(groups):
+            lrs.setdefault(str(group.get("name", i)).removesuffix("_no_decay"), float(group["lr"]))
+        self.trainer.group_lrs = lrs
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Appends every log event (rank 0) to ``metrics.jsonl``: one JSON object per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            row = {"step": state.global_step, "time": round(time.time(), 3), **logs}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class StopAfterCallback(TrainerCallback):
+    """Stops (saving a checkpoint) once ``global_step`` reaches ``stop_after``, without changing
+    the schedule: a time-sliced job continues later with ``train.resume=true``."""
+
+    def __init__(self, stop_after: int):
+        self.stop_after = stop_after
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.stop_after:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
