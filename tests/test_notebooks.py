@@ -67,3 +67,22 @@ def test_evaluate_notebook_runs_headless(tmp_path):
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["overall"]["n"] == sum(len(r["meta"]["qtypes"]) for r in records)
     assert (tmp_path / "eval" / "eval.md").read_text().startswith("| question type")
+
+
+def test_train_notebook_runs_headless_in_process(tmp_path):
+    from train_fixtures import make_workspace, tiny_config, write_config
+
+    from data_tools.convert_to_wds import convert
+    from data_tools.make_synthetic import generate
+
+    ws = make_workspace(tmp_path / "ws", n=48)
+    held = generate(tmp_path / "held", n_pretrain=0, n_instruct=0, n_heldout=8, progress=False)
+    convert([held["files"]["heldout"]], [held["media_root"]], tmp_path / "held_shards", shard_size=8,
+            progress=False)
+    config = write_config(tmp_path / "run.yaml", tiny_config(ws, tmp_path / "run", max_steps=4))
+    run_notebook("03_train.ipynb", tmp_path / "03.ipynb", {
+        "CONFIG": str(config), "OVERRIDES": [], "NPROC": 1, "EVAL_SHARDS": [str(tmp_path / "held_shards")],
+        "EVAL_BATCH_SIZE": 8})
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 4 and metrics["eval"]["overall"]["n"] > 0
+    assert (tmp_path / "run" / "training.png").exists() and (tmp_path / "run" / "final" / "config.json").exists()
