@@ -9,6 +9,8 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
+# On small CPU machines OpenMP threads that spin while waiting starve the dataloader workers.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: venv demo test bench lab clean
 

@@ -1,8 +1,10 @@
 """The main job on the embedded default data: ``python -m llava_wb.demo --out runs/demo`` (``make demo``).
 
-Steps: synthetic LLaVA-format data -> notebook 01 converts each split to shards (executed copies in
-the run folder) -> the tokenized training loader streams one epoch of the instruction shards with 2
-workers -> ``data_summary.json``. The training issue extends this with notebooks 03 and 04.
+Steps, each an executed notebook in the run folder: synthetic LLaVA-format data -> 01 converts each
+split to shards -> (a streamed, tokenized epoch of the instruction shards as a data check) -> 03
+trains ``configs/demo.yaml`` -> 04 evaluates the final model on the held-out shards. Results:
+``metrics.json`` (training summary + held-out accuracy per question type beside the majority
+baseline), ``train/`` (checkpoints, final model, plots, TensorBoard), ``eval/``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,32 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     return summary
 
 
+def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool, workers: int) -> dict:
+    from .notebook_runner import run_notebook
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    overrides = [f"tokenizer={(out / 'tokenizer').resolve()}", f"data.sources=[{shards['instruct'].resolve()}]",
+                 f"train.output_dir={(out / 'train').resolve()}", f"data.num_workers={workers}", "train.overwrite=true"]
+    if quick:
+        overrides += ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1"]
+    run_notebook("03_train.ipynb", out / "03_train.ipynb", {
+        "CONFIG": str(config), "OVERRIDES": overrides, "NPROC": 1,
+        "EVAL_SHARDS": [str(shards["heldout"].resolve())], "EVAL_LIMIT": 40 if quick else None})
+    print(f"[demo] trained: {out / 'train'} (executed notebook {out / '03_train.ipynb'})")
+    run_notebook("04_evaluate.ipynb", out / "04_evaluate.ipynb", {
+        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": [str(shards["heldout"].resolve())],
+        "OUT_DIR": str((out / "eval").resolve()), "LIMIT": 40 if quick else None})
+    with open(out / "train" / "metrics.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def print_accuracy(per_type: dict) -> None:
+    print(f"[demo] held-out exact match per question type (majority baseline beside it):")
+    print(f"  {'type':<10} {'n':>5} {'model':>7} {'majority':>9}")
+    for t, r in per_type.items():
+        print(f"  {t:<10} {r['n']:>5} {100 * r['accuracy']:>6.1f}% {100 * r['majority_accuracy']:>8.1f}%")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
@@ -84,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     data = make_data(out, quick=args.quick, seed=args.seed)
     shards = convert_splits(out, data, shard_size=100 if args.quick else 500, workers=args.workers)
     summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["instruct"], workers=args.workers)}
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
     with open(out / "data_summary.json", "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"[demo] done in {summary['seconds']}s; summary in {out / 'data_summary.json'}")
+    metrics = train_and_evaluate(out, shards, quick=args.quick, workers=args.workers)
+    metrics["data"] = summary
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    with open(out / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=1, default=str)
+    print_accuracy(metrics["eval"]["per_type"])
+    print(f"[demo] done in {metrics['seconds']}s; metrics in {out / 'metrics.json'}")
     return 0
 
 

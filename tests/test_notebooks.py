@@ -46,6 +46,11 @@ def test_demo_quick_end_to_end(tmp_path):
     assert summary["stream"]["samples"] == summary["data"]["instruct"]["records"] == 600
     for split in ("pretrain", "instruct", "heldout"):
         assert (tmp_path / "demo" / f"01_convert_{split}.ipynb").exists()
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 6 and metrics["eval"]["overall"]["n"] == 40
+    for name in ("03_train.ipynb", "04_evaluate.ipynb", "train/final/config.json", "train/training.png",
+                 "eval/eval.json"):
+        assert (tmp_path / "demo" / name).exists(), name
 
 
 def test_evaluate_notebook_runs_headless(tmp_path):
