@@ -1,0 +1,297 @@
+"""Shared benchmark helpers: machine description, timing, process-tree memory, result files.
+
+- ``machine_info()`` / ``machine_line()``: CPU model, cores, RAM, Python/torch/Pillow versions,
+  date and git commit, so every result file says where it was measured.
+- ``CpuMeter`` / ``Timing`` / ``repeat_timed()``: run a callable several times, keep every wall
+  and CPU duration (our process tree, dataloader workers included) and how busy other processes
+  kept the machine meanwhile; tables report medians (robust to one slow outlier).
+- ``TreeMemorySampler``: a background thread that samples the memory of a process and all its
+  descendants (e.g. a loader's main process plus its dataloader workers) and keeps the peak of
+  the *sum*. It prefers PSS (proportional set size: a page shared by k processes counts 1/k in
+  each, so the sum counts it once) and also records RSS (what ``top`` shows; shared pages counted
+  in every process) and USS (pages private to one process).
+- ``write_results()``: ``<out>/<name>.md`` (tables with a "what this measures / how to read it"
+  paragraph each, plus the machine line) and ``<out>/<name>.json`` (every raw number).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = ROOT / "runs" / "bench_cache"
+
+
+# ----------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were taken (all plain JSON values)."""
+    import PIL
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "ram_gib": _ram_gib(),
+            "python": platform.python_version(), "torch": torch.__version__, "pillow": PIL.__version__,
+            "torch_threads": torch.get_num_threads(), "os": platform.platform(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "git": _git_commit()}
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"{m['cpu']}, {m['usable_cores']} usable core(s) of {m['cores']}, {m['ram_gib']} GiB RAM; "
+            f"Python {m['python']}, torch {m['torch']}, Pillow {m['pillow']}; {m['os']}; "
+            f"{m['date']}; commit {m['git']}")
+
+
+# ----------------------------------------------------------------------------- timing
+def _proc_stat_busy() -> float:
+    """Core-seconds the whole machine has been busy (steal included), from ``/proc/stat``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process plus its reaped children (dataloader workers, pool workers)."""
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+class CpuMeter:
+    """Wall time, CPU time of our process tree, and how busy *other* processes kept the machine.
+
+    ``other_share`` = (machine busy core-seconds - ours) / (wall x cores): 0 on an idle machine,
+    0.5 when other processes used half of all cores during the measurement. Children must be
+    reaped by the end (``gc.collect()`` runs first so abandoned dataloader iterators shut down).
+    """
+
+    def __enter__(self) -> "CpuMeter":
+        gc.collect()
+        self._cpu0, self._busy0, self._t0 = _own_cpu(), _proc_stat_busy(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.collect()
+        self.wall = time.perf_counter() - self._t0
+        self.cpu = _own_cpu() - self._cpu0
+        other = max(0.0, _proc_stat_busy() - self._busy0 - self.cpu)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.other_share = min(1.0, other / (self.wall * cores)) if self.wall > 0 else 0.0
+
+
+@dataclass
+class Timing:
+    """Repeated runs of one measurement: wall and CPU seconds, work done, machine contention.
+
+    Tables report medians over runs: ``rate`` (units per wall second), ``cpu_rate`` (units per
+    CPU second of our whole process tree, i.e. per busy core; robust when other processes share
+    the machine) and ``other_share``.
+    """
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    units: list[float] = field(default_factory=list)  # work done per run (samples, records)
+    other_share: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rates(self) -> list[float]:
+        return [u / s if s > 0 else 0.0 for u, s in zip(self.units, self.seconds)]
+
+    @property
+    def cpu_rates(self) -> list[float]:
+        return [u / c if c > 0 else 0.0 for u, c in zip(self.units, self.cpu_seconds)]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu_rate(self) -> float:
+        return statistics.median(self.cpu_rates)
+
+    @property
+    def contention(self) -> float:
+        return statistics.median(self.other_share)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "units": self.units,
+                "rates": self.rates, "cpu_rates": self.cpu_rates, "other_share": self.other_share,
+                "median_rate": self.rate, "median_cpu_rate": self.cpu_rate,
+                "median_seconds": self.median, "median_other_share": self.contention}
+
+
+def repeat_timed(fn: Callable[[], float], repeats: int, *, timing: Timing | None = None) -> Timing:
+    """Call ``fn`` ``repeats`` times; ``fn`` returns the units of work it did (samples, records)."""
+    timing = timing or Timing()
+    for _ in range(repeats):
+        with CpuMeter() as m:
+            units = fn()
+        timing.seconds.append(m.wall)
+        timing.cpu_seconds.append(m.cpu)
+        timing.units.append(float(units))
+        timing.other_share.append(m.other_share)
+    return timing
+
+
+# ----------------------------------------------------------------------------- memory
+class TreeMemorySampler:
+    """Samples the memory of ``pid`` and its descendants every ``interval`` s in a thread.
+
+    ``peak`` holds, per metric (``pss``, ``rss``, ``uss``), the largest *sum over the tree* seen
+    in one sample, in bytes; ``at_peak`` the per-process breakdown of the PSS (or RSS) peak.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak: dict[str, int] = {"pss": 0, "rss": 0, "uss": 0}
+        self.at_peak: list[dict[str, Any]] = []
+        self.max_processes = 0
+        self.samples = 0
+        self.metric = "pss"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeMemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _one(self, proc) -> dict[str, Any] | None:
+        ps = self._psutil
+        try:
+            try:
+                m = proc.memory_full_info()
+                return {"pid": proc.pid, "rss": m.rss, "pss": getattr(m, "pss", None), "uss": m.uss}
+            except ps.AccessDenied:
+                return {"pid": proc.pid, "rss": proc.memory_info().rss, "pss": None, "uss": None}
+        except (ps.NoSuchProcess, ps.ZombieProcess):
+            return None
+
+    def sample(self) -> None:
+        ps = self._psutil
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except (ps.NoSuchProcess, ps.ZombieProcess):
+            return
+        rows = [r for r in map(self._one, procs) if r is not None]
+        if not rows:
+            return
+        self.samples += 1
+        self.max_processes = max(self.max_processes, len(rows))
+        if any(r["pss"] is None for r in rows):
+            self.metric = "rss"  # PSS unreadable for some process: fall back, and say so
+        for key in ("pss", "rss", "uss"):
+            total = sum(r[key] or 0 for r in rows)
+            if total > self.peak[key]:
+                self.peak[key] = total
+                if key == self.metric:
+                    self.at_peak = [{k: r[k] for k in ("pid", "rss", "pss", "uss")} for r in rows]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+        self.sample()
+
+
+def mib(n_bytes: float) -> float:
+    return round(n_bytes / 2**20, 1)
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class Section:
+    """One result block: a heading, how to read it, a table, and lines under the table."""
+
+    title: str
+    explain: str
+    headers: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    notes: Sequence[str] = ()
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, name: str, *, title: str, intro: str,
+                  sections: Sequence[Section], raw: dict[str, Any], machine: dict[str, Any]) -> dict[str, str]:
+    """Write ``<out>/<name>.md`` and ``<out>/<name>.json`` (atomically); return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}", "", f"Machine: {machine_line(machine)}", "", intro.strip(), ""]
+    for s in sections:
+        parts += [f"## {s.title}", "", s.explain.strip(), "", md_table(s.headers, s.rows), ""]
+        parts += [f"- {n}" for n in s.notes]
+        if s.notes:
+            parts.append("")
+    paths = {"md": str(out / f"{name}.md"), "json": str(out / f"{name}.json")}
+    payload = {"name": name, "machine": machine, **raw}
+    for kind, text in (("md", "\n".join(parts)), ("json", json.dumps(payload, indent=2, default=str) + "\n")):
+        tmp = paths[kind] + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, paths[kind])
+    return paths

@@ -1,0 +1,60 @@
+"""Smoke test of the data benchmark: ``bench_data --quick`` runs end to end and writes its report.
+
+Only the structure of the results is checked (files, sections, keys); speed and memory are
+measured by the benchmark itself, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_data_quick_writes_md_and_json(tmp_path):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_data", "--quick", "--no-progress",
+                           "--out", str(out), "--cache", str(cache)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md, js = out / "data.md", out / "data.json"
+    assert md.is_file() and js.is_file()
+    assert proc.stdout.strip().splitlines()[-1] == str(md)
+
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("# Data pipeline benchmark")
+    assert "Machine: " in text and "QUICK MODE" in text
+    for heading in ("## Targets", "## (a) Loader throughput", "## (b) Peak memory", "## (c) Converter throughput",
+                    "## (d) Decode + preprocess ceiling"):
+        assert heading in text, heading
+
+    raw = json.loads(js.read_text(encoding="utf-8"))
+    assert raw["name"] == "data" and raw["quick"] is True
+    assert {"cpu", "cores", "ram_gib", "python", "torch", "date"} <= set(raw["machine"])
+    runs = raw["throughput"]["runs"]
+    assert set(runs) == {"stream/w0", "baseline/w0", "stream/w2", "baseline/w2"}
+    for run in runs.values():
+        assert {"median_rate", "median_cpu_rate", "rates", "seconds", "cpu_seconds", "other_share"} <= set(run)
+        assert all(u > 0 for u in run["units"])
+    mem = raw["memory"]["runs"]
+    assert set(mem) == {"stream/N", "stream/10N", "baseline/N", "baseline/10N"}
+    for probe in mem.values():
+        assert probe["processes"] >= 3  # main + 2 dataloader workers were seen
+        assert {"pss", "rss", "uss"} <= set(probe["peak_bytes"]) and probe["peak_bytes"]["rss"] > 0
+    assert mem["stream/10N"]["records_file_bytes"] > 5 * mem["stream/N"]["records_file_bytes"]
+    assert set(raw["converter"]["runs"]) == {"naive", "ours_no_validation", "ours_validation"}
+    assert {"train_sample", "train_sample_collate", "tar_read_samples_per_s"} <= set(raw["ceiling"])
+    assert {t["id"] for t in raw["targets"]} == {"a_w0", "a_w2", "b_stream", "b_baseline", "c", "d"}
+    assert all(isinstance(t["met"], bool) for t in raw["targets"])
+
+
+def test_run_all_discovers_bench_modules():
+    from benchmarks.run_all import discover
+
+    names = discover()
+    assert "benchmarks.bench_data" in names
+    assert all(n.startswith("benchmarks.bench_") for n in names)
