@@ -2,9 +2,12 @@
 
 Steps, each an executed notebook in the run folder: synthetic LLaVA-format data -> 01 converts each
 split to shards -> (a streamed, tokenized epoch of the instruction shards as a data check) -> 03
-trains ``configs/demo.yaml`` -> 04 evaluates the final model on the held-out shards. Results:
-``metrics.json`` (training summary + held-out accuracy per question type beside the majority
-baseline), ``train/`` (checkpoints, final model, plots, TensorBoard), ``eval/``.
+three times: ``configs/demo_tower.yaml`` (supervised tower warm-up, ``tower/``),
+``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions, ``train/``) -> 04
+evaluates the final model on the held-out shards. The configs find their inputs under
+``$DEMO_RUN``, set here to the run folder. Results: ``metrics.json`` (training summary, tower
+warm-up accuracy, held-out accuracy per question type beside the majority baseline), ``train/``
+(checkpoints, final model, plots, TensorBoard), ``eval/``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ SPLITS = ("pretrain", "instruct", "heldout")
 def make_data(out: Path, *, quick: bool, seed: int) -> dict:
     from data_tools.make_synthetic import generate
 
-    sizes = dict(n_pretrain=300, n_instruct=600, n_heldout=100) if quick else {}
+    # 8000 instruction records (not the generator's default 4000): shape questions generalise with them
+    sizes = dict(n_pretrain=300, n_instruct=600, n_heldout=100) if quick else dict(n_instruct=8000)
     return generate(out / "data", seed=seed, progress=True, **sizes)
 
 
@@ -72,23 +76,37 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     return summary
 
 
-def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool, workers: int) -> dict:
+# (executed notebook name, config, quick-mode overrides): stage 0 warms up the tower, stage 1
+# aligns it to the LLM on captions, stage 2 tunes on instructions (the main job, evaluated).
+STAGES = (
+    ("03_train_tower.ipynb", "demo_tower.yaml", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
+    ("03_train_pretrain.ipynb", "demo_pretrain.yaml", ["train.max_steps=3", "data.batch_size=8", "train.logging_steps=1"]),
+    ("03_train.ipynb", "demo.yaml", ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1",
+                                     "data.batch_size=8"]),
+)
+
+
+def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> dict:
     from .notebook_runner import run_notebook
 
-    config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-    overrides = [f"tokenizer={(out / 'tokenizer').resolve()}", f"data.sources=[{shards['instruct'].resolve()}]",
-                 f"train.output_dir={(out / 'train').resolve()}", f"data.num_workers={workers}", "train.overwrite=true"]
-    if quick:
-        overrides += ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1"]
-    run_notebook("03_train.ipynb", out / "03_train.ipynb", {
-        "CONFIG": str(config), "OVERRIDES": overrides, "NPROC": 1,
-        "EVAL_SHARDS": [str(shards["heldout"].resolve())], "EVAL_LIMIT": 40 if quick else None})
-    print(f"[demo] trained: {out / 'train'} (executed notebook {out / '03_train.ipynb'})")
+    os.environ["DEMO_RUN"] = str(out.resolve())  # the demo configs keep their paths under ${DEMO_RUN}
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    heldout = [str(shards["heldout"].resolve())]
+    for notebook, config, quick_overrides in STAGES:
+        overrides = ["train.overwrite=true"] + (quick_overrides if quick else [])
+        main_job = config == "demo.yaml"
+        run_notebook("03_train.ipynb", out / notebook, {
+            "CONFIG": str(configs / config), "OVERRIDES": overrides, "NPROC": 1,
+            "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else None})
+        print(f"[demo] {config}: executed notebook {out / notebook}")
     run_notebook("04_evaluate.ipynb", out / "04_evaluate.ipynb", {
-        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": [str(shards["heldout"].resolve())],
+        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": heldout,
         "OUT_DIR": str((out / "eval").resolve()), "LIMIT": 40 if quick else None})
     with open(out / "train" / "metrics.json", encoding="utf-8") as f:
-        return json.load(f)
+        metrics = json.load(f)
+    with open(out / "tower" / "result.json", encoding="utf-8") as f:
+        metrics["tower_warmup"] = json.load(f)
+    return metrics
 
 
 def print_accuracy(per_type: dict) -> None:
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="conversion and data-check worker processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -114,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["instruct"], workers=args.workers)}
     with open(out / "data_summary.json", "w") as f:
         json.dump(summary, f, indent=1)
-    metrics = train_and_evaluate(out, shards, quick=args.quick, workers=args.workers)
+    metrics = train_and_evaluate(out, shards, quick=args.quick)
     metrics["data"] = summary
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     with open(out / "metrics.json", "w") as f:

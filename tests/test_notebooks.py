@@ -38,6 +38,30 @@ def test_convert_notebook_runs_headless(tmp_path):
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.parametrize("image", ["chelsea", "synthetic"])
+def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image):
+    out = tmp_path / "viz"
+    executed = run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
+        "IMAGE": image, "SIZE": 112, "PATCH": 14, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2, "OUT_DIR": str(out)})
+    assert (out / f"merge_{image}_r0.5.png").stat().st_size > 10_000 and (out / "merge_clip.png").exists()
+    nb = nbformat.read(executed, as_version=4)
+    text = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+    assert "local_merge r=0.75" in text and "Vicuna" not in text  # the budget table rendered
+
+
+def test_merge_notebook_with_a_tower_inside_placement(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    tower = tmp_path / "tower"
+    CLIPVisionModel(CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(tower)
+    out = tmp_path / "viz"
+    run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
+        "IMAGE": "synthetic", "SIZE": 64, "PATCH": 8, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2,
+        "PLACEMENT": "tower", "TOWER_DIR": str(tower), "OUT_DIR": str(out)})
+    assert (out / "merge_synthetic_r0.5.png").exists()
+
+
 def test_demo_quick_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llava_wb.demo", "--out", str(tmp_path / "demo"), "--quick",
                            "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)

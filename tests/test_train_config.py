@@ -145,10 +145,27 @@ def test_train_package_imports_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_demo_config_passes_the_checks(ws):
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"tokenizer={ws['tokenizer']}", f"data.sources=[{ws['shards']}]"])
-    facts = check_run_config(cfg)
-    assert facts.tokens_per_image == 64 and facts.image_size == 64
+def test_demo_stage_configs_pass_the_checks(ws, tmp_path, monkeypatch):
+    """The three demo stages under $DEMO_RUN: warm-up on the 8x8 patches, then 2x2 pooling (16 tokens)."""
+    from transformers import CLIPVisionModel
+
+    run = tmp_path / "demo"
+    (run / "shards").mkdir(parents=True)
+    (run / "tokenizer").symlink_to(ws["tokenizer"])
+    for split in ("instruct", "pretrain", "heldout"):
+        (run / "shards" / split).symlink_to(ws["shards"])
+    monkeypatch.setenv("DEMO_RUN", str(run))
+    tower = load_config(ROOT / "configs" / "demo_tower.yaml")
+    assert check_run_config(tower).image_size == 64  # the heads see all 8x8 patches; the reducer is unused
+    with pytest.raises(ConfigError, match=r"model\.vision\.path"):
+        check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
+    CLIPVisionModel._from_config(CLIPVisionModel.config_class(**tower.model.vision.config)).save_pretrained(
+        run / "tower" / "final")
+    facts = check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
+    assert facts.tokens_per_image == 16 and facts.image_size == 64
+    with pytest.raises(ConfigError, match=r"train\.init_from"):
+        check_run_config(load_config(ROOT / "configs" / "demo.yaml"))
+    assert check_run_config(load_config(ROOT / "configs" / "demo.yaml", ["train.init_from=null"])).tokens_per_image == 16
 
 
 def test_llava15_pretrain_recipe_checks_against_local_checkpoint_configs(ws, tmp_path, monkeypatch):

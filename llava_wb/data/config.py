@@ -25,6 +25,7 @@ class SourceConfig:
     path: str
     weight: float = 1.0
     name: str | None = None
+    template: str | None = None  # conversation template for this source; None = data.template
 
     def __post_init__(self) -> None:
         if not self.path:

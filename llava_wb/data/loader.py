@@ -250,7 +250,10 @@ def build_train_loader(cfg: DataConfig, tokenizer, *, media_tokens: dict[str, in
     from .collate import Collator
     from .pipeline import TrainSample
 
+    from .sources import source_name
+
     process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, image=cfg.image,
-                          media_tokens=media_tokens)
+                          media_tokens=media_tokens,
+                          source_templates={source_name(s): s.template for s in cfg.sources if s.template})
     collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)

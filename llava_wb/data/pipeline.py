@@ -32,20 +32,24 @@ class TrainSample:
 
     ``media_tokens`` is how many placeholder tokens one item of each modality expands to; it must
     come from the model (the token reducer's output length), which derives it in one place.
+    ``source_templates`` maps a source name (``raw["__source__"]``, set by the stream) to its own
+    template, e.g. captions with ``plain`` mixed into ``vicuna_v1`` instructions.
     """
 
     def __init__(self, tokenizer, *, template: str, max_length: int, image: ImageConfig,
-                 media_tokens: dict[str, int]):
+                 media_tokens: dict[str, int], source_templates: dict[str, str] | None = None):
         from .conversation import get_template
 
         self.template = get_template(template, tokenizer)
+        self.source_templates = {name: get_template(t, tokenizer) for name, t in (source_templates or {}).items()}
         self.max_length, self.image, self.media_tokens = max_length, image, dict(media_tokens)
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         d = decode_sample(raw, self.image)
-        tok = self.template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
+        template = self.source_templates.get(raw.get("__source__"), self.template)
+        tok = template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
                                      expected_media={m: len(v) for m, v in d["media"].items()})
         return {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
                 "labels": torch.tensor(tok.labels, dtype=torch.long),

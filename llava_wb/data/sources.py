@@ -32,10 +32,15 @@ class ShardList:
         return None if self.counts is None else sum(self.counts)
 
 
+def source_name(source: SourceConfig) -> str:
+    """The name a source goes by in loader states, skip counts and ``raw["__source__"]``."""
+    return source.name or source.path
+
+
 def resolve(source: SourceConfig) -> ShardList:
     """Expand one source into its shard URLs (sorted, deterministic) and counts when known."""
     path = source.path
-    name = source.name or path
+    name = source_name(source)
     if os.path.isdir(path):
         index = os.path.join(path, "index.json")
         if os.path.exists(index):

@@ -185,6 +185,7 @@ class WorkerStream:
             if raw is None:
                 continue
             self.n += 1
+            raw["__source__"] = reader.src.name
             try:
                 out = self.process(raw)
             except SampleError as e:

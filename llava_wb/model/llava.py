@@ -14,6 +14,12 @@ position order), so any mix of samples with zero, one or several images works wi
 loop over samples. ``tokens_per_image`` is derived in one place (the property) and checked against
 the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at
 image positions are forced to -100; position ids come from the attention mask (left padding).
+
+Reducer options the model applies (``llava_wb.model.reducers``): ``placement="tower"`` merges
+inside the tower's last layers (``VisionTower.forward_merged``); ``size_embedding`` adds a learned
+embedding of each visual token's size (``reducer.size_embed``, zero at init);
+``position_ids="original"`` numbers each visual token by its patch's raster index, so an image
+spans as many positions as it has patches whatever the reducer kept (``visual_position_ids``).
 """
 
 from __future__ import annotations
@@ -119,13 +125,22 @@ class LlavaWBForCausalLM(PreTrainedModel):
         # One source of truth: resizing the LLM's embeddings updates the saved config too.
         config.vision_config = vision_tower.config
         config.text_config = language_model.config
+        if self.reducer.size_embedding:
+            self.reducer.size_embed = torch.nn.Embedding(self.patches_per_image + 1, language_model.config.hidden_size)
         self.post_init()
+        if self.reducer.size_embedding:
+            torch.nn.init.zeros_(self.reducer.size_embed.weight)  # starts as a no-op
 
     # ---- sizes ---------------------------------------------------------------------------------
     @property
     def image_grid(self) -> Grid:
         """The ``(T, H, W)`` patch grid of one image, as the reducer sees it."""
         return (1, *self.vision_tower.grid)
+
+    @property
+    def patches_per_image(self) -> int:
+        t, h, w = self.image_grid
+        return t * h * w
 
     @property
     def tokens_per_image(self) -> int:
@@ -154,15 +169,39 @@ class LlavaWBForCausalLM(PreTrainedModel):
 
     def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """``pixel_values [N, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_image, D_llm]``."""
-        features = self.vision_tower(pixel_values)
         k = self.vision_tower.num_prefix_tokens
-        reduced = self.reducer(features[:, k:], grid=self.image_grid)
-        tokens = torch.cat([features[:, :k], reduced.tokens], dim=1) if k else reduced.tokens
+        if self.reducer.placement == "tower":
+            prefix, reduced = self.vision_tower.forward_merged(pixel_values, self.reducer, self.image_grid)
+        else:
+            features = self.vision_tower(pixel_values)
+            prefix, reduced = features[:, :k], self.reducer(features[:, k:], grid=self.image_grid)
+        tokens = torch.cat([prefix, reduced.tokens], dim=1) if k else reduced.tokens
         weight = next(self.projector.parameters())
         embeds = self.projector(tokens.to(weight.dtype))
+        if self.reducer.size_embedding:
+            sizes = self.reducer.size_embed(reduced.sizes.clamp(max=self.patches_per_image)).to(embeds.dtype)
+            embeds = embeds + torch.nn.functional.pad(sizes, (0, 0, k, 0))
         if embeds.shape[1] != self.tokens_per_image:
             raise RuntimeError(f"encoded {embeds.shape[1]} tokens per image, tokens_per_image is {self.tokens_per_image}")
         return ImageFeatures(embeds=embeds, reduced=reduced)
+
+    def visual_position_ids(self, mask: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Position ids with each image's tokens at ``prefix + original raster index`` and the text
+        after it continuing from ``prefix + patches_per_image`` (``position_ids="original"``).
+        ``mask``: image-token positions; ``positions [N_img, M]`` from the reducer."""
+        step = attention_mask.long().clone()  # each real token advances the position by one
+        k, n = self.vision_tower.num_prefix_tokens, self.patches_per_image
+        if positions.numel():
+            first = torch.full_like(positions[:, :1], -1)
+            delta = torch.diff(positions, dim=1, prepend=first)  # >= 1: jumps over merged patches
+            per_image = torch.cat([torch.ones_like(positions[:, :k]), delta], dim=1) if k else delta
+            step = step.masked_scatter(mask, per_image.to(step.dtype))
+            flat = mask.reshape(-1).nonzero().reshape(positions.shape[0], -1)[:, -1]  # each image's last token
+            after = flat + 1
+            inside = (after % mask.shape[1]) != 0  # the image is not at the end of its row
+            bump = (n - 1 - positions[:, -1]).to(step.dtype)
+            step.view(-1).index_add_(0, after[inside], bump[inside])
+        return ((step.cumsum(-1) - 1) * attention_mask.long()).clamp_min(0)
 
     def check_placeholders(self, input_ids: torch.Tensor, num_images: int, image_counts: torch.Tensor | None) -> torch.Tensor:
         """The image-token mask of ``input_ids``; ``ValueError`` when the placeholders do not match
@@ -199,15 +238,21 @@ class LlavaWBForCausalLM(PreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_counts: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings with the visual embeddings written into the placeholder positions, and
-        ``labels`` with those positions set to -100."""
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Text embeddings with the visual embeddings written into the placeholder positions,
+        ``labels`` with those positions set to -100, and position ids (``None``: the default ones
+        from the attention mask; set when the reducer asks for ``position_ids="original"``)."""
         num_images = 0 if pixel_values is None else int(pixel_values.shape[0])
         mask = self.check_placeholders(input_ids, num_images, image_counts)
         embeds = self.get_input_embeddings()(input_ids)
+        position_ids = None
         if num_images:
-            visual = self.encode_images(pixel_values).embeds
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), visual.to(embeds.dtype))
+            features = self.encode_images(pixel_values)
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.embeds.to(embeds.dtype))
+            if self.reducer.position_ids == "original":
+                attn = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+                position_ids = self.visual_position_ids(mask, attn, features.reduced.positions)
         elif self.training:
             # In training, a batch without images still runs the visual path on one blank image
             # (zero weight): DDP then sees every trainable parameter used, and under ZeRO-3 every
@@ -217,7 +262,7 @@ class LlavaWBForCausalLM(PreTrainedModel):
             embeds = embeds + 0.0 * self.encode_images(blank).embeds.sum().to(embeds.dtype)
         if labels is not None:
             labels = labels.masked_fill(mask, IGNORE_INDEX)
-        return embeds, labels
+        return embeds, labels, position_ids
 
     # ---- forward / generate --------------------------------------------------------------------
     def forward(
@@ -238,7 +283,9 @@ class LlavaWBForCausalLM(PreTrainedModel):
         for key in UNSUPPORTED_MEDIA:
             if metadata.get(key) is not None:
                 raise ValueError(f"batch has {key!r}, but {type(self).__name__} encodes images only")
-        embeds, labels = self.embed_inputs(input_ids, pixel_values, image_counts, labels)
+        embeds, labels, visual_positions = self.embed_inputs(input_ids, pixel_values, image_counts, labels, attention_mask)
+        if position_ids is None:
+            position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         extra: dict[str, Any] = {k: metadata[k] for k in PASSED_TO_LLM if metadata.get(k) is not None}
@@ -270,7 +317,9 @@ class LlavaWBForCausalLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (a sample's last position is padding)")
-        embeds, _ = self.embed_inputs(input_ids, pixel_values, image_counts)
+        embeds, _, position_ids = self.embed_inputs(input_ids, pixel_values, image_counts, attention_mask=attention_mask)
+        if position_ids is not None:
+            generate_kwargs["position_ids"] = position_ids
         generate_kwargs.setdefault("do_sample", False)
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **generate_kwargs

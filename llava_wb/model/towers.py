@@ -146,6 +146,38 @@ class VisionTower(nn.Module):
             raise RuntimeError(f"{type(self).__name__} produced {hidden.shape[1]} tokens, expected {expected}")
         return hidden
 
+    def forward_merged(self, pixel_values: torch.Tensor, reducer: Any, grid: tuple[int, int, int]) -> tuple[torch.Tensor, Any]:
+        """ToMe-style placement: run the layers up to ``feature_layer``, merging with ``reducer``
+        right before its last ``reducer.layers`` of them (similarity on that layer's keys when
+        ``reducer.metric == "keys"``), then those layers on the fewer tokens with proportional
+        attention (``+log(size)`` on the attention logits). Returns ``(prefix tokens, ReducerOutput
+        with the final features)``; the prefix (CLS) is never merged."""
+        vm = getattr(self.model, "vision_model", self.model)  # transformers 5 has no wrapper
+        layers = getattr(vm.encoder, "layers")
+        run = self.feature_layer % (self.config.num_hidden_layers + 1)  # hidden state i = after i layers
+        start = run - reducer.layers
+        if start < 0:
+            raise ValueError(f"reducer layers={reducer.layers} but feature_layer {self.feature_layer} runs {run} layers")
+        h = vm.embeddings(pixel_values.to(self.dtype))
+        if hasattr(vm, "pre_layrnorm"):
+            h = vm.pre_layrnorm(h)
+        p = 1 if self.has_cls else 0
+        bias, reduced = None, None
+        for i in range(run):
+            if i == start:
+                metric = h[:, p:]
+                if reducer.metric == "keys":
+                    layer = layers[i]
+                    metric = layer.self_attn.k_proj(layer.layer_norm1(h))[:, p:]
+                reduced = reducer(h[:, p:], grid=grid, metric=metric)
+                h = torch.cat([h[:, :p], reduced.tokens], dim=1)
+                sizes = torch.nn.functional.pad(reduced.sizes, (p, 0), value=1).to(h.dtype)
+                bias = sizes.log()[:, None, None, :]  # [B, 1, 1, N']: proportional attention
+            h = layers[i](h, attention_mask=bias)
+            h = h[0] if isinstance(h, tuple) else h
+        reduced.tokens = h[:, p:]
+        return h[:, :self.num_prefix_tokens], reduced
+
     def unused_parameter_names(self) -> list[str]:
         """Names (in ``self``) of parameters the selected hidden state does not depend on: layers
         after ``feature_layer`` and ``unused_modules``. They stay frozen when the tower trains, so

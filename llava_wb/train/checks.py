@@ -74,6 +74,9 @@ def _check_names(cfg: RunConfig) -> None:
     _lookup(lambda: build_reducer(m.reducer.type, m.reducer.options), "model.reducer")
     _lookup(lambda: build_projector(m.projector.type, 1, 1, m.projector.options), "model.projector.options")
     _lookup(lambda: TEMPLATES.get(cfg.data.template), "data.template")
+    for i, source in enumerate(cfg.data.sources):
+        if source.template is not None:
+            _lookup(lambda: TEMPLATES.get(source.template), f"data.sources[{i}].template")
     from transformers import SchedulerType
 
     known = [s.value for s in SchedulerType]
@@ -128,6 +131,8 @@ def _check_paths(cfg: RunConfig) -> None:
         resolve_init_from(t.init_from)
     if cfg.model.llm.path is not None and t.init_from is None and not (Path(cfg.model.llm.path) / "config.json").is_file():
         raise ConfigError(f"model.llm.path: {cfg.model.llm.path!r} is not a local checkpoint folder (no config.json)")
+    if _warmup(cfg):
+        return _check_warmup(cfg)
     tok = tokenizer_path(cfg)
     if tok is None:
         raise ConfigError("tokenizer: give a tokenizer folder (top-level 'tokenizer:'), a model.llm.path or train.init_from")
@@ -137,6 +142,27 @@ def _check_paths(cfg: RunConfig) -> None:
         local = source.path.split("://")[0] == source.path and not source.path.startswith("pipe:")
         if local and not any(ch in source.path for ch in "*?{") and not os.path.exists(source.path):
             raise ConfigError(f"data.sources[{i}].path: {source.path!r} does not exist")
+
+
+def _warmup(cfg: RunConfig) -> bool:
+    from llava_wb.train.stages import STAGES
+
+    return STAGES.get(cfg.train.stage).objective == "patch_labels"
+
+
+def _check_warmup(cfg: RunConfig) -> None:
+    t = cfg.train
+    if not t.warmup.attributes:
+        raise ConfigError("train.warmup.attributes: the tower_warmup stage needs at least one object attribute "
+                          "with its class names, e.g. {colour: [red, green], shape: [circle, square]}")
+    if t.max_steps is None:
+        raise ConfigError("train.max_steps: the tower_warmup stage needs a step count")
+    if t.init_from is not None or t.lora.enabled or t.deepspeed is not None:
+        raise ConfigError("train.stage=tower_warmup trains a bare tower: drop train.init_from, train.lora and "
+                          "train.deepspeed")
+    for i, path in enumerate(t.warmup.eval_sources):
+        if "://" not in path and not os.path.exists(path):
+            raise ConfigError(f"train.warmup.eval_sources[{i}]: {path!r} does not exist")
 
 
 def resolve_init_from(path: str) -> Path:

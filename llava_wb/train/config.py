@@ -8,9 +8,9 @@ tokenizer, else ``model.llm.path``)::
     cfg = load_config("configs/demo.yaml", ["train.max_steps=20", "data.batch_size=4"])
 
 Overrides are ``dotted.key=value``; values are parsed with ``yaml.safe_load`` (``3`` is an int,
-``[a, b]`` a list, ``null`` is None). ``${VAR}`` / ``${VAR:-default}`` in string values expand from
-the environment (the 7B recipes take their checkpoint paths this way). Unknown keys fail with
-``ConfigError`` naming the dotted field. This module imports neither torch nor transformers; the
+``[a, b]`` a list, ``null`` is None). ``base: other.yaml`` at the top of a file inherits that file
+(``read_yaml``). ``${VAR}`` / ``${VAR:-default}`` in string values expand from the environment
+(the 7B recipes take their checkpoint paths this way). Unknown keys fail with ``ConfigError`` naming the dotted field. This module imports neither torch nor transformers; the
 checks that need registries or checkpoint configs live in ``llava_wb.train.checks``.
 """
 
@@ -61,6 +61,35 @@ class LoraConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """Stage ``tower_warmup`` (``llava_wb.train.warmup``): labels from each sample's ``meta.objects``.
+
+    ``attributes``: object attribute -> its class names (per-patch heads, class 0 = background);
+    ``cell_grid``: rows/cols of the objects' layout cells (per-patch row and column heads);
+    ``max_objects``: count classes 1..max (per-image head); ``min_overlap``: fraction of a patch
+    inside a bbox that makes it the object's; ``weights``: loss weight per head (default 1);
+    ``eval_sources``: shard sources for held-out per-patch accuracy at the end."""
+
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    cell_grid: int = 2
+    max_objects: int = 3
+    min_overlap: float = 0.25
+    weights: dict[str, float] = field(default_factory=dict)
+    eval_sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ConfigError(f"train.warmup.min_overlap must be in (0, 1], got {self.min_overlap!r}")
+        for name in ("cell_grid", "max_objects"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ConfigError(f"train.warmup.{name} must be a positive int, got {getattr(self, name)!r}")
+        for name, classes in self.attributes.items():
+            if name in ("row", "col", "count") or not classes or len(set(classes)) != len(classes):
+                raise ConfigError(f"train.warmup.attributes.{name}: needs a non-empty list of distinct class "
+                                  "names (and 'row', 'col', 'count' are taken)")
+
+
+@dataclass
 class TrainConfig:
     """How to train. Batch size per device is ``data.batch_size``; the global batch is
     ``data.batch_size x world_size x grad_accum`` (or set ``global_batch_size`` and let the world
@@ -70,6 +99,7 @@ class TrainConfig:
     stage: str = "finetune"
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     learning_rate: float = 2e-5
     projector_lr: float | None = None
     tower_lr: float | None = None
@@ -101,6 +131,8 @@ class TrainConfig:
             self.trainable = TrainableConfig(**_checked(self.trainable, TrainableConfig, "train.trainable"))
         if isinstance(self.lora, dict):
             self.lora = LoraConfig(**_checked(self.lora, LoraConfig, "train.lora"))
+        if isinstance(self.warmup, dict):
+            self.warmup = WarmupConfig(**_checked(self.warmup, WarmupConfig, "train.warmup"))
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [t for t in self.report_to if t != "none"]
@@ -174,15 +206,34 @@ def load_config(path: str | Path | dict[str, Any], overrides: list[str] | tuple[
     if isinstance(path, dict):
         raw = yaml.safe_load(yaml.safe_dump(path))  # deep copy through plain data
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, train)")
+        raw = read_yaml(Path(path))
     for item in overrides:
         apply_override(raw, item)
     return RunConfig.from_dict(expand_env(raw))
+
+
+def read_yaml(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as plain data. ``base: other.yaml`` (relative to the file) is read first and
+    this file's values are merged over it: mappings merge key by key, anything else is replaced."""
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist" + (f" (base of {_seen[-1]})" if _seen else ""))
+    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, train)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = (p.parent / str(base)).resolve()
+    if parent in _seen or parent == p.resolve():
+        raise ConfigError(f"{p}: base {base!r} makes a cycle")
+    return _merge(read_yaml(parent, (*_seen, p.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

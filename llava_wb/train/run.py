@@ -27,7 +27,7 @@ from llava_wb.train.config import ConfigError, RunConfig
 from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync
 
 log = logging.getLogger("llava_wb.train")
-RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final")
+RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "warmup_heads.safetensors")
 # Changing these between a run and its resumption keeps the continuation exact.
 RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
                "train.save_total_limit", "train.report_to", "train.run_name"}
@@ -36,6 +36,12 @@ RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.log
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns (and writes to ``result.json``) a summary of the run."""
     facts = check_run_config(cfg)
+    from llava_wb.train.stages import STAGES
+
+    if STAGES.get(cfg.train.stage).objective == "patch_labels":
+        from llava_wb.train.warmup import train_tower
+
+        return train_tower(cfg)
     t = cfg.train
     out = Path(t.output_dir)
     resume_from = _resume_point(cfg, out)
@@ -206,6 +212,18 @@ def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
         raise ConfigError(f"train.output_dir {str(out)!r} already holds checkpoints or a final model: "
                           "set train.resume=true to continue it or train.overwrite=true to start over")
     return None
+
+
+def prepare_run_folder(cfg: RunConfig) -> Path:
+    """One-process run folder: refuse to mix with an earlier run unless ``train.overwrite``, then
+    clear it (overwrite), create it and write ``resolved_config.yaml``."""
+    out = Path(cfg.train.output_dir)
+    _resume_point(cfg, out)  # raises when the folder holds a run and overwrite is off
+    if cfg.train.overwrite:
+        _clear_run_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "resolved_config.yaml")
+    return out
 
 
 def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:

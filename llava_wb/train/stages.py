@@ -3,7 +3,9 @@
 A ``Stage`` says which of tower / projector / LLM train; ``STAGES`` holds the built-ins:
 
 - ``pretrain``: projector only (LLaVA stage 1, feature alignment);
-- ``finetune``: projector + LLM (LLaVA stage 2, visual instruction tuning).
+- ``finetune``: projector + LLM (LLaVA stage 2, visual instruction tuning);
+- ``tower_warmup``: the vision tower alone on per-patch labels (``objective="patch_labels"``,
+  ``llava_wb.train.warmup``), a stand-in for CLIP pretraining when no pretrained tower exists.
 
 ``train.trainable.{tower,projector,llm}`` override a stage's choice; when ``train.trainable.tower``
 is unset the tower trains if the stage says so or ``model.vision.freeze`` is false. With
@@ -34,6 +36,7 @@ class Stage:
     projector: bool
     llm: bool
     description: str = ""
+    objective: str = "lm"  # "lm": next-token loss on answers; "patch_labels": llava_wb.train.warmup
 
 
 STAGES: Registry[Stage] = Registry("training stage")
@@ -41,6 +44,8 @@ STAGES.register("pretrain", Stage("pretrain", tower=False, projector=True, llm=F
                                   description="feature alignment: only the projector trains"))
 STAGES.register("finetune", Stage("finetune", tower=False, projector=True, llm=True,
                                   description="instruction tuning: projector and LLM train"))
+STAGES.register("tower_warmup", Stage("tower_warmup", tower=True, projector=False, llm=False, objective="patch_labels",
+                                      description="supervised per-patch warm-up of the vision tower alone"))
 
 PART_PREFIXES = {"tower": ("vision_tower.",), "projector": ("projector.", "reducer."), "llm": ("language_model.",)}
 

@@ -19,7 +19,7 @@ OUT_DIR = "../runs/demo/eval"
 TEMPLATE = "vicuna_v1"
 BATCH_SIZE = 64
 MAX_NEW_TOKENS = 6
-LIMIT = None                               # questions; None = all
+LIMIT = None                               # questions (None: all)
 N_EXAMPLES = 12"""),
 ("code", """%matplotlib inline
 import json, os

@@ -1,0 +1,92 @@
+"""Source of notebooks/02_token_merging.ipynb: edit here, run `python tools/notebook_sources/02_token_merging.py`."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nbgen import write_notebook  # noqa: E402
+
+write_notebook(os.path.join(ROOT, "notebooks", "02_token_merging.ipynb"), [
+("md", """# 02 · Token merging: which patches merge, and in what order the LLM reads them
+
+`local_merge` (ours) merges each window's most similar patches into the window's destination and
+keeps the survivors in raster order; `tome_sd` (ToMe-SD, the baseline) matches globally and emits
+`[unmerged, destinations]`, so the order the LLM reads is broken. Each panel paints every merged
+group as one region (its mean colour), draws group borders, numbers each output token at its
+position and draws the reading path in sequence order. Then: live sliders, the token budget at
+LLaVA-1.5-7B shapes, and a clip with spatio-temporal (2x2x2) groups.
+Similarity is measured on the patches' pixels, or on a trained tower's features with `TOWER_DIR`.
+All logic lives in `llava_wb.viz.merge`, `llava_wb.model.merging` and `llava_wb.budget`."""),
+("params", """# Parameters (papermill overrides these)
+IMAGE = "astronaut"          # astronaut | chelsea | coffee | grace_hopper | synthetic | a file path
+SIZE = 336                   # pixels (LLaVA-1.5: 336)
+PATCH = 14                   # pixels per patch (CLIP ViT-L/14 on 336 px: 24x24, 576 patches)
+RATIO = 0.75                 # fraction of the tokens merged away
+WINDOW = [1, 4, 4]           # (frames, rows, cols) per window; one destination each
+ANCHOR = "first"             # first (deterministic) | random (training-style destinations)
+PLACEMENT = "after"          # after the tower | tower (inside its last LAYERS layers; needs TOWER_DIR)
+LAYERS = 1
+TOWER_DIR = None             # a saved tower (e.g. runs/demo/tower/final): merge on its features
+FRAMES = 4                   # frames of the panned clip in the video section
+OUT_DIR = "../runs/merge_viz"
+TEXT_TOKENS = 128            # text tokens per sample in the budget table"""),
+("code", """%matplotlib inline
+import os
+import numpy as np
+import matplotlib.pyplot as plt
+from PIL import Image
+from llava_wb.viz import merge as vm
+from llava_wb import budget
+
+os.makedirs(OUT_DIR, exist_ok=True)
+if IMAGE == "synthetic":
+    from data_tools.make_synthetic import layout_objects, render_image
+    rng = np.random.default_rng(0)
+    raw = render_image(layout_objects(rng, 3, 2, SIZE), SIZE, 6, rng, "png")
+    import io
+    image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+elif IMAGE in vm.PHOTOS:
+    image = vm.sample_image(IMAGE, SIZE)
+else:
+    image = np.asarray(Image.open(IMAGE).convert("RGB").resize((SIZE, SIZE)))
+options = {"ratio": RATIO, "window": WINDOW, "random_dst": ANCHOR == "random", "seed": 0}
+print(f"{image.shape[0] // PATCH}x{image.shape[1] // PATCH} patches of {PATCH}px; options {options}")"""),
+("md", "## Local merge beside ToMe-SD"),
+("code", """if TOWER_DIR:
+    opts = {**options, "placement": PLACEMENT, "layers": LAYERS}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, name in zip(axes, ("local_merge", "tome_sd")):
+        o = opts if name == "local_merge" else {**options}
+        out, small, patch = vm.tower_merge(TOWER_DIR, image, name, o)
+        vm.draw_groups([ax], small, out, patch, title=f"{name} on tower features ({out.tokens.shape[1]} tokens)")
+else:
+    fig = vm.compare(image, {"local_merge": ("local_merge", options), "tome_sd": ("tome_sd", options)}, patch=PATCH)
+    fig.set_size_inches(9, 18)
+path = os.path.join(OUT_DIR, f"merge_{IMAGE if IMAGE in vm.PHOTOS + ('synthetic',) else 'image'}_r{RATIO}.png")
+fig.savefig(path, dpi=110, bbox_inches="tight"); plt.show()
+print("saved", path)"""),
+("md", """## Explore (ipywidgets)
+Move the sliders in JupyterLab; under papermill this renders once with the parameter values."""),
+("code", """from IPython.display import display
+w = vm.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR)
+display(w)"""),
+("md", "## Token budget at LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Vicuna-7B)"),
+("code", """rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
+    "identity (576)": ("identity", {}),
+    "avgpool 2x2 (144)": ("avgpool", {}),
+    "local_merge r=0.5": ("local_merge", {"ratio": 0.5}),
+    "local_merge r=0.75": ("local_merge", {"ratio": 0.75}),
+    f"local_merge r={RATIO} {PLACEMENT}": ("local_merge", {"ratio": RATIO, "window": WINDOW,
+                                           "placement": PLACEMENT, "layers": LAYERS}),
+}, text_tokens=TEXT_TOKENS)
+from IPython.display import Markdown
+Markdown(budget.to_markdown(rows))"""),
+("md", """## A clip: spatio-temporal 2x2x2 windows
+A photo panned over `FRAMES` frames; a group that spans two frames has the same colour in both
+(its number sits in its destination's frame)."""),
+("code", """clip = vm.pan_clip(image, FRAMES, step=2 * PATCH)
+st_opts = {"ratio": RATIO, "window": [2, 2, 2]}
+fig = vm.compare(clip, {"local_merge 2x2x2": ("local_merge", st_opts), "tome_sd 2x2x2": ("tome_sd", st_opts)},
+                 patch=2 * PATCH, numbers=True)
+fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
+])
