@@ -99,8 +99,11 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> di
             "CONFIG": str(configs / config), "OVERRIDES": overrides, "NPROC": 1,
             "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else None})
         print(f"[demo] {config}: executed notebook {out / notebook}")
+    from .train import load_config
+
+    template = load_config(configs / "demo.yaml").data.template
     run_notebook("04_evaluate.ipynb", out / "04_evaluate.ipynb", {
-        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": heldout,
+        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": heldout, "TEMPLATE": template,
         "OUT_DIR": str((out / "eval").resolve()), "LIMIT": 40 if quick else None})
     with open(out / "train" / "metrics.json", encoding="utf-8") as f:
         metrics = json.load(f)

@@ -58,3 +58,19 @@ def test_run_all_discovers_bench_modules():
     names = discover()
     assert "benchmarks.bench_data" in names
     assert all(n.startswith("benchmarks.bench_") for n in names)
+
+
+def test_bench_merge_quick_writes_every_part(tmp_path):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_merge", "--quick", "--seeds", "0",
+                           "--control-seeds", "", "--out", str(out), "--cache", str(cache)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "merge.md").read_text(encoding="utf-8")
+    for heading in ("## (a) Merge time", "## (b) Token budget", "## (c) Held-out accuracy"):
+        assert heading in text, heading
+    raw = json.loads((out / "merge.json").read_text(encoding="utf-8"))
+    assert set(raw["c"]["runs"]) == {f"pos/{r}/0" for r in ("identity", "avgpool", "tome_sd", "local_merge")}
+    assert raw["c"]["runs"]["pos/local_merge/0"]["tokens_per_image"] == 16
+    assert raw["b"]["rows"][0]["visual_tokens"] == 576 and raw["b"]["rows"][2]["visual_tokens"] == 144

@@ -74,3 +74,16 @@ def test_size_embedding_starts_at_zero_trains_and_round_trips(tok, tmp_path):
     model.save_pretrained(tmp_path)
     again = LlavaWBForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(again.reducer.size_embed.weight, emb.weight)
+
+
+def test_dropping_position_embeddings_makes_patch_features_position_free(tok):
+    model = build(tok, {"type": "identity"}, position_embeddings=False, freeze=False)
+    tower = model.vision_tower
+    emb = tower.model.embeddings.position_embedding.weight
+    assert bool((emb == 0).all()) and not emb.requires_grad
+    pix = torch.randn(1, 3, 32, 32)
+    swapped = pix.clone()  # swap patch (0, 0) with patch (3, 2): its features must move with it
+    swapped[..., 0:8, 0:8], swapped[..., 24:32, 16:24] = pix[..., 24:32, 16:24], pix[..., 0:8, 0:8]
+    a, b = tower(pix)[0], tower(swapped)[0]
+    torch.testing.assert_close(a[0], b[14], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[5], b[5], atol=1e-5, rtol=1e-5)

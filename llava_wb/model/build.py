@@ -70,6 +70,8 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWB
         feature_layer=cfg.vision.feature_layer,
         select=cfg.vision.select,
     )
+    if not cfg.vision.position_embeddings:
+        tower.drop_position_embeddings()
     lm = build_llm(cfg.llm, tokenizer)
     config = LlavaWBConfig(
         vision_config=tower.config,

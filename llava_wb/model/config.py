@@ -36,6 +36,7 @@ class VisionConfig:
     feature_layer: int = -2
     select: str = "patch"
     freeze: bool = True
+    position_embeddings: bool = True  # false: zeroed and frozen (a control for order-changing reducers)
 
     def __post_init__(self) -> None:
         _check_common(self, "model.vision")

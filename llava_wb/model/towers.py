@@ -69,6 +69,15 @@ class VisionTower(nn.Module):
         self.model = model
         self.feature_layer = feature_layer
         self.select = select
+        self.position_embeddings = True
+
+    def drop_position_embeddings(self) -> None:
+        """Zero the absolute position embeddings and keep them frozen: the features then carry no
+        position of their own (a control for reducers that change token order)."""
+        embeddings = getattr(getattr(self.model, "vision_model", self.model), "embeddings")
+        with torch.no_grad():
+            embeddings.position_embedding.weight.zero_()
+        self.position_embeddings = False
 
     @classmethod
     def from_config(cls, config: PreTrainedConfig | dict[str, Any], **kwargs: Any) -> VisionTower:
@@ -185,6 +194,8 @@ class VisionTower(nn.Module):
         layers = self.config.num_hidden_layers
         first_unused = self.feature_layer % (layers + 1)  # hidden state i comes out of layer i - 1
         prefixes = [f"model.{m}." for m in self.unused_modules]
+        if not self.position_embeddings:
+            prefixes.append("model.embeddings.position_embedding.")
         prefixes += [f"model.{self.layers_path}.{i}." for i in range(first_unused, layers)]
         return [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
 

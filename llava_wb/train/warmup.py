@@ -158,6 +158,8 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     out = prepare_run_folder(cfg)
     torch.manual_seed(t.seed)
     tower = build_tower(v.type, path=v.path, config=v.config, feature_layer=v.feature_layer, select="patch")
+    if not v.position_embeddings:
+        tower.drop_position_embeddings()
     grid = tower.grid[0]
     heads = WarmupHeads(tower.hidden_size, head_classes(w))
     unused = set(tower.unused_parameter_names())

@@ -192,23 +192,36 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int = 4, anchor: str = "first"):
-    """ipywidgets sliders (ratio, window side, anchor) redrawing ``local_merge`` beside ``tome_sd``.
-    Returns the widget; without a live frontend (papermill) it still renders once with the values."""
+    """ipywidgets sliders (ratio, window side, anchor) redrawing ``local_merge`` beside ``tome_sd``
+    into an Output widget. Drawn once with the given values, so without a live frontend
+    (papermill) the notebook still shows the figure."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-
-    def show(ratio: float, window: int, anchor: str) -> None:
-        opts = {"ratio": ratio, "window": [1, window, window], "random_dst": anchor == "random", "seed": 0}
-        try:
-            fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
-        except ValueError as exc:  # the ratio asks for more merges than the windows allow
-            print(exc)
-            return
-        plt.show(fig)
+    from IPython.display import display
 
     side = image.shape[0] // patch
-    most = lambda w: 1.0 - 1.0 / (w * w)  # noqa: E731
-    return widgets.interactive(show, ratio=widgets.FloatSlider(value=min(ratio, most(window)), min=0.0, max=0.9375,
-                                                                step=0.0625, description="ratio"),
-                               window=widgets.IntSlider(value=window, min=2, max=max(2, min(8, side)), description="window"),
-                               anchor=widgets.Dropdown(options=["first", "random"], value=anchor, description="anchor"))
+    controls = {
+        "ratio": widgets.FloatSlider(value=ratio, min=0.0, max=0.9375, step=0.0625, description="ratio"),
+        "window": widgets.IntSlider(value=window, min=2, max=max(2, min(8, side)), description="window"),
+        "anchor": widgets.Dropdown(options=["first", "random"], value=anchor, description="anchor"),
+    }
+    out = widgets.Output()
+
+    def redraw(*_: Any) -> None:
+        v = {k: c.value for k, c in controls.items()}
+        opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], "random_dst": v["anchor"] == "random",
+                "seed": 0}
+        with out:
+            out.clear_output(wait=True)
+            try:
+                fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
+            except ValueError as exc:  # the ratio asks for more merges than the windows allow
+                print(exc)
+                return
+            display(fig)
+            plt.close(fig)
+
+    for c in controls.values():
+        c.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox(list(controls.values())), out])

@@ -1,0 +1,280 @@
+"""Token merging benchmark: merge cost vs the tower, the LLaVA-1.5-7B budget, accuracy per reducer.
+
+    python -m benchmarks.bench_merge [--quick] [--out DIR] [--parts a,b,c] [--seeds 0,1,2] [--steps N]
+
+(a) merge time as a fraction of the vision tower's forward at CLIP ViT-L/14-336 shapes (576 tokens,
+    dim 1024, random weights, CPU threads as given), for ``local_merge``, ``tome_sd`` and ``avgpool``;
+    plus the tower forward with ``local_merge`` placed inside its last 4 layers.
+(b) the token budget (``llava_wb.budget``) for LLaVA-1.5-7B at merge ratios 0, 0.5, 0.75.
+(c) held-out accuracy of the demo model (``configs/demo*.yaml``: warmed-up tower, 3 stages) with
+    ``identity`` (64 tokens), ``avgpool``, ``tome_sd`` and ``local_merge`` (16 tokens each; the
+    merges use 4x4 windows, so one destination per image quadrant) under identical training budgets,
+    per question type, mean +- std over seeds; and a control whose tower has no absolute position
+    embeddings and is warmed up without the row/column heads, so its features cannot carry their
+    own position and only the token order can. Runs are cached in ``runs/bench_cache/merge`` and a
+    rerun continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.common import Section, machine_info, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "runs" / "bench_cache" / "merge"
+QTYPES = ("colour", "shape", "position", "relation", "count")
+C_REDUCERS = {  # name -> model.reducer for part (c)
+    "identity": {"type": "identity", "options": {}},
+    "avgpool": {"type": "avgpool", "options": {"window": [1, 2, 2]}},
+    "tome_sd": {"type": "tome_sd", "options": {"tokens": 16, "window": [1, 4, 4]}},
+    "local_merge": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4]}},
+}
+
+
+# ----------------------------------------------------------------------------- (a)
+def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
+    import torch
+
+    from llava_wb.model.merging import local_merge, tome_sd_merge
+    from llava_wb.model.reducers import build_reducer
+    from llava_wb.model.towers import build_tower
+
+    shape = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                 num_attention_heads=16)
+    if quick:
+        shape = dict(image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                     num_attention_heads=4)
+    torch.manual_seed(0)
+    tower = build_tower("clip", config=shape, feature_layer=-2).eval()
+    grid = (1, *tower.grid)
+    pix = torch.randn(1, 3, shape["image_size"], shape["image_size"])
+
+    def timed(fn, reps):
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    with torch.no_grad():
+        tower(pix)  # warm-up
+        t_tower = timed(lambda: tower(pix), repeats)
+        feats = tower(pix)[:, :]
+        n = feats.shape[1]
+        r = n * 3 // 4
+        merges = {
+            "local_merge (2x2 windows, r=0.75N)": lambda: local_merge(feats, feats, grid, (1, 2, 2), r),
+            "local_merge (4x4 windows, r=0.75N)": lambda: local_merge(feats, feats, grid, (1, 4, 4), r),
+            "tome_sd (2x2 windows, r=0.5N)": lambda: tome_sd_merge(feats, feats, grid, (1, 2, 2), n // 2),
+            "avgpool 2x2": lambda: build_reducer("avgpool", {"window": [1, 2, 2]})(feats, grid),
+        }
+        t_merge = {name: timed(fn, 5 * repeats) for name, fn in merges.items()}
+        inside = build_reducer("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 1 if quick else 4}).eval()
+        t_inside = timed(lambda: tower.forward_merged(pix, inside, grid), repeats)
+    rows = [[name, f"{1e3 * t:.2f}", f"{100 * t / t_tower:.3f}%"] for name, t in t_merge.items()]
+    rows.append(["tower forward, 1 image (reference)", f"{1e3 * t_tower:.0f}", "100%"])
+    rows.append([f"tower forward with local_merge r=0.75 in its last {inside.layers} layers", f"{1e3 * t_inside:.0f}",
+                 f"{100 * t_inside / t_tower:.1f}%"])
+    worst = max(t_merge.values()) / t_tower
+    section = Section(
+        title="(a) Merge time vs the vision tower forward (CPU)",
+        explain=f"CLIP ViT-L/14-336 shapes ({n} patch tokens, dim {feats.shape[-1]}), random weights, one image, "
+                f"{torch.get_num_threads()} torch threads; medians of {repeats} tower runs and {5 * repeats} merge runs. "
+                "Target: merge <= 2% of the tower forward.",
+        headers=["operation", "ms", "share of tower forward"], rows=rows,
+        notes=[f"worst merge / tower = {100 * worst:.3f}% (target <= 2%: {'met' if worst <= 0.02 else 'NOT met'})"])
+    raw = {"tower_seconds": t_tower, "merge_seconds": t_merge, "inside_seconds": t_inside, "tokens": n,
+           "threads": torch.get_num_threads(), "worst_fraction": worst}
+    return section, raw
+
+
+# ----------------------------------------------------------------------------- (b)
+def part_b() -> tuple[Section, dict[str, Any]]:
+    from llava_wb import budget
+
+    rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
+        "ratio 0 (identity, 576)": ("identity", {}),
+        "ratio 0.5 (local_merge, 288)": ("local_merge", {"ratio": 0.5}),
+        "ratio 0.75 (local_merge, 144)": ("local_merge", {"ratio": 0.75}),
+        "ratio 0.75, inside the tower's last 4 layers": ("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 4}),
+    }, text_tokens=128)
+    table = budget.to_markdown(rows).splitlines()
+    headers = [h.strip() for h in table[0].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    section = Section(
+        title="(b) Token budget, LLaVA-1.5-7B shapes",
+        explain="CLIP ViT-L/14-336 (feature layer -2) + Vicuna-7B, one image and 128 text tokens per sample; "
+                "LLM FLOPs per sample (training = 3x forward), KV cache in bf16.",
+        headers=headers, rows=body)
+    return section, {"rows": budget.as_dicts(rows)}
+
+
+# ----------------------------------------------------------------------------- (c)
+def prepare_data(cache: Path, quick: bool) -> Path:
+    """Synthetic demo data, shards and tokenizer (as ``make demo`` makes them), cached."""
+    from data_tools.convert_to_wds import convert
+    from data_tools.make_synthetic import generate
+    from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+
+    run = cache / ("data_quick" if quick else "data")
+    if (run / "tokenizer" / "tokenizer_config.json").is_file():
+        return run
+    sizes = dict(n_pretrain=120, n_instruct=240, n_heldout=60) if quick else dict(n_instruct=8000)
+    data = generate(run / "data", progress=False, **sizes)
+    for split in ("pretrain", "instruct", "heldout"):
+        convert([data["files"][split]], [data["media_root"]], run / "shards" / split, shard_size=500, workers=2,
+                progress=False, overwrite=True)
+    records = [r for s in ("pretrain", "instruct", "heldout") for r in json.loads(Path(data["files"][s]).read_text())]
+    build_demo_tokenizer(demo_corpus(records=records)).save_pretrained(run / "tokenizer")
+    return run
+
+
+def train_stage(config: str, overrides: list[str]) -> dict[str, Any]:
+    from llava_wb.train import load_config, train
+
+    return train(load_config(ROOT / "configs" / config, ["train.overwrite=true", "train.report_to=none",
+                                                         "train.save_steps=100000", *overrides]))
+
+
+def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps: dict[str, int]) -> dict[str, Any]:
+    """Warm-up (cached per variant and seed) -> pretrain -> finetune -> held-out eval."""
+    from llava_wb.eval.__main__ import image_config_for
+    from llava_wb.eval.evaluate import evaluate
+    from llava_wb.model.bundle import load_bundle
+
+    os.environ["DEMO_RUN"] = str(data)
+    vision = [] if variant == "pos" else ["model.vision.position_embeddings=false"]
+    tower = work / f"{variant}_seed{seed}" / "tower"
+    if not (tower / "result.json").is_file():
+        warm = ["train.warmup.weights={row: 0, col: 0, count: 0.5}"] if variant == "nopos" else []
+        train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
+                                        f"train.max_steps={steps['tower']}", *vision, *warm])
+    red = C_REDUCERS[reducer]
+    common = [f"model.vision.path={tower / 'final'}", f"model.reducer.type={red['type']}",
+              f"model.reducer.options={json.dumps(red['options'])}", f"train.seed={seed}", f"data.seed={seed}", *vision]
+    run = work / f"{variant}_seed{seed}" / reducer
+    t0 = time.perf_counter()
+    train_stage("demo_pretrain.yaml", [f"train.output_dir={run / 'pretrain'}", f"train.max_steps={steps['pretrain']}",
+                                       *common])
+    result = train_stage("demo.yaml", [f"train.output_dir={run / 'train'}", f"train.init_from={run / 'pretrain'}",
+                                       f"train.max_steps={steps['finetune']}", *common])
+    seconds = time.perf_counter() - t0
+    model, tok = load_bundle(run / "train" / "final")
+    from llava_wb.train import load_config
+
+    template = load_config(ROOT / "configs" / "demo.yaml").data.template
+    ev = evaluate(model, tok, [str(data / "shards" / "heldout")], image=image_config_for(model), template=template,
+                  batch_size=64, progress=False)
+    return {"per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type}, "overall": ev.overall["accuracy"],
+            "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1)}
+
+
+def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path
+           ) -> tuple[list[Section], dict[str, Any]]:
+    data = prepare_data(cache, quick)
+    work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
+    done_file = work / "results.json"
+    done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    plan = [(v, r, s) for v, ss in (("pos", seeds), ("nopos", control_seeds)) for s in ss for r in C_REDUCERS]
+    for i, (variant, reducer, seed) in enumerate(plan):
+        key = f"{variant}/{reducer}/{seed}"
+        if key in done:
+            continue
+        print(f"[bench_merge] ({i + 1}/{len(plan)}) {key}", flush=True)
+        done[key] = one_run(data, work, variant, reducer, seed, steps)
+        work.mkdir(parents=True, exist_ok=True)
+        done_file.write_text(json.dumps(done, indent=1))
+    sections = []
+    summary: dict[str, Any] = {}
+    for variant, title in (("pos", "(c) Held-out accuracy per reducer (tower with position embeddings)"),
+                           ("nopos", "(c, control) Tower without absolute position embeddings")):
+        rows, stats = [], {}
+        for reducer in C_REDUCERS:
+            runs = [v for k, v in done.items() if k.startswith(f"{variant}/{reducer}/")]
+            if not runs:
+                continue
+            cells, stats[reducer] = [], {}
+            for t in (*QTYPES, "overall"):
+                vals = [100 * (r["overall"] if t == "overall" else r["per_type"].get(t, float("nan"))) for r in runs]
+                mean, std = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+                stats[reducer][t] = {"mean": mean, "std": std, "values": vals}
+                cells.append(f"{mean:.1f} ± {std:.1f}")
+            rows.append([reducer, runs[0]["tokens_per_image"], len(runs), *cells])
+        if not rows:
+            continue
+        notes = verdicts(stats)
+        sections.append(Section(title=title, explain=(
+            f"Demo model (tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune {steps['finetune']}; "
+            "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds."),
+            headers=["reducer", "tokens/image", "seeds", *QTYPES, "overall"], rows=rows, notes=notes))
+        summary[variant] = stats
+    return sections, {"runs": done, "summary": summary, "steps": steps}
+
+
+def verdicts(stats: dict[str, Any]) -> list[str]:
+    """The acceptance comparisons, stated with the measured numbers."""
+    notes = []
+    if {"identity", "local_merge"} <= set(stats):
+        keep = stats["local_merge"]["overall"]["mean"] / max(stats["identity"]["overall"]["mean"], 1e-9)
+        notes.append(f"local_merge keeps {100 * keep:.1f}% of identity's overall accuracy (target >= 97%)")
+    if {"tome_sd", "local_merge"} <= set(stats):
+        for t in ("position", "relation"):
+            lm, ts = stats["local_merge"][t], stats["tome_sd"][t]
+            gap, spread = lm["mean"] - ts["mean"], max(lm["std"], ts["std"])
+            notes.append(f"{t}: local_merge - tome_sd = {gap:+.1f} points; larger std {spread:.1f} "
+                         f"({gap / spread:.1f} std)" if spread > 0 else f"{t}: local_merge - tome_sd = {gap:+.1f} points")
+    return notes
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_merge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--cache", default=str(CACHE))
+    p.add_argument("--parts", default="a,b,c")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--control-seeds", default="0", help="seeds of the no-position-embedding control")
+    p.add_argument("--steps", type=int, default=1800, help="finetune steps per run (pretrain 200, warm-up 400)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    control = [int(s) for s in args.control_seeds.split(",") if s != ""]
+    steps = {"tower": 400, "pretrain": 200, "finetune": args.steps}
+    if args.quick:
+        seeds, control, steps = seeds[:2], control[:1], {"tower": 3, "pretrain": 2, "finetune": 3}
+    sections, raw = [], {"quick": args.quick}
+    if "a" in parts:
+        s, raw["a"] = part_a(args.quick, 1 if args.quick else args.repeats)
+        sections.append(s)
+    if "b" in parts:
+        s, raw["b"] = part_b()
+        sections.append(s)
+    if "c" in parts:
+        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache))
+        sections += cs
+    intro = ("Order-preserving local merging against ToMe-SD, average pooling and no reduction. "
+             "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU; "
+             "none was lent when this file was written.")
+    if args.quick:
+        intro = "QUICK MODE: tiny shapes and runs, the numbers are meaningless.\n\n" + intro
+    paths = write_results(args.out, "merge", title="Token merging benchmark", intro=intro, sections=sections,
+                          raw=raw, machine=machine_info())
+    print(paths["md"])
+    return [paths["md"], paths["json"]]
+
+
+if __name__ == "__main__":
+    main()
