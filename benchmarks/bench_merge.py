@@ -184,7 +184,9 @@ def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[
     work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
     done_file = work / "results.json"
     done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.is_file() else {}
-    plan = [(v, r, s) for v, ss in (("pos", seeds), ("nopos", control_seeds)) for s in ss for r in C_REDUCERS]
+    # seed by seed, the control right after the main runs of its seed: an interrupted run has both
+    plan = [(v, r, s) for s in sorted(set(seeds) | set(control_seeds)) for v, ss in (("pos", seeds), ("nopos", control_seeds))
+            if s in ss for r in C_REDUCERS]
     for i, (variant, reducer, seed) in enumerate(plan):
         key = f"{variant}/{reducer}/{seed}"
         if key in done:

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
@@ -233,7 +234,10 @@ def convert(
                     raise _shard_failed(shard, exc) from exc
                 finish(result)
             else:
-                pending[executor.submit(write_shard, task)] = shard
+                try:
+                    pending[executor.submit(write_shard, task)] = shard
+                except BrokenProcessPool as exc:  # a worker died since the last drain
+                    raise _shard_failed(shard, exc) from exc
                 drain(2 * workers - 1)
         drain(0)
     finally:

@@ -69,3 +69,26 @@ def test_deepspeed_launcher(ws, tmp_path, zero):
 
     model, _ = load_bundle(out / "final")
     assert model.tokens_per_image == 16
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_demo_stages(ws, tmp_path, monkeypatch):
+    """configs/demo_tower.yaml -> demo_pretrain.yaml in-process (a few steps), then configs/demo.yaml
+    itself under torchrun with 2 processes (its data section narrowed to this test's shards)."""
+    from llava_wb.train import load_config, train
+
+    run_dir = tmp_path / "demo"
+    (run_dir / "shards").mkdir(parents=True)
+    (run_dir / "tokenizer").symlink_to(ws["tokenizer"])
+    for split in ("instruct", "pretrain", "heldout"):
+        (run_dir / "shards" / split).symlink_to(ws["shards"])
+    monkeypatch.setenv("DEMO_RUN", str(run_dir))
+    root = Path(__file__).resolve().parents[1] / "configs"
+    train(load_config(root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]))
+    train(load_config(root / "demo_pretrain.yaml", ["train.max_steps=1", "data.batch_size=4", "train.report_to=none"]))
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         "-m", "llava_wb.train", str(root / "demo.yaml"), "-q", f"data.sources=[{run_dir / 'shards' / 'instruct'}]",
+         f"train.max_steps={STEPS}", f"train.save_steps={STEPS}", "data.batch_size=4", "train.log_sample_ids=true",
+         "train.logging_steps=1"], timeout=300)
+    result = check_ranks(run_dir / "train")
+    assert result["tokens_per_image"] == 16
