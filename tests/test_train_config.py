@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from train_fixtures import ROOT, make_workspace, tiny_config, write_config
+from train_fixtures import ROOT, demo_run_layout, make_workspace, tiny_config, write_config
 
 from llava_wb.train import ConfigError, load_config
 from llava_wb.train.checks import check_run_config
@@ -149,11 +149,7 @@ def test_demo_stage_configs_pass_the_checks(ws, tmp_path, monkeypatch):
     """The three demo stages under $DEMO_RUN: warm-up on the 8x8 patches, then 2x2 pooling (16 tokens)."""
     from transformers import CLIPVisionModel
 
-    run = tmp_path / "demo"
-    (run / "shards").mkdir(parents=True)
-    (run / "tokenizer").symlink_to(ws["tokenizer"])
-    for split in ("instruct", "pretrain", "heldout"):
-        (run / "shards" / split).symlink_to(ws["shards"])
+    run = demo_run_layout(ws, tmp_path / "demo")
     monkeypatch.setenv("DEMO_RUN", str(run))
     tower = load_config(ROOT / "configs" / "demo_tower.yaml")
     assert check_run_config(tower).image_size == 64  # the heads see all 8x8 patches; the reducer is unused

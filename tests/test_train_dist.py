@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_fixtures import free_port, make_workspace, read_ids, read_metrics, run, tiny_config, write_config
+from train_fixtures import (demo_run_layout, free_port, make_workspace, read_ids, read_metrics, run, tiny_config,
+                            write_config)
 
 STEPS = 4
 
@@ -77,11 +78,7 @@ def test_torchrun_trains_the_demo_stages(ws, tmp_path, monkeypatch):
     itself under torchrun with 2 processes (its data section narrowed to this test's shards)."""
     from llava_wb.train import load_config, train
 
-    run_dir = tmp_path / "demo"
-    (run_dir / "shards").mkdir(parents=True)
-    (run_dir / "tokenizer").symlink_to(ws["tokenizer"])
-    for split in ("instruct", "pretrain", "heldout"):
-        (run_dir / "shards" / split).symlink_to(ws["shards"])
+    run_dir = demo_run_layout(ws, tmp_path / "demo")
     monkeypatch.setenv("DEMO_RUN", str(run_dir))
     root = Path(__file__).resolve().parents[1] / "configs"
     train(load_config(root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]))

@@ -52,6 +52,15 @@ def make_workspace(base: Path, n: int = 96, shard_size: int = 16) -> dict[str, s
             "base": str(base)}
 
 
+def demo_run_layout(ws: dict[str, str], run_dir: Path) -> Path:
+    """A ``$DEMO_RUN`` folder for ``configs/demo*.yaml``: the workspace's tokenizer, and its shards as every split."""
+    (run_dir / "shards").mkdir(parents=True)
+    (run_dir / "tokenizer").symlink_to(ws["tokenizer"])
+    for split in ("instruct", "pretrain", "heldout"):
+        (run_dir / "shards" / split).symlink_to(ws["shards"])
+    return run_dir
+
+
 def tiny_config(ws: dict[str, str], output_dir: Path | str, **train: Any) -> dict[str, Any]:
     """A complete run config dict; ``train`` keys override the ``train:`` section."""
     cfg = {

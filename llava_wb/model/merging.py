@@ -58,16 +58,22 @@ def neighbour_windows(grid: Grid, window: Grid, reach: int, device: torch.device
     return torch.where(valid, index, -1).to(device)
 
 
+def _windows(x: torch.Tensor, grid: Grid, window: Grid, r: int, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``window_partition`` of ``grid`` after checking that ``r`` merges fit (one destination per window)."""
+    n = x.shape[1]
+    group, first, _ = window_partition(check_grid(grid), check_grid(window), device=x.device)
+    m = first.numel()
+    if not 0 <= r <= n - m:
+        raise ValueError(f"{who}: r={r} but only {n - m} of {n} tokens are sources ({m} windows of {tuple(window)})")
+    return group, first
+
+
 def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,
                 sizes: torch.Tensor | None = None, random_dst: bool = False, neighbours: int = 0,
                 generator: torch.Generator | None = None) -> ReducerOutput:
     """Merge ``r`` sources per item into nearby destinations; keep raster order (module docstring)."""
     b, n, d = x.shape
-    grid, window = check_grid(grid), check_grid(window)
-    group, first, _ = window_partition(grid, window, device=x.device)
-    m = first.numel()
-    if not 0 <= r <= n - m:
-        raise ValueError(f"local_merge: r={r} but only {n - m} of {n} tokens are sources ({m} windows of {window})")
+    group, first = _windows(x, grid, window, r, "local_merge")
     arange = torch.arange(n, device=x.device).expand(b, n)
     if r == 0:
         ones = torch.ones(b, n, dtype=torch.long, device=x.device)
@@ -108,11 +114,8 @@ def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Gri
                   random_dst: bool = False, generator: torch.Generator | None = None) -> ReducerOutput:
     """ToMe-SD bipartite soft matching (global; output ``[unmerged sources, destinations]``)."""
     b, n, d = x.shape
-    grid, window = check_grid(grid), check_grid(window)
-    group, first, _ = window_partition(grid, window, device=x.device)
+    group, first = _windows(x, grid, window, r, "tome_sd")
     m = first.numel()
-    if not 0 <= r <= n - m:
-        raise ValueError(f"tome_sd: r={r} but only {n - m} of {n} tokens are sources ({m} windows of {window})")
     dst = pick_destinations(group, first, b, random_dst, generator)  # [B, M], window order
     arange = torch.arange(n, device=x.device).expand(b, n)
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
