@@ -252,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--parts", default="a,b,c")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--control-seeds", default="0", help="seeds of the no-position-embedding control")
-    p.add_argument("--steps", type=int, default=1800, help="finetune steps per run (pretrain 200, warm-up 400)")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="finetune steps per run (pretrain 200, warm-up 400); about 5 min per run on 2 CPU cores")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)

@@ -73,9 +73,11 @@ def test_deepspeed_launcher(ws, tmp_path, zero):
 
 
 @pytest.mark.slow
-def test_torchrun_trains_the_demo_stages(ws, tmp_path, monkeypatch):
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_launchers_train_the_demo_stages(ws, tmp_path, monkeypatch, launcher):
     """configs/demo_tower.yaml -> demo_pretrain.yaml in-process (a few steps), then configs/demo.yaml
-    itself under torchrun with 2 processes (its data section narrowed to this test's shards)."""
+    itself with 2 processes under torchrun, or the deepspeed launcher with ZeRO-2 (its data section
+    narrowed to this test's shards)."""
     from llava_wb.train import load_config, train
 
     run_dir = demo_run_layout(ws, tmp_path / "demo")
@@ -83,9 +85,18 @@ def test_torchrun_trains_the_demo_stages(ws, tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1] / "configs"
     train(load_config(root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]))
     train(load_config(root / "demo_pretrain.yaml", ["train.max_steps=1", "data.batch_size=4", "train.report_to=none"]))
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "llava_wb.train", str(root / "demo.yaml"), "-q", f"data.sources=[{run_dir / 'shards' / 'instruct'}]",
-         f"train.max_steps={STEPS}", f"train.save_steps={STEPS}", "data.batch_size=4", "train.log_sample_ids=true",
-         "train.logging_steps=1"], timeout=300)
+    overrides = [f"data.sources=[{run_dir / 'shards' / 'instruct'}]", f"train.max_steps={STEPS}",
+                 f"train.save_steps={STEPS}", "data.batch_size=4", "train.log_sample_ids=true", "train.logging_steps=1"]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "llava_wb.train", str(root / "demo.yaml"), "-q", *overrides]
+    else:
+        exe = Path(sys.executable).parent / "deepspeed"
+        if not exe.exists() and shutil.which("deepspeed") is None:
+            pytest.skip("deepspeed launcher not installed")
+        cmd = [str(exe) if exe.exists() else "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "llava_wb.train", str(root / "demo.yaml"), "-q", *overrides,
+               "train.deepspeed=configs/deepspeed/zero2.json"]
+    run(cmd, timeout=600)
     result = check_ranks(run_dir / "train")
     assert result["tokens_per_image"] == 16
