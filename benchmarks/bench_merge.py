@@ -39,6 +39,10 @@ C_REDUCERS = {  # name -> model.reducer for part (c)
     "local_merge": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4]}},
     "local_merge+orig_pos": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4],
                                                                 "position_ids": "original"}},
+    # 2x2 windows: every source merges (r = 3N/4), into the most similar destination of its own or an
+    # adjacent window (local_merge) or of any window (tome_sd); one token per window, in raster order
+    "tome_sd 2x2": {"type": "tome_sd", "options": {"tokens": 16, "window": [1, 2, 2]}},
+    "local_merge 2x2 nb1": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 2, 2], "neighbours": 1}},
 }
 
 
@@ -181,15 +185,15 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
             "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1)}
 
 
-def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path
-           ) -> tuple[list[Section], dict[str, Any]]:
+def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
+           reducers: Sequence[str] = tuple(C_REDUCERS)) -> tuple[list[Section], dict[str, Any]]:
     data = prepare_data(cache, quick)
     work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
     done_file = work / "results.json"
     done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.is_file() else {}
     # seed by seed, the control right after the main runs of its seed: an interrupted run has both
     plan = [(v, r, s) for s in sorted(set(seeds) | set(control_seeds)) for v, ss in (("pos", seeds), ("nopos", control_seeds))
-            if s in ss for r in C_REDUCERS]
+            if s in ss for r in reducers]
     for i, (variant, reducer, seed) in enumerate(plan):
         key = f"{variant}/{reducer}/{seed}"
         if key in done:
@@ -255,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--steps", type=int, default=1000,
                    help="finetune steps per run (pretrain 200, warm-up 400); about 5 min per run on 2 CPU cores")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reducers", default=",".join(C_REDUCERS), help="part (c) reducers to run (cached runs are reported)")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -271,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         s, raw["b"] = part_b()
         sections.append(s)
     if "c" in parts:
-        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache))
+        unknown = set(args.reducers.split(",")) - set(C_REDUCERS)
+        if unknown:
+            p.error(f"unknown --reducers {sorted(unknown)}; known: {', '.join(C_REDUCERS)}")
+        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","))
         sections += cs
     intro = ("Order-preserving local merging against ToMe-SD, average pooling and no reduction. "
              "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU; "

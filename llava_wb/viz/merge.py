@@ -77,7 +77,7 @@ def group_colours(clip: np.ndarray, out: Any, patch: int, mode: str = "mean") ->
     if mode == "distinct":
         import matplotlib
 
-        m = out.group_ids.shape[1] and int(out.group_ids.max()) + 1
+        m = int(out.group_ids.max()) + 1
         rng = np.random.default_rng(0)
         return np.asarray(matplotlib.colormaps["tab20"](rng.permutation(m) % 20))[:, :3]
     pixels, _ = patchify(clip, patch)
