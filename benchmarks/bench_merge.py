@@ -9,7 +9,9 @@
 (c) held-out accuracy of the demo model (``configs/demo*.yaml``: warmed-up tower, 3 stages) with
     ``identity`` (64 tokens), ``avgpool``, ``tome_sd`` and ``local_merge`` (16 tokens each; the
     merges use 4x4 windows, so one destination per image quadrant; ``local_merge+orig_pos`` also
-    gives the LLM the kept tokens' raster indices as position ids) under identical training budgets,
+    gives the LLM the kept tokens' raster indices as position ids; the ``2x2`` variants merge every
+    source, into the most similar destination of an adjacent window (``local_merge nb1``) or of any
+    window (``tome_sd``), one token per window) under identical training budgets,
     per question type, mean +- std over seeds; and a control whose tower has no absolute position
     embeddings and is warmed up without the row/column heads, so its features cannot carry their
     own position and only the token order can. Runs are cached in ``runs/bench_cache/merge`` and a
@@ -216,14 +218,15 @@ def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[
                 vals = [100 * (r["overall"] if t == "overall" else r["per_type"].get(t, float("nan"))) for r in runs]
                 mean, std = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
                 stats[reducer][t] = {"mean": mean, "std": std, "values": vals}
-                cells.append(f"{mean:.1f} ± {std:.1f}")
+                cells.append(f"{mean:.1f} ± {std:.1f}" if len(vals) > 1 else f"{mean:.1f}")
             rows.append([reducer, runs[0]["tokens_per_image"], len(runs), *cells])
         if not rows:
             continue
         notes = verdicts(stats)
         sections.append(Section(title=title, explain=(
             f"Demo model (tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune {steps['finetune']}; "
-            "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds."),
+            "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds "
+            "(one seed: the single value)."),
             headers=["reducer", "tokens/image", "seeds", *QTYPES, "overall"], rows=rows, notes=notes))
         summary[variant] = stats
     return sections, {"runs": done, "summary": summary, "steps": steps}
@@ -236,11 +239,12 @@ def verdicts(stats: dict[str, Any]) -> list[str]:
         if "identity" in stats:
             keep = stats[local]["overall"]["mean"] / max(stats["identity"]["overall"]["mean"], 1e-9)
             notes.append(f"{local} keeps {100 * keep:.1f}% of identity's overall accuracy (target >= 97%)")
-        if "tome_sd" in stats:
+        rival = "tome_sd 2x2" if "2x2" in local else "tome_sd"  # the same windows and budget
+        if rival in stats:
             for t in ("position", "relation"):
-                lm, ts = stats[local][t], stats["tome_sd"][t]
+                lm, ts = stats[local][t], stats[rival][t]
                 gap, spread = lm["mean"] - ts["mean"], max(lm["std"], ts["std"])
-                notes.append(f"{t}: {local} - tome_sd = {gap:+.1f} points"
+                notes.append(f"{t}: {local} - {rival} = {gap:+.1f} points"
                              + (f"; larger std {spread:.1f} ({gap / spread:.1f} std)" if spread > 0 else
                                 " (one seed: no std)"))
     return notes
@@ -284,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     intro = ("Order-preserving local merging against ToMe-SD, average pooling and no reduction. "
              "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU; "
              "none was lent when this file was written.")
+    if "c" in parts:
+        intro += (f" Part (c) here: seeds {seeds} (control: {control}), finetune {steps['finetune']} steps per run; "
+                  "the acceptance plan is 3 seeds (`--seeds 0,1,2`), cached runs are reused.")
     if args.quick:
         intro = "QUICK MODE: tiny shapes and runs, the numbers are meaningless.\n\n" + intro
     paths = write_results(args.out, "merge", title="Token merging benchmark", intro=intro, sections=sections,
