@@ -116,14 +116,11 @@ def part_b() -> tuple[Section, dict[str, Any]]:
         "ratio 0.75 (local_merge, 144)": ("local_merge", {"ratio": 0.75}),
         "ratio 0.75, inside the tower's last 4 layers": ("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 4}),
     }, text_tokens=128)
-    table = budget.to_markdown(rows).splitlines()
-    headers = [h.strip() for h in table[0].strip("|").split("|")]
-    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     section = Section(
         title="(b) Token budget, LLaVA-1.5-7B shapes",
         explain="CLIP ViT-L/14-336 (feature layer -2) + Vicuna-7B, one image and 128 text tokens per sample; "
                 "LLM FLOPs per sample (training = 3x forward), KV cache in bf16.",
-        headers=headers, rows=body)
+        headers=list(budget.TABLE_HEADERS), rows=budget.table_rows(rows))
     return section, {"rows": budget.as_dicts(rows)}
 
 

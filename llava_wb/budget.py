@@ -105,16 +105,22 @@ def budget_table(tower: Any, llm: Any, reducers: Mapping[str, tuple[str, Mapping
     return [estimate(name, tower, llm, r, o, **kw) for name, (r, o) in reducers.items()]
 
 
+TABLE_HEADERS = ("config", "visual tokens", "seq len", "LLM TFLOPs fwd", "LLM TFLOPs train", "x first",
+                 "KV cache MiB", "tower GFLOPs")
+
+
+def table_rows(rows: list[Budget]) -> list[list[str]]:
+    """Formatted cells under ``TABLE_HEADERS``, with training FLOPs as a ratio to the first row."""
+    base = rows[0]
+    return [[r.name, str(r.visual_tokens), str(r.seq_len), f"{r.llm_flops_forward / 1e12:.2f}",
+             f"{r.llm_flops_train / 1e12:.2f}", f"{r.llm_flops_train / base.llm_flops_train:.2f}",
+             f"{r.kv_cache_bytes / 2**20:.1f}", f"{r.tower_flops_forward / 1e9:.0f}"] for r in rows]
+
+
 def to_markdown(rows: list[Budget]) -> str:
     """A table with ratios to the first row (the baseline)."""
-    base = rows[0]
-    out = ["| config | visual tokens | seq len | LLM TFLOPs fwd | LLM TFLOPs train | x first | KV cache MiB | tower GFLOPs |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r.name} | {r.visual_tokens} | {r.seq_len} | {r.llm_flops_forward / 1e12:.2f} | "
-                   f"{r.llm_flops_train / 1e12:.2f} | {r.llm_flops_train / base.llm_flops_train:.2f} | "
-                   f"{r.kv_cache_bytes / 2**20:.1f} | {r.tower_flops_forward / 1e9:.0f} |")
-    return "\n".join(out)
+    out = ["| " + " | ".join(TABLE_HEADERS) + " |", "|---|" + "---:|" * (len(TABLE_HEADERS) - 1)]
+    return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)])
 
 
 def as_dicts(rows: list[Budget]) -> list[dict[str, Any]]:

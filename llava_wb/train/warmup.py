@@ -185,9 +185,7 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
         sched.step()
         step += 1
         seen += batch["pixel_values"].shape[0]
-        for name, (c, n) in hits.items():
-            a, b = window.get(name, (0, 0))
-            window[name] = (a + c, b + n)
+        _accumulate(window, hits)
         if step % t.logging_steps == 0 or step == steps:
             dt = time.perf_counter() - since
             last = {f"acc/{k}": round(c / max(n, 1), 4) for k, (c, n) in window.items()}
@@ -215,6 +213,13 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     return result
 
 
+def _accumulate(total: dict[str, tuple[int, int]], hits: dict[str, tuple[int, int]]) -> None:
+    """Add a batch's ``name -> (correct, counted)`` into running totals."""
+    for name, (c, n) in hits.items():
+        a, b = total.get(name, (0, 0))
+        total[name] = (a + c, b + n)
+
+
 def _endless(loader: Any) -> Any:
     """Batches epoch after epoch (a balanced loader's epochs continue its stream)."""
     while True:
@@ -237,9 +242,7 @@ def evaluate_tower(tower: Any, heads: WarmupHeads, cfg: RunConfig, sources: list
         if not batch:
             continue
         _, hits = losses_and_hits(heads(tower(batch["pixel_values"])), batch, cfg.train.warmup)
-        for name, (c, n) in hits.items():
-            a, b = total.get(name, (0, 0))
-            total[name] = (a + c, b + n)
+        _accumulate(total, hits)
     return {k: round(c / max(n, 1), 4) for k, (c, n) in total.items()}
 
 
