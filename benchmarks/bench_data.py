@@ -80,7 +80,7 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
             break
     raws = raws[: s.ceiling_samples]
     image = ImageConfig(size=s.proc_size)
-    process = TrainSample(tok, template=s.template, max_length=s.max_length, image=image,
+    process = TrainSample(tok, template=s.template, max_length=s.max_length, media=image,
                           media_tokens={"image": s.media_tokens})
     collate = Collator(pad_token_id=tok.pad_token_id)
     transform, template = ImageTransform(image), get_template(s.template, tok)

@@ -1,4 +1,4 @@
-"""Typed configuration of the streaming data pipeline (sources, image preprocessing, batching).
+"""Typed configuration of the streaming data pipeline (sources, image/video/audio preprocessing, batching).
 
 ``DataConfig.from_dict`` builds it from the ``data:`` section of a YAML config and rejects unknown
 keys with a message naming the field, so a typo fails before any work starts.
@@ -56,6 +56,56 @@ class ImageConfig:
         self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
 
 
+VIDEO_BACKENDS = ("decord", "pyav")
+
+
+@dataclass
+class VideoConfig:
+    """How a video becomes frames: ``num_frames`` uniformly over the clip, or (``fps`` set) one
+    frame every ``1/fps`` seconds from the start with ``num_frames`` as the upper bound (a longer
+    clip falls back to uniform sampling; a shorter one repeats its last frame, so every clip gives
+    exactly ``num_frames`` frames and a batch stays dense). Frames then go through ``data.image``.
+    ``num_frames`` null: the model's frame count (``model.video.frames``), set by the trainer."""
+
+    num_frames: int | None = None
+    fps: float | None = None
+    backend: str = "decord"
+
+    def __post_init__(self) -> None:
+        if self.num_frames is not None and self.num_frames <= 0:
+            raise DataConfigError(f"data.video.num_frames must be positive, got {self.num_frames}")
+        if self.fps is not None and not self.fps > 0:
+            raise DataConfigError(f"data.video.fps must be > 0 or null, got {self.fps}")
+        if self.backend not in VIDEO_BACKENDS:
+            raise DataConfigError(f"data.video.backend must be one of {', '.join(VIDEO_BACKENDS)}, got {self.backend!r}")
+
+
+@dataclass
+class AudioConfig:
+    """How audio becomes Whisper log-mel features: mixed to mono, resampled to ``sampling_rate``,
+    cut or zero-padded to ``seconds`` (null: the audio tower's window, set by the trainer), then
+    ``n_mels`` x ``100 * seconds`` features (10 ms hop)."""
+
+    seconds: float | None = None
+    sampling_rate: int = 16000
+    n_mels: int = 80
+
+    def __post_init__(self) -> None:
+        if self.seconds is not None and not self.seconds > 0:
+            raise DataConfigError(f"data.audio.seconds must be > 0 or null, got {self.seconds}")
+        if self.sampling_rate <= 0 or self.n_mels <= 0:
+            raise DataConfigError("data.audio.sampling_rate and data.audio.n_mels must be positive")
+
+
+@dataclass
+class MediaSettings:
+    """What every media decoder receives: the image, video and audio settings of the run."""
+
+    image: ImageConfig = field(default_factory=ImageConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+
 @dataclass
 class DataConfig:
     """Everything the loader needs. ``epoch_mode``:
@@ -78,6 +128,8 @@ class DataConfig:
     template: str = "vicuna_v1"
     max_length: int = 2048
     image: ImageConfig = field(default_factory=ImageConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     max_skip_rate: float = 0.05
     skip_check_min_samples: int = 200
     log_skips: int = 20
@@ -86,8 +138,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**_checked(s, SourceConfig, "data.sources[]"))
                         for s in self.sources]
-        if isinstance(self.image, dict):
-            self.image = ImageConfig(**_checked(self.image, ImageConfig, "data.image"))
+        for name, cls in (("image", ImageConfig), ("video", VideoConfig), ("audio", AudioConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**_checked(getattr(self, name), cls, f"data.{name}")))
         if self.epoch_mode not in ("balanced", "exact"):
             raise DataConfigError(f"data.epoch_mode must be 'balanced' or 'exact', got {self.epoch_mode!r}")
         for name in ("batch_size", "max_length"):
@@ -111,6 +164,10 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def media(self) -> MediaSettings:
+        return MediaSettings(self.image, self.video, self.audio)
 
 
 def _checked(d: dict[str, Any], cls: type, where: str) -> dict[str, Any]:

@@ -3,21 +3,24 @@
 A raw sample is what the tar reader yields: ``{"__key__", "__url__", "json": bytes, "<field>": bytes}``.
 The sample's json names each media field (``docs/data_format.md``); shards from other tools that
 lack that list are read by extension. Decoders are registered per modality in ``MEDIA_DECODERS``
-(images here; video and audio plug in the same way). Every failure is a ``SampleError`` with a
-reason, so the stream can skip and count it.
+(images here, ``video`` and ``audio`` in their own modules); each takes ``(bytes, MediaSettings)``
+and returns a tensor, or a ``DecodedMedia`` whose ``info`` (frame indices and timestamps, audio
+duration) lands in the sample's ``media_info``. Every failure is a ``SampleError`` with a reason,
+so the stream can skip and count it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..registry import Registry
-from .config import ImageConfig
+from .config import ImageConfig, MediaSettings
 from .errors import SampleError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tiff", "tif")
@@ -28,6 +31,14 @@ EXT_MODALITY = {**{e: "image" for e in IMAGE_EXTS},
 
 MEDIA_DECODERS: Registry = Registry("media decoder")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+@dataclass
+class DecodedMedia:
+    """A decoder's result with side information (kept in the sample's ``media_info``)."""
+
+    value: Any
+    info: dict[str, Any]
 
 
 def parse_json(raw: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +68,16 @@ def media_fields(raw: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, s
     return found
 
 
-def decode_sample(raw: dict[str, Any], image_cfg: ImageConfig, *, decode_media: bool = True) -> dict[str, Any]:
-    """Decode one raw sample. With ``decode_media=False`` media stay as bytes (round trips, tests)."""
+def decode_sample(raw: dict[str, Any], settings: MediaSettings | ImageConfig, *, decode_media: bool = True) -> dict[str, Any]:
+    """Decode one raw sample. With ``decode_media=False`` media stay as bytes (round trips, tests).
+    ``settings``: the run's ``MediaSettings`` (an ``ImageConfig`` alone means default video/audio)."""
     key = raw.get("__key__", "?")
+    if isinstance(settings, ImageConfig):
+        settings = MediaSettings(image=settings)
     try:
         meta = parse_json(raw)
         media: dict[str, list] = {}
+        media_info: dict[str, list] = {}
         modal_list: list[str] = []
         for modality, fieldname in media_fields(raw, meta):
             if fieldname not in raw:
@@ -73,13 +88,16 @@ def decode_sample(raw: dict[str, Any], image_cfg: ImageConfig, *, decode_media: 
             if decode_media:
                 if modality not in MEDIA_DECODERS:
                     raise SampleError("unsupported_media", f"no decoder registered for {modality}")
-                value = MEDIA_DECODERS.get(modality)(value, image_cfg)
+                value = MEDIA_DECODERS.get(modality)(value, settings)
+                if isinstance(value, DecodedMedia):
+                    media_info.setdefault(modality, []).append(value.info)
+                    value = value.value
             media.setdefault(modality, []).append(value)
             modal_list.append(MODAL_TAGS[modality])
     except SampleError as e:
         raise e.with_key(key) from None
     return {"key": key, "url": raw.get("__url__"), "id": meta.get("id", key), "meta": meta,
-            "conversations": meta["conversations"], "media": media, "modal_list": modal_list}
+            "conversations": meta["conversations"], "media": media, "media_info": media_info, "modal_list": modal_list}
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -134,32 +152,50 @@ class ImageTransform:
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))  # DCT-domain downscale: decode only what is needed
             img.load()
-            img = to_rgb(img, self.background)
-            if self.cfg.aspect == "pad":
-                img = expand_to_square(img, self.background)
-            if img.size != (size, size):
-                img = img.resize((size, size), _RESAMPLE[self.cfg.resample])
+            return self.geometry(img)
         except (OSError, ValueError, SyntaxError) as e:
             raise SampleError("corrupt_media", f"image does not decode: {e}") from e
+
+    def geometry(self, img: Image.Image) -> Image.Image:
+        """A loaded PIL image -> RGB, padded (``aspect: pad``) and resized to S x S."""
+        size = self.cfg.size
+        img = to_rgb(img, self.background)
+        if self.cfg.aspect == "pad":
+            img = expand_to_square(img, self.background)
+        if img.size != (size, size):
+            img = img.resize((size, size), _RESAMPLE[self.cfg.resample])
         return img
 
-    def __call__(self, data: bytes):
+    def normalise(self, arr: np.ndarray):
+        """uint8 ``[..., S, S, 3]`` -> float ``[..., 3, S, S]``, normalised with mean/std."""
         import torch
 
-        arr = np.array(self.pil(data), dtype=np.uint8)  # a writable copy for torch
+        x = torch.from_numpy(np.ascontiguousarray(arr)).movedim(-1, -3).float()
         # (x / 255 - mean) / std as one fused pass: x * scale + shift (0.22 vs 0.32 ms at 224 px)
-        return torch.addcmul(self._shift, torch.from_numpy(arr).permute(2, 0, 1).float(), self._scale)
+        return torch.addcmul(self._shift, x, self._scale)
+
+    def frames(self, frames: np.ndarray):
+        """Video frames uint8 ``[T, H, W, 3]`` -> ``[T, 3, S, S]``, each frame like an image."""
+        return self.normalise(np.stack([np.asarray(self.geometry(Image.fromarray(f))) for f in frames]))
+
+    def __call__(self, data: bytes):
+        return self.normalise(np.array(self.pil(data), dtype=np.uint8))
 
 
 _transforms: dict[tuple, ImageTransform] = {}
 
 
-@MEDIA_DECODERS.register("image")
-def decode_image(data: bytes, cfg: ImageConfig):
+def image_transform(cfg: ImageConfig) -> ImageTransform:
+    """The (cached) transform for ``cfg``: images and video frames share it."""
     key = (cfg.size, cfg.aspect, cfg.mean, cfg.std, cfg.resample)
     if key not in _transforms:
         _transforms[key] = ImageTransform(cfg)
-    return _transforms[key](data)
+    return _transforms[key]
 
 
-Decoder = Callable[[bytes, ImageConfig], Any]
+@MEDIA_DECODERS.register("image")
+def decode_image(data: bytes, settings: MediaSettings):
+    return image_transform(settings.image)(data)
+
+
+Decoder = Callable[[bytes, MediaSettings], Any]

@@ -236,11 +236,11 @@ def build_loader(cfg: DataConfig, *, process: Callable[[dict], dict] | None = No
                  collate: Callable[[list[dict]], dict] = list_collate, rank: int | None = None,
                  world_size: int | None = None) -> StreamingLoader:
     """The loader for this rank. ``process`` maps a raw sample to a training sample (default:
-    ``decode_sample`` with the config's image settings, media decoded)."""
+    ``decode_sample`` with the config's media settings, media decoded)."""
     if process is None:
         from .pipeline import DecodeOnly
 
-        process = DecodeOnly(cfg.image)
+        process = DecodeOnly(cfg.media)
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)
 
 
@@ -252,7 +252,7 @@ def build_train_loader(cfg: DataConfig, tokenizer, *, media_tokens: dict[str, in
 
     from .sources import source_name
 
-    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, image=cfg.image,
+    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, media=cfg.media,
                           media_tokens=media_tokens,
                           source_templates={source_name(s): s.template for s in cfg.sources if s.template})
     collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)

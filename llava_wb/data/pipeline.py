@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ImageConfig
+from .config import ImageConfig, MediaSettings
 from .decode import decode_sample
 
 
@@ -20,11 +20,11 @@ class RawSample:
 
 
 class DecodeOnly:
-    def __init__(self, image: ImageConfig):
-        self.image = image
+    def __init__(self, media: MediaSettings | ImageConfig):
+        self.media = media
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return decode_sample(raw, self.image)
+        return decode_sample(raw, self.media)
 
 
 class TrainSample:
@@ -36,18 +36,18 @@ class TrainSample:
     template, e.g. captions with ``plain`` mixed into ``vicuna_v1`` instructions.
     """
 
-    def __init__(self, tokenizer, *, template: str, max_length: int, image: ImageConfig,
+    def __init__(self, tokenizer, *, template: str, max_length: int, media: MediaSettings | ImageConfig,
                  media_tokens: dict[str, int], source_templates: dict[str, str] | None = None):
         from .conversation import get_template
 
         self.template = get_template(template, tokenizer)
         self.source_templates = {name: get_template(t, tokenizer) for name, t in (source_templates or {}).items()}
-        self.max_length, self.image, self.media_tokens = max_length, image, dict(media_tokens)
+        self.max_length, self.media, self.media_tokens = max_length, media, dict(media_tokens)
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        d = decode_sample(raw, self.image)
+        d = decode_sample(raw, self.media)
         template = self.source_templates.get(raw.get("__source__"), self.template)
         tok = template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
                                      expected_media={m: len(v) for m, v in d["media"].items()})
