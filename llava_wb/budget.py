@@ -8,7 +8,11 @@ From the tower's config (resolution, patch size, width, depth), frames per sampl
 - LLM FLOPs per sample: forward (``2 x matmul parameters x tokens`` + causal attention scores
   ``2 x layers x seq^2 x hidden`` + the LM head) and training (``3 x`` forward);
 - KV-cache bytes per sample (``2 x layers x seq x kv_heads x head_dim x bytes``);
-- vision tower FLOPs per sample (lower with ``placement: tower``: the last layers see fewer tokens).
+- vision tower FLOPs per sample (lower with ``placement: tower``: the last layers see fewer tokens);
+  a clip of ``frames`` frames runs the tower once per frame, and its reducer cuts the ``(frames, H, W)``
+  grid, plus one separator per time slice (``separators``, as ``model.video.separators``);
+- audio: ``audio_seconds`` of audio as whole clips of the audio tower's window, each pooled to
+  ``tokens_per_second`` (``model.audio``), and the audio encoder's FLOPs.
 
 ``budget_table`` lays several reducers side by side; ``to_markdown`` prints it. The merge notebook
 and ``benchmarks/bench_merge.py`` use these; the formulas are the usual dense-transformer counts
@@ -23,6 +27,8 @@ from typing import Any, Mapping
 # LLaVA-1.5-7B: CLIP ViT-L/14-336 (feature layer -2 = 23 of 24 layers) + Vicuna-7B.
 CLIP_L14_336 = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
                 "num_hidden_layers": 24, "feature_layer": -2}
+WHISPER_LARGE_ENCODER = {"d_model": 1280, "encoder_layers": 32, "encoder_ffn_dim": 5120, "max_source_positions": 1500,
+                         "num_mel_bins": 128, "tokens_per_second": 25}
 VICUNA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32, "vocab_size": 32000, "gated_mlp": True}
 
@@ -39,6 +45,8 @@ class Budget:
     llm_flops_train: float
     kv_cache_bytes: int
     tower_flops_forward: float
+    audio_tokens: int = 0
+    audio_flops_forward: float = 0.0
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -74,30 +82,49 @@ def tower_forward_flops(cfg: Any, tokens_per_layer: list[int]) -> float:
     return float(sum(2 * n * (4 * h * h + 2 * h * inter) + 4 * n * n * h for n in tokens_per_layer))
 
 
+def audio_tower_flops(audio: Any) -> float:
+    """Forward FLOPs of a Whisper-style encoder on one clip (conv stem + layers, full attention)."""
+    d, n = _get(audio, "d_model"), _get(audio, "max_source_positions")
+    stem = 2 * (2 * n) * _get(audio, "num_mel_bins", 80) * d * 3 + 2 * n * d * d * 3  # two k=3 convs
+    return float(stem + _get(audio, "encoder_layers") * (2 * n * (4 * d * d + 2 * d * _get(audio, "encoder_ffn_dim")) + 4 * n * n * d))
+
+
 def estimate(name: str, tower: Any, llm: Any, reducer: str = "identity", options: Mapping[str, Any] | None = None,
              *, text_tokens: int = 128, frames: int = 1, images: int = 1, cls: bool = False,
-             kv_bytes: int = 2) -> Budget:
+             kv_bytes: int = 2, separators: bool = False, audio_seconds: float = 0.0, audio: Any = None) -> Budget:
     """The budget of one configuration; ``tower`` needs image/patch size, width, depth (and
-    ``feature_layer``, default -2); ``cls`` counts a kept CLS token per image."""
+    ``feature_layer``, default -2); ``cls`` counts a kept CLS token per image; ``images`` items of
+    ``frames`` frames each; ``audio`` (a Whisper encoder config plus ``tokens_per_second``, e.g.
+    ``WHISPER_LARGE_ENCODER``) with ``audio_seconds`` > 0 adds the audio tokens."""
+    import math
+
+    from llava_wb.model.media import time_slices
     from llava_wb.model.reducers import build_reducer
 
     side = _get(tower, "image_size") // _get(tower, "patch_size")
     grid = (frames, side, side)
     red = build_reducer(reducer, dict(options or {}))
-    per_item = red.output_len(grid) + int(cls)
+    slices = time_slices(frames, red)[1] if separators and frames > 1 else 0
+    per_item = red.output_len(grid) + int(cls) + slices
     visual = per_item * images
     layers = _get(tower, "num_hidden_layers")
     run = _get(tower, "feature_layer", -2) % (layers + 1)
-    patches = frames * side * side + 1  # + CLS, computed by the tower even when dropped
-    kept = red.output_len(grid) + 1
+    patches = side * side + 1  # per frame, + CLS (computed by the tower even when dropped)
     per_layer = [patches] * run
-    if getattr(red, "placement", "after") == "tower":
-        per_layer = [patches] * (run - red.layers) + [kept] * red.layers
-    seq = visual + text_tokens
+    if getattr(red, "placement", "after") == "tower" and frames == 1:
+        per_layer = [patches] * (run - red.layers) + [red.output_len(grid) + 1] * red.layers
+    audio_tokens, audio_flops = 0, 0.0
+    if audio is not None and audio_seconds > 0:
+        window = _get(audio, "max_source_positions") / 50.0
+        clips = math.ceil(audio_seconds / window - 1e-9)
+        audio_tokens = clips * int(round(window * _get(audio, "tokens_per_second", 25)))
+        audio_flops = clips * audio_tower_flops(audio)
+    seq = visual + audio_tokens + text_tokens
     fwd = llm_forward_flops(llm, seq)
     return Budget(name=name, visual_tokens=visual, text_tokens=text_tokens, seq_len=seq, llm_flops_forward=fwd,
                   llm_flops_train=3 * fwd, kv_cache_bytes=kv_cache_bytes(llm, seq, kv_bytes),
-                  tower_flops_forward=tower_forward_flops(tower, per_layer) * images)
+                  tower_flops_forward=tower_forward_flops(tower, per_layer) * frames * images,
+                  audio_tokens=audio_tokens, audio_flops_forward=audio_flops)
 
 
 def budget_table(tower: Any, llm: Any, reducers: Mapping[str, tuple[str, Mapping[str, Any]]], **kw: Any) -> list[Budget]:

@@ -175,8 +175,10 @@ def test_placeholder_mismatch_names_the_numbers(tok: Any, model: Any) -> None:
         model(**dict(batch, image_counts=torch.tensor([0, 2, 1, 1])))
     out = model(**dict(batch, output_hidden_states=True))
     assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (*ids.shape, 32)
-    with pytest.raises(ValueError, match="images only"):
-        model(**dict(batch, video_values=torch.zeros(1)))
+    with pytest.raises(ValueError, match=r"0 video-token positions but the batch has 1 videos"):
+        model(**dict(batch, video_values=torch.zeros(1, 8, 3, 32, 32)))
+    with pytest.raises(ValueError, match=r"the batch has 1 audio clips but the model has no audio tower"):
+        model(**dict(batch, audio_values=torch.zeros(1, 80, 3000)))
 
 
 def test_generate_left_padding_one_answer_per_sample(tok: Any, model: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..data.config import DataConfig, ImageConfig
+from ..data.config import DataConfig, ImageConfig, MediaSettings
 from ..data.conversation import get_template, split_for_eval
 from ..data.errors import SampleError
 from ..data.loader import build_loader
@@ -21,12 +21,13 @@ from ..data.pipeline import DecodeOnly
 from .metrics import EvalResult
 
 
-def _items(shards: list[str], image: ImageConfig, template, media_tokens: dict[str, int], max_length: int,
+def _items(shards: list[str], media: MediaSettings, template, media_tokens: dict[str, int], max_length: int,
            limit: int | None) -> Iterator[dict[str, Any]]:
     cfg = DataConfig(sources=[{"path": s} for s in shards], batch_size=16, num_workers=0, epoch_mode="exact",
-                     shuffle_shards=False, shuffle_buffer=0, image=image, max_skip_rate=0.05)
+                     shuffle_shards=False, shuffle_buffer=0, image=media.image, video=media.video, audio=media.audio,
+                     max_skip_rate=0.05)
     n = 0
-    for batch in build_loader(cfg, process=DecodeOnly(image)):
+    for batch in build_loader(cfg, process=DecodeOnly(media)):
         for s in batch["samples"]:
             qtypes = (s["meta"].get("meta") or {}).get("qtypes") or []
             human = [t for t in s["conversations"] if t.get("from") in ("human", "user")]
@@ -41,7 +42,7 @@ def _items(shards: list[str], image: ImageConfig, template, media_tokens: dict[s
                 yield {"id": s["id"], "turn": item.turn, "ids": tok.input_ids, "answer": item.answer,
                        "qtype": qtypes[item.turn] if item.turn < len(qtypes) else "all",
                        "question": human[item.turn]["value"] if item.turn < len(human) else "",
-                       "images": s["media"].get("image", [])}
+                       "media": s["media"]}
                 n += 1
                 if limit is not None and n >= limit:
                     return
@@ -57,30 +58,42 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def _media_batch(chunk: list[dict[str, Any]], device: Any) -> dict[str, Any]:
+    """``pixel_values``/``video_values``/``audio_values`` and their per-prompt counts."""
+    from ..data.collate import MEDIA_VALUE_KEYS
+
+    out: dict[str, Any] = {}
+    for kind, key in MEDIA_VALUE_KEYS.items():
+        items = [x for c in chunk for x in c["media"].get(kind, [])]
+        out[key] = torch.stack(items).to(device) if items else None
+        out[f"{kind}_counts"] = torch.tensor([len(c["media"].get(kind, [])) for c in chunk])
+    return out
+
+
 @torch.no_grad()
-def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig, template: str = "vicuna_v1",
+def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaSettings, template: str = "vicuna_v1",
              max_length: int = 512, batch_size: int = 32, max_new_tokens: int = 8, limit: int | None = None,
              progress: bool = True) -> EvalResult:
-    """Greedy answers for every question in ``shards``; returns per-type exact match + majority baseline."""
+    """Greedy answers for every question in ``shards``; returns per-type exact match + majority baseline.
+    ``image``: the image settings (video frames and the audio window then come from the model)."""
     from tqdm.auto import tqdm
+
+    from ..model.media import media_settings
 
     model.eval()
     tmpl = get_template(template, tokenizer)
-    media_tokens = {"image": model.tokens_per_image}
+    media_tokens = model.media_tokens
     device = next(model.parameters()).device
     result = EvalResult()
     bar = tqdm(desc="evaluating", unit="q", disable=not progress)
-    items = _items(shards, image, tmpl, media_tokens, max_length, limit)
+    items = _items(shards, media_settings(model, image), tmpl, media_tokens, max_length, limit)
     while True:
         chunk = [it for _, it in zip(range(batch_size), items)]
         if not chunk:
             break
         ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
-        images = [img for c in chunk for img in c["images"]]
-        pixel_values = torch.stack(images).to(device) if images else None
-        counts = torch.tensor([len(c["images"]) for c in chunk])
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values,
-                             image_counts=counts, max_new_tokens=max_new_tokens,
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **_media_batch(chunk, device),
+                             max_new_tokens=max_new_tokens,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for c, new in zip(chunk, out):
             new = new.tolist()

@@ -14,7 +14,10 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from llava_wb.data.conversation import special_token_id
+from llava_wb.model.audio import AUDIO_TOWERS, build_audio_tower
 from llava_wb.model.config import LLMConfig, ModelConfig
 from llava_wb.model.llava import LlavaWBConfig, LlavaWBForCausalLM
 from llava_wb.model.projectors import PROJECTORS, build_projector
@@ -33,6 +36,14 @@ def check_model_config(cfg: ModelConfig) -> None:
     PROJECTORS.get(cfg.projector.type)
     build_reducer(cfg.reducer.type, cfg.reducer.options)
     build_projector(cfg.projector.type, 1, 1, cfg.projector.options)
+    if cfg.video.reducer is not None:
+        video = build_reducer(cfg.video.reducer.type, cfg.video.reducer.options)
+        if video.placement != "after":
+            raise ValueError("model.video.reducer: the video reducer must merge after the tower (placement 'after')")
+    if cfg.audio is not None:
+        AUDIO_TOWERS.get(cfg.audio.type)
+        PROJECTORS.get(cfg.audio.projector.type)
+        build_projector(cfg.audio.projector.type, 1, 1, cfg.audio.projector.options)
 
 
 def build_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -73,6 +84,10 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWB
     if not cfg.vision.position_embeddings:
         tower.drop_position_embeddings()
     lm = build_llm(cfg.llm, tokenizer)
+    audio = None
+    if cfg.audio is not None:
+        audio = build_audio_tower(cfg.audio.type, path=cfg.audio.path, config=cfg.audio.config,
+                                  tokens_per_second=cfg.audio.tokens_per_second)
     config = LlavaWBConfig(
         vision_config=tower.config,
         text_config=lm.config,
@@ -84,21 +99,44 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWB
         projector_type=cfg.projector.type,
         projector_options=dict(cfg.projector.options),
         image_token_id=image_token_id,
+        video_frames=cfg.video.frames,
+        video_separators=cfg.video.separators,
+        video_reducer_type=None if cfg.video.reducer is None else cfg.video.reducer.type,
+        video_reducer_options=None if cfg.video.reducer is None else dict(cfg.video.reducer.options),
+        video_token_id=special_token_id(tokenizer, cfg.video_token),
+        audio_config=None if audio is None else audio.config,
+        audio_tokens_per_second=25.0 if cfg.audio is None else float(cfg.audio.tokens_per_second),
+        audio_tower_type="whisper" if cfg.audio is None else cfg.audio.type,
+        audio_projector_type="mlp2x_gelu" if cfg.audio is None else cfg.audio.projector.type,
+        audio_projector_options=None if cfg.audio is None else dict(cfg.audio.projector.options),
+        audio_token_id=None if cfg.audio is None else special_token_id(tokenizer, cfg.audio_token),
         tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
     )
-    model = LlavaWBForCausalLM(config, vision_tower=tower, language_model=lm)
-    set_trainable(model, tower=not cfg.vision.freeze, projector=True, llm=True)
+    model = LlavaWBForCausalLM(config, vision_tower=tower, language_model=lm, audio_tower=audio)
+    set_trainable(model, tower=not cfg.vision.freeze, projector=True, llm=True,
+                  audio=cfg.audio is not None and not cfg.audio.freeze)
     return model
 
 
-def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, llm: bool) -> dict[str, int]:
-    """Set ``requires_grad`` per part (the reducer follows the projector; tower parameters that
-    the features never reach stay frozen). Returns the trainable parameter count per part."""
+def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, llm: bool,
+                  audio: bool = False) -> dict[str, int]:
+    """Set ``requires_grad`` per part (the reducers, the frame separator and the audio projector
+    follow the projector; tower parameters that the features never reach stay frozen; ``audio``:
+    the audio tower). Returns the trainable parameter count per part."""
     unused = set(model.vision_tower.unused_parameter_names())
     for name, param in model.vision_tower.named_parameters():
         param.requires_grad_(tower and name not in unused)
-    for module, flag in ((model.projector, projector), (model.reducer, projector), (model.language_model, llm)):
+    media = [m for m in (model.video_reducer_module, model.frame_separator, model.audio_projector) if m is not None]
+    flags = [(model.projector, projector), (model.reducer, projector), (model.language_model, llm),
+             *((m, projector) for m in media)]
+    if model.audio_tower is not None:
+        flags.append((model.audio_tower, audio))
+    for module, flag in flags:
         for param in module.parameters():
             param.requires_grad_(flag)
-    parts = {"tower": model.vision_tower, "reducer": model.reducer, "projector": model.projector, "llm": model.language_model}
+    if model.audio_tower is not None:
+        for param in model.audio_tower.fixed_parameters():
+            param.requires_grad_(False)
+    parts = {"tower": model.vision_tower, "reducer": model.reducer, "projector": model.projector, "llm": model.language_model,
+             "media": torch.nn.ModuleList(media), "audio_tower": model.audio_tower or torch.nn.ModuleList()}
     return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}

@@ -73,6 +73,52 @@ class ReducerConfig:
 
 
 @dataclass
+class VideoModelConfig:
+    """How the model reads a video: ``frames`` per clip through the vision tower in one batched
+    call (the data pipeline samples this many unless ``data.video.num_frames`` says otherwise, which
+    must then agree); ``reducer`` cuts the clip's ``(frames, H, W)`` patch grid (null: the image
+    reducer, whose window's time extent then applies, e.g. avgpool 2x2x2 is 2x2 on an image);
+    ``separators`` puts one learned separator embedding after each time slice of the reducer's
+    output (a slice = the frames one temporal window spans), so the LLM can tell frames apart."""
+
+    frames: int = 8
+    reducer: ReducerConfig | None = None
+    separators: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.frames, int) or isinstance(self.frames, bool) or self.frames <= 0:
+            raise ModelConfigError(f"model.video.frames must be a positive int, got {self.frames!r}")
+        if isinstance(self.reducer, dict):
+            self.reducer = ReducerConfig(**_checked(self.reducer, ReducerConfig, "model.video.reducer"))
+        if not isinstance(self.separators, bool):
+            raise ModelConfigError(f"model.video.separators must be true or false, got {self.separators!r}")
+
+
+@dataclass
+class AudioModelConfig:
+    """The audio tower (registry ``AUDIO_TOWERS``; ``whisper``: a Whisper encoder from ``path`` or
+    ``config``), its own projector, and ``tokens_per_second``: the encoder's 50 frames/s are
+    average-pooled to this rate (it must divide 50). The tower's input window
+    (``max_source_positions / 50`` seconds) fixes how long a clip the model hears."""
+
+    type: str = "whisper"
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    tokens_per_second: float = 25.0
+    freeze: bool = False
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    def __post_init__(self) -> None:
+        _check_common(self, "model.audio")
+        if isinstance(self.projector, dict):
+            self.projector = ProjectorConfig(**_checked(self.projector, ProjectorConfig, "model.audio.projector"))
+        if not isinstance(self.tokens_per_second, (int, float)) or not self.tokens_per_second > 0:
+            raise ModelConfigError(f"model.audio.tokens_per_second must be > 0, got {self.tokens_per_second!r}")
+        if not isinstance(self.freeze, bool):
+            raise ModelConfigError(f"model.audio.freeze must be true or false, got {self.freeze!r}")
+
+
+@dataclass
 class LLMConfig:
     """The language model: any ``AutoModelForCausalLM``. Without ``path``, ``config`` needs a
     ``model_type`` (e.g. ``{"model_type": "llama", "hidden_size": 64, ...}``)."""
@@ -96,27 +142,37 @@ _SECTIONS: dict[str, type] = {
     "projector": ProjectorConfig,
     "reducer": ReducerConfig,
     "llm": LLMConfig,
+    "video": VideoModelConfig,
+    "audio": AudioModelConfig,
 }
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """The whole model. ``image_token`` is the tokenizer's placeholder for one image token."""
+    """The whole model. ``image_token``/``video_token``/``audio_token`` are the tokenizer's
+    placeholders for one visual/video/audio token. ``audio`` null: no audio tower."""
 
     llm: LLMConfig
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     reducer: ReducerConfig = field(default_factory=ReducerConfig)
+    video: VideoModelConfig = field(default_factory=VideoModelConfig)
+    audio: AudioModelConfig | None = None
     image_token: str = "<image>"
+    video_token: str = "<video>"
+    audio_token: str = "<audio>"
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
+            if value is None and name == "audio":
+                continue
             if isinstance(value, dict):
                 setattr(self, name, cls(**_checked(value, cls, f"model.{name}")))
             elif not isinstance(value, cls):
                 raise ModelConfigError(f"model.{name} must be a mapping, got {type(value).__name__}")
-        _check_name(self.image_token, "model.image_token")
+        for name in ("image_token", "video_token", "audio_token"):
+            _check_name(getattr(self, name), f"model.{name}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -153,7 +209,7 @@ def _check_dict(value: Any, where: str) -> None:
         raise ModelConfigError(f"{where} must be a mapping, got {type(value).__name__}")
 
 
-def _check_common(section: VisionConfig, where: str) -> None:
+def _check_common(section: VisionConfig | AudioModelConfig, where: str) -> None:
     _check_name(section.type, f"{where}.type")
     _check_dict(section.config, f"{where}.config")
     if section.path is not None and (not isinstance(section.path, str) or not section.path):

@@ -34,6 +34,7 @@ from llava_wb.model.towers import TOWERS, tower_name_for
 
 _HF_PROJ = "model.multi_modal_projector."
 _ACT = {"mlp2x_gelu": "gelu", "linear": "linear"}
+VIDEO_ONLY = "frame_separator."  # HF Llava reads images only: the video separator is not exported
 
 
 def _key_map(model: LlavaWBForCausalLM) -> dict[str, str]:
@@ -48,7 +49,7 @@ def _key_map(model: LlavaWBForCausalLM) -> dict[str, str]:
     ]
     mapping: dict[str, str] = {}
     for key in model.state_dict():
-        if key.startswith("projector."):
+        if key.startswith(("projector.", VIDEO_ONLY)):
             continue
         target = next((new + key[len(old):] for old, new in rules if key.startswith(old)), None)
         if target is None:
@@ -64,6 +65,8 @@ def _check_convertible(config: LlavaWBConfig) -> None:
         raise ValueError(f"HF Llava supports projectors {sorted(_ACT)}, got {config.projector_type!r}")
     if config.projector_options:
         raise ValueError(f"projector options {config.projector_options} have no HF Llava equivalent")
+    if config.audio_config is not None:
+        raise ValueError("HF Llava has no audio tower: a model with model.audio does not convert")
 
 
 @torch.no_grad()
@@ -135,6 +138,7 @@ def from_hf_llava(hf: LlavaForConditionalGeneration) -> LlavaWBForCausalLM:
         vision_feature_select=select,
         projector_type=projector_type,
         image_token_id=c.image_token_id,
+        video_separators=False,
         tie_word_embeddings=bool(c.tie_word_embeddings),
     )
     with no_init_weights():

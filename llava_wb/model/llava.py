@@ -1,4 +1,5 @@
-"""The LLaVA model: vision tower -> token reducer -> projector -> spliced into a causal LLM.
+"""The LLaVA model: vision tower -> token reducer -> projector -> spliced into a causal LLM
+(plus videos through the same tower and an optional audio tower, ``llava_wb.model.media``).
 
 ``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision
 and text sub-configs plus tower, reducer and projector settings and ``image_token_id``), so
@@ -15,6 +16,11 @@ loop over samples. ``tokens_per_image`` is derived in one place (the property) a
 the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at
 image positions are forced to -100; position ids come from the attention mask (left padding).
 
+Videos (``video_values [N_vid, T, 3, S, S]``, ``<video>`` expanded to ``tokens_per_video``) and
+audio (``audio_values [N_aud, n_mels, frames]``, ``<audio>`` to ``tokens_per_audio``) are spliced
+the same way, each with its own placeholder id and count check (``MediaMixin``); a batch may mix
+image, video, audio and text-only samples.
+
 Reducer options the model applies (``llava_wb.model.reducers``): ``placement="tower"`` merges
 inside the tower's last layers (``VisionTower.forward_merged``); ``size_embedding`` adds a learned
 embedding of each visual token's size (``reducer.size_embed``, zero at init);
@@ -30,15 +36,17 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
+from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_wb.data.conversation import IGNORE_INDEX
+from llava_wb.model.audio import AUDIO_TOWERS, AudioTower
+from llava_wb.model.media import MediaMixin
 from llava_wb.model.projectors import build_projector
 from llava_wb.model.reducers import Grid, ReducerOutput, build_reducer
 from llava_wb.model.towers import TOWERS, VisionTower
 
-# Metadata the collator may put in a batch for media this model does not encode.
-UNSUPPORTED_MEDIA = ("video_values", "audio_values")
+PLURAL = {"image": "images", "video": "videos", "audio": "audio clips"}
 # Keyword arguments of ``forward`` that go on to the LLM; every other extra key is batch metadata.
 PASSED_TO_LLM = ("output_hidden_states", "output_attentions")
 
@@ -50,6 +58,7 @@ class LlavaWBConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -62,6 +71,17 @@ class LlavaWBConfig(PreTrainedConfig):
     projector_type: str = "mlp2x_gelu"
     projector_options: dict | None = None
     image_token_id: int | None = None
+    video_frames: int = 8
+    video_separators: bool = True
+    video_reducer_type: str | None = None  # None: the image reducer
+    video_reducer_options: dict | None = None
+    video_token_id: int | None = None
+    audio_config: dict | PreTrainedConfig | None = None  # None: no audio tower
+    audio_tower_type: str = "whisper"
+    audio_tokens_per_second: float = 25.0
+    audio_projector_type: str = "mlp2x_gelu"
+    audio_projector_options: dict | None = None
+    audio_token_id: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -69,7 +89,7 @@ class LlavaWBConfig(PreTrainedConfig):
         # the implementation that already-built sub-models were configured with.
         kept = {
             key: sub._attn_implementation
-            for key in ("vision_config", "text_config")
+            for key in ("vision_config", "text_config", "audio_config")
             if isinstance(sub := getattr(self, key), PreTrainedConfig)
         }
         super().__post_init__(**kwargs)
@@ -87,14 +107,14 @@ class ImageFeatures:
     reduced: ReducerOutput
 
 
-class LlavaWBForCausalLM(PreTrainedModel):
+class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
     """Vision tower, token reducer, projector and a causal LM (see the module docstring)."""
 
     config_class = LlavaWBConfig
     config: LlavaWBConfig
     base_model_prefix = ""
     main_input_name = "input_ids"
-    input_modalities = ("image", "text")
+    input_modalities = ("image", "video", "audio", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -106,6 +126,7 @@ class LlavaWBForCausalLM(PreTrainedModel):
         config: LlavaWBConfig,
         vision_tower: VisionTower | None = None,
         language_model: PreTrainedModel | None = None,
+        audio_tower: AudioTower | None = None,
     ):
         super().__init__(config)
         if vision_tower is None:
@@ -122,9 +143,23 @@ class LlavaWBForCausalLM(PreTrainedModel):
             config.projector_type, vision_tower.hidden_size, language_model.config.hidden_size, config.projector_options
         )
         self.language_model = language_model
+        d_llm = language_model.config.hidden_size
+        # None: videos use the image reducer (a property, so no module is registered twice)
+        self.video_reducer_module = (None if config.video_reducer_type is None else
+                                     build_reducer(config.video_reducer_type, config.video_reducer_options))
+        if self.video_reducer_module is not None and self.video_reducer_module.placement != "after":
+            raise ValueError("the video reducer must merge after the tower (placement 'after')")
+        self.frame_separator = nn.Embedding(1, d_llm) if config.video_separators else None
+        if audio_tower is None and config.audio_config is not None:
+            audio_tower = AUDIO_TOWERS.get(config.audio_tower_type).from_config(config.audio_config, config.audio_tokens_per_second)
+        self.audio_tower = audio_tower
+        self.audio_projector = None if audio_tower is None else build_projector(
+            config.audio_projector_type, audio_tower.hidden_size, d_llm, config.audio_projector_options)
         # One source of truth: resizing the LLM's embeddings updates the saved config too.
         config.vision_config = vision_tower.config
         config.text_config = language_model.config
+        if audio_tower is not None:
+            config.audio_config = audio_tower.config
         if self.reducer.size_embedding:
             self.reducer.size_embed = torch.nn.Embedding(self.patches_per_image + 1, language_model.config.hidden_size)
         self.post_init()
@@ -148,10 +183,18 @@ class LlavaWBForCausalLM(PreTrainedModel):
         return self.vision_tower.num_prefix_tokens + self.reducer.output_len(self.image_grid)
 
     @property
+    def video_reducer(self) -> torch.nn.Module:
+        return self.video_reducer_module if self.video_reducer_module is not None else self.reducer
+
+    @property
     def image_token_id(self) -> int:
-        if self.config.image_token_id is None:
-            raise ValueError("config.image_token_id is not set (build the model with build_model(cfg, tokenizer))")
-        return int(self.config.image_token_id)
+        return self.placeholder_id("image")
+
+    def placeholder_id(self, kind: str) -> int:
+        value = getattr(self.config, f"{kind}_token_id")
+        if value is None:
+            raise ValueError(f"config.{kind}_token_id is not set (build the model with build_model(cfg, tokenizer))")
+        return int(value)
 
     # ---- embeddings ----------------------------------------------------------------------------
     def get_input_embeddings(self) -> torch.nn.Module:
@@ -203,32 +246,39 @@ class LlavaWBForCausalLM(PreTrainedModel):
             step.view(-1).index_add_(0, after[inside], bump[inside])
         return ((step.cumsum(-1) - 1) * attention_mask.long()).clamp_min(0)
 
-    def check_placeholders(self, input_ids: torch.Tensor, num_images: int, image_counts: torch.Tensor | None) -> torch.Tensor:
-        """The image-token mask of ``input_ids``; ``ValueError`` when the placeholders do not match
-        ``num_images * tokens_per_image`` (and ``image_counts[b] * tokens_per_image`` per sample)."""
-        mask = input_ids == self.image_token_id
-        per_image = self.tokens_per_image
+    def check_placeholders(self, input_ids: torch.Tensor, num_items: int, counts: torch.Tensor | None,
+                           kind: str = "image") -> torch.Tensor:
+        """The ``kind`` placeholder mask of ``input_ids``; ``ValueError`` when the placeholders do not
+        match ``num_items * tokens_per_<kind>`` (and ``counts[b] * tokens_per_<kind>`` per sample)."""
+        per_item = self.media_tokens.get(kind, 0)
+        token_id = getattr(self.config, f"{kind}_token_id")
+        if num_items and (token_id is None or not per_item):
+            what = "has no audio tower (model.audio)" if kind == "audio" else f"has no {kind}_token_id"
+            raise ValueError(f"the batch has {num_items} {PLURAL[kind]} but the model {what}")
+        if token_id is None:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        mask = input_ids == token_id
         per_sample = mask.sum(dim=1)
-        if image_counts is None:
+        if counts is None:
             found = int(per_sample.sum())
-            counted, bad = num_images, 0
+            counted, bad = num_items, 0
         else:
-            counts = torch.as_tensor(image_counts, device=per_sample.device).reshape(-1)
+            counts = torch.as_tensor(counts, device=per_sample.device).reshape(-1)
             if counts.numel() != input_ids.shape[0]:
-                raise ValueError(f"image_counts has {counts.numel()} entries for a batch of {input_ids.shape[0]}")
-            stats = torch.stack([per_sample.sum(), counts.sum(), (per_sample != counts * per_image).sum()])
+                raise ValueError(f"{kind}_counts has {counts.numel()} entries for a batch of {input_ids.shape[0]}")
+            stats = torch.stack([per_sample.sum(), counts.sum(), (per_sample != counts * per_item).sum()])
             found, counted, bad = stats.tolist()  # one device sync
-        if found != num_images * per_image or counted != num_images:
+        if found != num_items * per_item or counted != num_items:
             raise ValueError(
-                f"input_ids hold {found} image-token positions but the batch has {num_images} images x "
-                f"{per_image} tokens per image = {num_images * per_image} (image_counts sum to {counted}); "
-                "expand each <image> to tokens_per_image placeholder ids"
+                f"input_ids hold {found} {kind}-token positions but the batch has {num_items} {PLURAL[kind]} x "
+                f"{per_item} tokens per {kind} = {num_items * per_item} ({kind}_counts sum to {counted}); "
+                f"expand each <{kind}> to tokens_per_{kind} placeholder ids"
             )
         if bad:
-            b = int((per_sample != counts * per_image).nonzero()[0, 0])
+            b = int((per_sample != counts * per_item).nonzero()[0, 0])
             raise ValueError(
-                f"sample {b}: {int(per_sample[b])} image-token positions but image_counts[{b}]={int(counts[b])} x "
-                f"{per_image} tokens per image = {int(counts[b]) * per_image}"
+                f"sample {b}: {int(per_sample[b])} {kind}-token positions but {kind}_counts[{b}]={int(counts[b])} x "
+                f"{per_item} tokens per {kind} = {int(counts[b]) * per_item}"
             )
         return mask
 
@@ -239,29 +289,40 @@ class LlavaWBForCausalLM(PreTrainedModel):
         image_counts: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        video_values: torch.Tensor | None = None,
+        video_counts: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_counts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Text embeddings with the visual embeddings written into the placeholder positions,
-        ``labels`` with those positions set to -100, and position ids (``None``: the default ones
-        from the attention mask; set when the reducer asks for ``position_ids="original"``)."""
-        num_images = 0 if pixel_values is None else int(pixel_values.shape[0])
-        mask = self.check_placeholders(input_ids, num_images, image_counts)
+        """Text embeddings with the image/video/audio embeddings written into their placeholder
+        positions, ``labels`` with those positions set to -100, and position ids (``None``: the
+        default ones from the attention mask; set when the reducer asks for ``position_ids="original"``)."""
         embeds = self.get_input_embeddings()(input_ids)
         position_ids = None
-        if num_images:
-            features = self.encode_images(pixel_values)
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.embeds.to(embeds.dtype))
-            if self.reducer.position_ids == "original":
-                attn = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-                position_ids = self.visual_position_ids(mask, attn, features.reduced.positions)
-        elif self.training:
-            # In training, a batch without images still runs the visual path on one blank image
-            # (zero weight): DDP then sees every trainable parameter used, and under ZeRO-3 every
-            # rank gathers the same (even frozen) modules instead of hanging.
-            size = self.vision_tower.image_size
-            blank = torch.zeros(1, 3, size, size, device=embeds.device)
-            embeds = embeds + 0.0 * self.encode_images(blank).embeds.sum().to(embeds.dtype)
+        media = {"image": (pixel_values, image_counts), "video": (video_values, video_counts),
+                 "audio": (audio_values, audio_counts)}
+        present: set[str] = set()
+        placeholders = torch.zeros_like(input_ids, dtype=torch.bool)
+        for kind, (values, counts) in media.items():
+            num = 0 if values is None else int(values.shape[0])
+            mask = self.check_placeholders(input_ids, num, counts, kind)
+            placeholders |= mask
+            if not num:
+                continue
+            present.add(kind)
+            if kind == "image":
+                features = self.encode_images(values)
+                feats = features.embeds
+                if self.reducer.position_ids == "original":
+                    attn = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+                    position_ids = self.visual_position_ids(mask, attn, features.reduced.positions)
+            else:
+                feats = self.encode_videos(values) if kind == "video" else self.encode_audios(values)
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+        if self.training and len(present) < 3:
+            embeds = embeds + self.blank_media_term(present, embeds.device).to(embeds.dtype)
         if labels is not None:
-            labels = labels.masked_fill(mask, IGNORE_INDEX)
+            labels = labels.masked_fill(placeholders, IGNORE_INDEX)
         return embeds, labels, position_ids
 
     # ---- forward / generate --------------------------------------------------------------------
@@ -274,16 +335,18 @@ class LlavaWBForCausalLM(PreTrainedModel):
         image_counts: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        video_values: torch.Tensor | None = None,
+        video_counts: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_counts: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **metadata: Any,
     ) -> CausalLMOutputWithPast:
         """Loss and logits for a collated batch. ``output_hidden_states``/``output_attentions`` go
-        to the LLM; other batch keys (``id``, ...) are ignored; ``video_values``/``audio_values``
-        raise (this model encodes images only)."""
-        for key in UNSUPPORTED_MEDIA:
-            if metadata.get(key) is not None:
-                raise ValueError(f"batch has {key!r}, but {type(self).__name__} encodes images only")
-        embeds, labels, visual_positions = self.embed_inputs(input_ids, pixel_values, image_counts, labels, attention_mask)
+        to the LLM; other batch keys (``id``, ...) are ignored."""
+        embeds, labels, visual_positions = self.embed_inputs(
+            input_ids, pixel_values, image_counts, labels, attention_mask,
+            video_values, video_counts, audio_values, audio_counts)
         if position_ids is None:
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
@@ -309,6 +372,10 @@ class LlavaWBForCausalLM(PreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_counts: torch.Tensor | None = None,
         max_new_tokens: int = 32,
+        video_values: torch.Tensor | None = None,
+        video_counts: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_counts: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Greedy (unless ``generate_kwargs`` say otherwise) answers for a left-padded batch:
@@ -317,7 +384,9 @@ class LlavaWBForCausalLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (a sample's last position is padding)")
-        embeds, _, position_ids = self.embed_inputs(input_ids, pixel_values, image_counts, attention_mask=attention_mask)
+        embeds, _, position_ids = self.embed_inputs(
+            input_ids, pixel_values, image_counts, attention_mask=attention_mask, video_values=video_values,
+            video_counts=video_counts, audio_values=audio_values, audio_counts=audio_counts)
         if position_ids is not None:
             generate_kwargs["position_ids"] = position_ids
         generate_kwargs.setdefault("do_sample", False)
@@ -331,6 +400,9 @@ class LlavaWBForCausalLM(PreTrainedModel):
         self.language_model._set_gradient_checkpointing(enable=enable, **kwargs)
         tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
         self.vision_tower.model._set_gradient_checkpointing(enable=enable and tower_trains, **kwargs)
+        if self.audio_tower is not None:
+            audio_trains = any(p.requires_grad for p in self.audio_tower.parameters())
+            self.audio_tower.model._set_gradient_checkpointing(enable=enable and audio_trains, **kwargs)
 
 
 AutoConfig.register(LlavaWBConfig.model_type, LlavaWBConfig, exist_ok=True)

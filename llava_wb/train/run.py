@@ -52,6 +52,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                           f"process(es), this run has {world}; exact resumption needs the same world size")
     from transformers import set_seed
 
+    from llava_wb.model.media import media_settings
     from llava_wb.train.stages import apply_stage, trainable_parts
 
     # The model is built before the TrainingArguments exist, so never under DeepSpeed's zero.Init
@@ -63,6 +64,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         raise RuntimeError(f"model has tokens_per_image={model.tokens_per_image}, the config check predicted "
                            f"{facts.tokens_per_image}")
     counts = apply_stage(model, cfg)
+    media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
+    cfg.data.video, cfg.data.audio = media.video, media.audio
 
     # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
     args = _training_args(cfg, _grad_accum(cfg, world), world)  # initialises torch.distributed
@@ -79,13 +82,12 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from llava_wb.data.loader import build_train_loader
     from llava_wb.train.trainer import StreamFeed
 
-    loader = build_train_loader(cfg.data, tokenizer, media_tokens={"image": model.tokens_per_image},
-                                rank=rank, world_size=world)
+    loader = build_train_loader(cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world)
     id_log = None
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)
         id_log = out / "sample_ids" / f"rank{rank}.jsonl"
-    feed = StreamFeed(loader, model.tokens_per_image, id_log)
+    feed = StreamFeed(loader, model.media_tokens, id_log)
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
     args.max_steps = max_steps
     done_steps = 0
@@ -94,8 +96,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         done_steps = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
         _truncate_logs(out, rank, done_steps, feed.batches)
     if rank == 0:
-        log.info("stage %s, trainable %s, parameters %s; tokens/image %d; world %d x batch %d x accum %d; "
-                 "max_steps %d%s", t.stage, trainable_parts(cfg), counts, model.tokens_per_image, world,
+        log.info("stage %s, trainable %s, parameters %s; tokens per item %s; world %d x batch %d x accum %d; "
+                 "max_steps %d%s", t.stage, trainable_parts(cfg), counts, model.media_tokens, world,
                  cfg.data.batch_size, args.gradient_accumulation_steps, max_steps,
                  f"; resuming from {resume_from}" if resume_from else "")
 
@@ -123,7 +125,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
               "distributed": str(trainer.accelerator.distributed_type), "replicas_in_sync": in_sync,
               "grad_accum": args.gradient_accumulation_steps, "global_batch_size": world * cfg.data.batch_size
               * args.gradient_accumulation_steps, "tokens_per_image": model.tokens_per_image,
-              "trainable_parameters": counts, "seconds": round(time.perf_counter() - t0, 2),
+              "media_tokens": model.media_tokens, "trainable_parameters": counts, "seconds": round(time.perf_counter() - t0, 2),
               "metrics_file": str(out / "metrics.jsonl"), "resolved_config": str(out / "resolved_config.yaml"),
               "skips": loader.skip_state()}
     if rank == 0:

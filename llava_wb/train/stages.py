@@ -47,17 +47,22 @@ STAGES.register("finetune", Stage("finetune", tower=False, projector=True, llm=T
 STAGES.register("tower_warmup", Stage("tower_warmup", tower=True, projector=False, llm=False, objective="patch_labels",
                                       description="supervised per-patch warm-up of the vision tower alone"))
 
-PART_PREFIXES = {"tower": ("vision_tower.",), "projector": ("projector.", "reducer."), "llm": ("language_model.",)}
+PART_PREFIXES = {"tower": ("vision_tower.",), "projector": ("projector.", "reducer.", "video_reducer_module.",
+                                                          "frame_separator.", "audio_projector."),
+                 "llm": ("language_model.",), "audio_tower": ("audio_tower.",)}
 
 
 def trainable_parts(cfg: RunConfig) -> dict[str, bool]:
-    """``{"tower", "projector", "llm"} -> bool`` from the stage, the overrides and ``model.vision.freeze``."""
+    """``{"tower", "projector", "llm", "audio_tower"} -> bool`` from the stage, the overrides,
+    ``model.vision.freeze`` and ``model.audio.freeze`` (the audio tower trains in every language-model
+    stage unless frozen: there is no pretrained one to keep, as the demo shows)."""
     stage = STAGES.get(cfg.train.stage)
     over = cfg.train.trainable
     tower = over.tower if over.tower is not None else (stage.tower or not cfg.model.vision.freeze)
     return {"tower": tower,
             "projector": stage.projector if over.projector is None else over.projector,
-            "llm": stage.llm if over.llm is None else over.llm}
+            "llm": stage.llm if over.llm is None else over.llm,
+            "audio_tower": cfg.model.audio is not None and not cfg.model.audio.freeze and stage.objective == "lm"}
 
 
 def apply_stage(model: Any, cfg: RunConfig) -> dict[str, int]:
@@ -66,7 +71,8 @@ def apply_stage(model: Any, cfg: RunConfig) -> dict[str, int]:
 
     parts = trainable_parts(cfg)
     lora = cfg.train.lora.enabled and parts["llm"]
-    set_trainable(model, tower=parts["tower"], projector=parts["projector"], llm=parts["llm"] and not lora)
+    set_trainable(model, tower=parts["tower"], projector=parts["projector"], llm=parts["llm"] and not lora,
+                  audio=parts["audio_tower"])
     if lora:
         add_lora(model, cfg.train)
     counts = {part: sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefixes))
@@ -100,7 +106,7 @@ def merge_lora(model: Any) -> bool:
 
 
 def part_of(name: str) -> str:
-    """Which part (tower, projector, llm) a parameter name belongs to."""
+    """Which part (tower, projector, llm, audio_tower) a parameter name belongs to."""
     for part, prefixes in PART_PREFIXES.items():
         if name.startswith(prefixes):
             return part
@@ -108,11 +114,13 @@ def part_of(name: str) -> str:
 
 
 def param_groups(model: nn.Module, train: TrainConfig, decay_names: set[str] | list[str]) -> list[dict[str, Any]]:
-    """Optimizer groups per part (learning rates ``learning_rate``, ``projector_lr``, ``tower_lr``)
+    """Optimizer groups per part (learning rates ``learning_rate``, ``projector_lr``, ``tower_lr``
+    for the vision and the audio tower)
     and decay class (no weight decay on biases and norms); empty groups are left out."""
     lrs = {"llm": train.learning_rate,
            "projector": train.projector_lr or train.learning_rate,
-           "tower": train.tower_lr or train.learning_rate}
+           "tower": train.tower_lr or train.learning_rate,
+           "audio_tower": train.tower_lr or train.learning_rate}
     decay = set(decay_names)
     groups: dict[tuple[str, bool], list[Any]] = {}
     for name, param in model.named_parameters():

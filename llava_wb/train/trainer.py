@@ -31,15 +31,16 @@ from transformers import Trainer, TrainerCallback
 from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.stages import param_groups
 
-MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts")
+MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts", "video_values", "video_counts",
+              "audio_values", "audio_counts")
 
 
 class StreamFeed:
     """Endless batches from a ``StreamingLoader`` (epoch after epoch); deliberately no ``__len__``."""
 
-    def __init__(self, loader: Any, tokens_per_image: int, id_log: Path | None = None):
+    def __init__(self, loader: Any, media_tokens: dict[str, int], id_log: Path | None = None):
         self.loader = loader
-        self.tokens_per_image = tokens_per_image
+        self.media_tokens = dict(media_tokens)  # placeholder ids per item of each modality
         self.batches = 0  # consumed since the start of the run (restored on resume)
         self.id_log = id_log
         self._gen: Iterator[dict[str, Any]] | None = None
@@ -90,8 +91,9 @@ class StreamFeed:
     def _count(self, batch: dict[str, Any]) -> None:
         self.samples += int(batch["input_ids"].shape[0])
         self.tokens += int(batch["attention_mask"].sum())
-        counts = batch.get("image_counts")
-        self.visual += int(counts.sum()) * self.tokens_per_image if counts is not None else 0
+        for kind, per_item in self.media_tokens.items():
+            counts = batch.get(f"{kind}_counts")
+            self.visual += int(counts.sum()) * per_item if counts is not None else 0
         if self.id_log is not None:
             with open(self.id_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"batch": self.batches, "epoch": self.loader.epoch, "ids": list(batch["id"])}) + "\n")
