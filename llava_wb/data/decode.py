@@ -199,3 +199,5 @@ def decode_image(data: bytes, settings: MediaSettings):
 
 
 Decoder = Callable[[bytes, MediaSettings], Any]
+
+from . import audio as _audio, video as _video  # noqa: E402,F401  (registers the video and audio decoders)
