@@ -5,10 +5,14 @@ so every downstream tool treats it like real data:
 
     OUT/pretrain.json  instruct.json  heldout.json      (``.jsonl`` with ``jsonl=True``)
     OUT/images/{split}/{index:06d}.{png|jpg}            (paths in records are relative to OUT)
+    OUT/videos/{split}/{index:06d}.mp4                  (only when the mix has ``video``)
+    OUT/audio/{split}/{index:06d}.{wav|mp3|flac}        (only when the mix has ``audio``)
     OUT/dataset_info.json                               (parameters, counts, vocabulary, baselines)
 
 Images show 1-3 large shapes (distinct shapes and colours) on a coarse ``grid x grid`` cell layout,
 one shape per cell, so a tiny model can learn colour, shape, left/right position, relation and count.
+The default mix is images + text-only records; ``data_tools.synth_av`` adds short clips of the same
+shapes moving and appearing (``video``) and beeps (``audio``): ``mix={"image": 0.6, "video": 0.15, ...}``.
 
 Determinism: each record draws from its own RNG seeded by ``(seed, split, index)`` and the modality
 of record ``i`` comes from a low-discrepancy (golden-ratio) sequence over the mix weights, so the same
@@ -25,29 +29,23 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from data_tools.synth_core import (  # noqa: F401  (re-exported: the public names of the generator)
+    BACKGROUND, COL_NAMES, COLOURS, COUNT_WORDS, IMAGE_FORMATS, ROW_NAMES, SHAPES, TASKS, Sample,
+    SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, draw_shape, register_task)
 
 GENERATOR_VERSION = "1.0.0"
 FORMAT = "llava_wb-synthetic/1"
 SPLITS: tuple[str, ...] = ("pretrain", "instruct", "heldout")
 SPLIT_CODES = {"pretrain": 1, "instruct": 2, "heldout": 3}  # never reuse: they seed the RNG streams
 SPLIT_STYLE = {"pretrain": "caption", "instruct": "qa", "heldout": "qa"}
-IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 SAVE_OPTIONS: dict[str, dict[str, int]] = {"png": {"compress_level": 1}, "jpg": {"quality": 95}}  # level 1: 2x faster
-
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 225), "yellow": (240, 205, 30)}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-BACKGROUND = (200, 200, 200)
-COUNT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
-ROW_NAMES = {2: ("top", "bottom"), 3: ("top", "middle", "bottom")}
-COL_NAMES = {2: ("left", "right"), 3: ("left", "center", "right")}
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short description of the picture.",
@@ -78,75 +76,6 @@ TEXT_FACTS: tuple[tuple[str, str], ...] = (
 )
 
 
-# ----------------------------------------------------------------------------- config and registry
-@dataclass(frozen=True)
-class SynthConfig:
-    """What a record depends on besides its split and index (validated on creation)."""
-
-    seed: int = 0
-    image_size: int = 64
-    image_format: str = "png"
-    grid: int = 2
-    noise: int = 6  # amplitude of the gray pixel noise
-    mix: tuple[tuple[str, float], ...] = (("image", 0.95), ("text", 0.05))  # qa splits
-
-    def __post_init__(self) -> None:
-        checks = [(self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-                  (self.image_format in IMAGE_FORMATS,
-                   f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {self.image_format!r}"),
-                  (self.grid in ROW_NAMES, f"grid must be one of {sorted(ROW_NAMES)}, got {self.grid}"),
-                  (self.image_size >= 8 * self.grid,
-                   f"image_size must be >= 8 * grid = {8 * self.grid}, got {self.image_size}"),
-                  (0 <= self.noise <= 64, f"noise must be in [0, 64], got {self.noise}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-@dataclass(frozen=True)
-class SampleContext:
-    """Everything a task needs to build record ``index`` of ``split`` (its own seeded RNG included)."""
-
-    split: str
-    index: int
-    style: str  # "caption" (pretrain) or "qa" (instruct / heldout)
-    rng: np.random.Generator
-    cfg: SynthConfig
-
-    def media_path(self, folder: str, ext: str) -> str:
-        """Path of this record's media file, relative to the media root."""
-        return f"{folder}/{self.split}/{self.index:06d}.{ext}"
-
-
-@dataclass
-class Sample:
-    """A generated record before writing: LLaVA fields, conversation, meta and media bytes."""
-
-    conversations: list[dict[str, str]]
-    meta: dict[str, Any]
-    fields: dict[str, str] = field(default_factory=dict)  # e.g. {"image": "images/x/000001.png"}
-    files: dict[str, bytes] = field(default_factory=dict)  # relative path -> bytes
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One modality's generator: ``make(ctx)``, the styles it supports, its answers per qtype."""
-
-    modality: str
-    make: Callable[[SampleContext], Sample]
-    styles: tuple[str, ...]
-    vocab: Mapping[str, Sequence[str]]
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    """Add (or replace) the generator for ``spec.modality``."""
-    TASKS[spec.modality] = spec
-    return spec
-
-
 # ----------------------------------------------------------------------------- image modality
 def layout_objects(rng: np.random.Generator, n: int, grid: int, size: int) -> list[dict[str, Any]]:
     """Place ``n`` objects with distinct shapes, colours and cells, sorted in reading order.
@@ -174,14 +103,7 @@ def render_image(objects: Sequence[Mapping[str, Any]], size: int, noise: int,
     img = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(img)
     for o in objects:
-        x0, y0, x1, y1 = o["bbox"]
-        fill = COLOURS[o["colour"]]
-        if o["shape"] == "circle":
-            draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
-        elif o["shape"] == "square":
-            draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
-        else:
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+        draw_shape(draw, o["shape"], o["bbox"], COLOURS[o["colour"]])
     if noise > 0:
         arr = np.asarray(img, dtype=np.int16) + rng.integers(-noise, noise + 1, size=(size, size, 1))
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -238,15 +160,6 @@ def ask(qtype: str, subject: Any, grid: int, rng: np.random.Generator) -> tuple[
     return template, COUNT_WORDS[len(subject)]
 
 
-def _with_placeholder(text: str, tag: str, rng: np.random.Generator) -> str:
-    """Put the placeholder before the text (usual) or after it (as LCS-558K sometimes does)."""
-    return f"{tag}\n{text}" if rng.random() < 0.5 else f"{text}\n{tag}"
-
-
-def _turns(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
-    return [turn for q, a in pairs for turn in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
-
-
 def make_image_sample(ctx: SampleContext) -> Sample:
     """An image with 1-3 shapes and either a caption or 1-3 single-word QA turns."""
     rng = ctx.rng
@@ -288,6 +201,9 @@ register_task(TaskSpec("text", make_text_sample, ("qa",), {"text": sorted({a for
 
 
 # ----------------------------------------------------------------------------- driver
+_DEFAULT_MODALITIES = ("image", "text")  # always listed in dataset_info's vocab (as before plugins existed)
+
+
 def resolve_mix(mix: Mapping[str, float], style: str) -> list[tuple[str, float]]:
     """Normalised (modality, weight) list restricted to the modalities that support ``style``."""
     unknown = sorted(set(mix) - set(TASKS))
@@ -358,12 +274,15 @@ def _write_split(root: Path, split: str, n: int, cfg: SynthConfig, jsonl: bool, 
 def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4000, n_heldout: int = 500,
              seed: int = 0, image_size: int = 64, image_format: str = "png", text_only_frac: float = 0.05,
              jsonl: bool = False, progress: bool = True, grid: int = 2, noise: int = 6,
-             mix: Mapping[str, float] | None = None) -> dict[str, Any]:
+             mix: Mapping[str, float] | None = None, video_frames: int = 8, video_fps: int = 8,
+             audio_seconds: float = 2.0) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir``; return its root, files and counts.
 
     ``mix`` (modality -> weight) overrides ``{"image": 1 - text_only_frac, "text": text_only_frac}``
     for the qa splits; pretrain uses the modalities of the mix that support captions. Files of an
     earlier, larger run in the same folder are not deleted (records never reference them).
+    ``video_frames`` / ``video_fps`` (clips of ``image_size`` pixels) and ``audio_seconds`` (16 kHz
+    mono) only matter when the mix has ``video`` / ``audio``.
     """
     sizes = {"pretrain": n_pretrain, "instruct": n_instruct, "heldout": n_heldout}
     if min(sizes.values()) < 0:
@@ -371,7 +290,9 @@ def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4
     if not 0.0 <= text_only_frac < 1.0:
         raise ValueError(f"text_only_frac must be in [0, 1), got {text_only_frac}")
     mix_in = dict(mix) if mix is not None else {"image": 1.0 - text_only_frac, "text": text_only_frac}
-    cfg = SynthConfig(seed, image_size, image_format, grid, noise, tuple(mix_in.items()))
+    cfg = SynthConfig(seed=seed, image_size=image_size, image_format=image_format, grid=grid, noise=noise,
+                      mix=tuple(mix_in.items()), video_frames=video_frames, video_fps=video_fps,
+                      audio_seconds=audio_seconds)
     for split in (s for s in SPLITS if sizes[s]):
         resolve_mix(mix_in, SPLIT_STYLE[split])  # fail before writing anything
     root = Path(out_dir)
@@ -379,16 +300,23 @@ def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4
     with tqdm(total=sum(sizes.values()), disable=not progress, unit="rec", desc="synthetic") as bar:
         written = {split: _write_split(root, split, sizes[split], cfg, jsonl, bar) for split in SPLITS}
     counts = {split: w["counts"] for split, w in written.items()}
+    # Modalities outside the mix add nothing, so the default mix keeps the bytes of earlier versions.
+    used = {m for m, w in mix_in.items() if w > 0}
+    listed = [spec for spec in TASKS.values() if spec.modality in _DEFAULT_MODALITIES or spec.modality in used]
+    extra_params = {**({"video_frames": video_frames, "video_fps": video_fps} if "video" in used else {}),
+                    **({"audio_seconds": audio_seconds} if "audio" in used else {})}
     info = {"format": FORMAT, "generator_version": GENERATOR_VERSION,
             "params": {**sizes, "seed": seed, "image_size": image_size, "image_format": image_format,
-                       "text_only_frac": text_only_frac, "jsonl": jsonl, "grid": grid, "noise": noise, "mix": mix_in},
+                       "text_only_frac": text_only_frac, "jsonl": jsonl, "grid": grid, "noise": noise, "mix": mix_in,
+                       **extra_params},
             "files": {s: Path(w["path"]).name for s, w in written.items()}, "media_root": ".", "counts": counts,
-            "vocab": {t: list(v) for spec in TASKS.values() for t, v in spec.vocab.items()},
+            "vocab": {t: list(v) for spec in listed for t, v in spec.vocab.items()},
             "answer_counts": {s: {t: dict(sorted(c.items())) for t, c in sorted(w["answers"].items())}
                               for s, w in written.items() if SPLIT_STYLE[s] == "qa"},
             "majority_baseline": majority_baseline(written["heldout"]["answers"]),
             "render": {"colours": COLOURS, "shapes": list(SHAPES), "background": BACKGROUND,
-                       "cell_px": image_size // grid, "position_rule": "left/right from the object's grid column"}}
+                       "cell_px": image_size // grid, "position_rule": "left/right from the object's grid column",
+                       **{s.modality: s.describe(cfg) for s in listed if s.describe and s.modality in used}}}
     info_path = root / "dataset_info.json"
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return {"root": str(root), "media_root": str(root), "info": str(info_path), "counts": counts,
@@ -418,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llava-wb-synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Write a synthetic LLaVA-format dataset (shapes images, captions, multi-turn QA, text-only "
-                    "records): OUT/{pretrain,instruct,heldout}.json, OUT/images/<split>/, OUT/dataset_info.json.")
-    p.add_argument("out", help="output folder (also the media root for the records' image paths)")
+                    "records; optionally video clips and beeps): OUT/{pretrain,instruct,heldout}.json, "
+                    "OUT/images/<split>/ (videos/, audio/), OUT/dataset_info.json.")
+    p.add_argument("out", help="output folder (also the media root for the records' media paths)")
     p.add_argument("--n-pretrain", type=int, default=2000, help="caption records for stage-1 pretraining")
     p.add_argument("--n-instruct", type=int, default=4000, help="multi-turn QA records (with text-only ones)")
     p.add_argument("--n-heldout", type=int, default=500, help="held-out QA records (separate RNG stream)")
@@ -430,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=int, default=6, help="amplitude of gray pixel noise (0: flat)")
     p.add_argument("--text-only-frac", type=float, default=0.05, help="fraction of text-only QA records")
     p.add_argument("--mix", type=_parse_mix, default=None,
-                   help="modality weights for QA splits, e.g. 'image=0.9,text=0.1' (overrides --text-only-frac)")
+                   help="modality weights for QA splits, e.g. 'image=0.6,video=0.15,audio=0.15,text=0.1' "
+                        f"(overrides --text-only-frac; modalities: {', '.join(TASKS)})")
+    p.add_argument("--video-frames", type=int, default=8, help="frames per video clip (mix with video)")
+    p.add_argument("--video-fps", type=int, default=8, help="frame rate of the video clips")
+    p.add_argument("--audio-seconds", type=float, default=2.0, help="length of the audio clips (16 kHz mono)")
     p.add_argument("--jsonl", action="store_true", help="write JSONL instead of a JSON array")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -444,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = generate(args.out, n_pretrain=args.n_pretrain, n_instruct=args.n_instruct,
                           n_heldout=args.n_heldout, seed=args.seed, image_size=args.image_size,
                           image_format=args.image_format, text_only_frac=args.text_only_frac, jsonl=args.jsonl,
-                          progress=not args.no_progress, grid=args.grid, noise=args.noise, mix=args.mix)
+                          progress=not args.no_progress, grid=args.grid, noise=args.noise, mix=args.mix,
+                          video_frames=args.video_frames, video_fps=args.video_fps,
+                          audio_seconds=args.audio_seconds)
     except ValueError as exc:
         parser.error(str(exc))
     for split, path in result["files"].items():
@@ -453,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"info      {result['info']}")
     return 0
 
+
+# Modality plugins register their tasks on import (after image and text: dataset_info lists them in order).
+from data_tools import synth_av as _synth_av  # noqa: E402,F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

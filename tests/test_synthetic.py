@@ -209,7 +209,7 @@ def test_mix_registry_and_validation(tmp_path: Path) -> None:
     out = ms.generate(tmp_path / "txt", n_pretrain=0, n_instruct=10, n_heldout=0, progress=False,
                       mix={"text": 1.0})
     assert all("image" not in r for r in _load(out["files"]["instruct"]))
-    bad: list[dict[str, Any]] = [{"mix": {"video": 1.0}}, {"image_format": "gif"}, {"text_only_frac": 1.5},
+    bad: list[dict[str, Any]] = [{"mix": {"smell": 1.0}}, {"image_format": "gif"}, {"text_only_frac": 1.5},
                                  {"seed": -1}, {"image_size": 8}, {"grid": 5}, {"n_instruct": -1},
                                  {"mix": {"text": 1.0}}]  # text cannot caption the pretrain split
     for kwargs in bad:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from llava_wb.data.decode import decode_sample, media_fields
+from llava_wb.data.decode import decode_sample, media_fields, parse_json
 from llava_wb.data.errors import SampleError
 from llava_wb.train.config import ConfigError, RunConfig, WarmupConfig
 
@@ -50,12 +50,13 @@ class PatchLabels:
     def __init__(self, image_cfg: Any, grid: int, patch: int, warmup: WarmupConfig):
         self.image_cfg, self.grid, self.patch, self.w = image_cfg, grid, patch, warmup
 
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        fields = media_fields(raw, parse_json(raw))
+        if not any(m == "image" for m, _ in fields) or any(m in ("video", "audio") for m, _ in fields):
+            return None  # text, video or audio: nothing to label (``collate`` counts them as unlabelled)
         d = decode_sample(raw, self.image_cfg)
         images = d["media"].get("image", [])
-        if not any(d["media"].values()):
-            return None  # text-only sample: nothing to label (dropped by ``collate``)
-        if len(images) != 1 or any(d["media"].get(m) for m in ("video", "audio")):
+        if len(images) != 1:
             raise SampleError("warmup_needs_one_image", f"{len(images)} images; the warm-up labels one image")
         objects = (d["meta"].get("meta") or {}).get("objects")
         if not isinstance(objects, list) or not objects:
@@ -100,12 +101,13 @@ class PatchLabels:
         return out
 
 
-def collate(samples: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
-    """Stack the labelled images of a batch; text-only samples (``None``) are left out."""
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return {}
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+def collate(samples: list[dict[str, torch.Tensor] | None]) -> dict[str, Any]:
+    """Stack the labelled images of a batch; samples without one image (``None``) are left out and
+    counted under ``unlabelled``."""
+    kept = [s for s in samples if s is not None]
+    batch: dict[str, Any] = {k: torch.stack([s[k] for s in kept]) for k in kept[0]} if kept else {}
+    batch["unlabelled"] = len(samples) - len(kept)
+    return batch
 
 
 class WarmupHeads(nn.Module):
@@ -172,9 +174,10 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     log.info("tower warm-up: %d steps x batch %d, grid %dx%d, heads %s", steps, cfg.data.batch_size, grid, grid,
              head_classes(w))
     t0 = since = time.perf_counter()
-    seen, window, step, last = 0, {}, 0, {}
+    seen, window, step, last, unlabelled = 0, {}, 0, {}, 0
     tower.train()
     for batch in _endless(loader):
+        unlabelled += batch.pop("unlabelled")
         if not batch:
             continue
         loss, hits = losses_and_hits(heads(tower(batch["pixel_values"])), batch, w)
@@ -205,7 +208,8 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     result = {"stage": "tower_warmup", "world_size": 1, "output_dir": str(out), "final_dir": str(final), "global_step": step,
               "max_steps": steps, "finished": step >= steps, "seconds": round(time.perf_counter() - t0, 2),
               "train_accuracy": last, "metrics_file": str(out / "metrics.jsonl"),
-              "resolved_config": str(out / "resolved_config.yaml"), "skips": loader.skip_state()}
+              "resolved_config": str(out / "resolved_config.yaml"), "skips": loader.skip_state(),
+              "unlabelled_samples": unlabelled}
     if w.eval_sources:
         result["heldout_accuracy"] = evaluate_tower(tower, heads, cfg, w.eval_sources)
         log.info("held-out per-patch accuracy (object patches): %s", result["heldout_accuracy"])
@@ -239,6 +243,7 @@ def evaluate_tower(tower: Any, heads: WarmupHeads, cfg: RunConfig, sources: list
     tower.eval()
     total: dict[str, tuple[int, int]] = {}
     for batch in loader:
+        batch.pop("unlabelled")
         if not batch:
             continue
         _, hits = losses_and_hits(heads(tower(batch["pixel_values"])), batch, cfg.train.warmup)
