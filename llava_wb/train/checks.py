@@ -25,10 +25,20 @@ from llava_wb.train.config import ConfigError, RunConfig
 
 @dataclass
 class ConfigFacts:
-    """What the checks derived: visual tokens per image and the tower's input size."""
+    """What the checks derived: placeholder tokens per image / video / audio clip (the model derives
+    the same numbers itself, and the trainer asserts they agree) and the tower's input size."""
 
     tokens_per_image: int
     image_size: int
+    tokens_per_video: int = 0
+    tokens_per_audio: int | None = None  # None: no audio tower
+
+    @property
+    def media_tokens(self) -> dict[str, int]:
+        tokens = {"image": self.tokens_per_image, "video": self.tokens_per_video}
+        if self.tokens_per_audio is not None:
+            tokens["audio"] = self.tokens_per_audio
+        return tokens
 
 
 def check_run_config(cfg: RunConfig) -> ConfigFacts:
@@ -104,7 +114,38 @@ def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
         tokens = prefix + reducer.output_len((1, side, side))
     except ValueError as exc:
         raise ConfigError(f"model.reducer: {exc} (tower grid {side}x{side})") from None
-    return ConfigFacts(tokens_per_image=int(tokens), image_size=image_size)
+    video = cfg.model.video
+    if video.reducer is not None:
+        reducer = _lookup(lambda: build_reducer(video.reducer.type, video.reducer.options), "model.video.reducer")
+    from llava_wb.model.media import time_slices
+
+    slices = time_slices(video.frames, reducer)[1] if video.separators else 0
+    return ConfigFacts(tokens_per_image=int(tokens), image_size=image_size,
+                       tokens_per_video=int(reducer.output_len((video.frames, side, side)) + slices),
+                       tokens_per_audio=_audio_tokens(cfg))
+
+
+def _audio_tokens(cfg: RunConfig) -> int | None:
+    """Audio tokens per clip from the audio tower's config (a local checkpoint's config.json, or
+    ``model.audio.config`` over the transformers defaults), without building weights."""
+    a = cfg.model.audio
+    if a is None:
+        return None
+    if a.type != "whisper":
+        return None  # a registered tower of another kind: the model's own count is used
+    from transformers import WhisperConfig
+
+    if a.path is not None:
+        if not os.path.isfile(os.path.join(a.path, "config.json")):
+            raise ConfigError(f"model.audio.path: {a.path} has no config.json (a local Whisper checkpoint folder)")
+        config = WhisperConfig.from_pretrained(a.path, local_files_only=True, **a.config)
+    else:
+        config = WhisperConfig(**a.config)
+    pool = 50.0 / float(a.tokens_per_second)
+    if abs(pool - round(pool)) > 1e-6 or config.max_source_positions % round(pool):
+        raise ConfigError(f"model.audio.tokens_per_second={a.tokens_per_second} must divide 50 and the tower's "
+                          f"{config.max_source_positions} frames per clip")
+    return int(config.max_source_positions // round(pool))
 
 
 def _vision_config(tower_cls: Any, path: str | None, overrides: dict[str, Any]) -> Any:

@@ -60,9 +60,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     set_seed(t.seed)  # model initialisation is part of the run's reproducibility
     tokenizer = load_tokenizer(cfg)
     model = _build_model(cfg, tokenizer)
-    if model.tokens_per_image != facts.tokens_per_image:
-        raise RuntimeError(f"model has tokens_per_image={model.tokens_per_image}, the config check predicted "
-                           f"{facts.tokens_per_image}")
+    if model.media_tokens != facts.media_tokens:
+        raise RuntimeError(f"model has placeholder tokens per item {model.media_tokens}, the config check predicted "
+                           f"{facts.media_tokens}")
     counts = apply_stage(model, cfg)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
     cfg.data.video, cfg.data.audio = media.video, media.audio
