@@ -110,11 +110,17 @@ def test_cli_rejects_bad_config_before_any_work(ws, tmp_path, capsys):
 def test_stages_choose_trainable_parts(ws, tmp_path):
     base = tiny_config(ws, tmp_path / "run")
     parts = lambda *o: trainable_parts(load_config(base, list(o)))  # noqa: E731
-    assert parts("train.stage=pretrain", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": False}
-    assert parts("train.stage=finetune", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": True}
+    no_audio = {"audio_tower": False}
+    assert parts("train.stage=pretrain", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": False,
+                                                                         **no_audio}
+    assert parts("train.stage=finetune", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": True,
+                                                                         **no_audio}
     assert parts("train.stage=finetune")["tower"] is True  # model.vision.freeze=false in the tiny config
     assert parts("train.stage=pretrain", "train.trainable.tower=false", "train.trainable.llm=true") == {
-        "tower": False, "projector": True, "llm": True}
+        "tower": False, "projector": True, "llm": True, **no_audio}
+    audio = ["model.audio={config: {d_model: 32, encoder_layers: 1, max_source_positions: 100}}"]
+    assert parts("train.stage=pretrain", *audio)["audio_tower"] is True  # trained from scratch unless frozen
+    assert parts("train.stage=pretrain", *audio, "model.audio.freeze=true")["audio_tower"] is False
 
 
 def test_param_groups_give_projector_and_tower_their_own_lr(ws, tmp_path):

@@ -28,9 +28,32 @@ def plot_reasons(counts: Mapping[str, int], title: str = "rejected records by re
     return ax.figure
 
 
+def filmstrip(data: bytes, frames: int = 4):
+    """The first video of a sample as ``frames`` uniformly sampled frames side by side."""
+    import numpy as np
+
+    from ..data.errors import SampleError
+    from ..data.video import read_video
+
+    try:
+        clip, _ = read_video(data, num_frames=frames)
+    except SampleError:
+        return np.full((8, 8 * frames, 3), 128, dtype=np.uint8)  # undecodable: a gray strip (the loader skips it)
+    return np.concatenate(list(clip), axis=1)
+
+
+def spectrogram(data: bytes, seconds: float = 4.0):
+    """Whisper log-mel features (80 bins x 10 ms) of the first ``seconds`` of an audio file."""
+    from ..data.audio import features, read_audio
+
+    wave, _ = read_audio(data)
+    return features(wave, sampling_rate=16000, seconds=min(seconds, max(len(wave) / 16000, 0.1)), n_mels=80).numpy()
+
+
 def show_samples(samples: Sequence[dict], image: ImageConfig | None = None, cols: int = 4, width: int = 40):
-    """Grid: each raw sample (``RawSample`` output) as the model sees its first image (after pad/resize)
-    with the first exchange of its conversation underneath."""
+    """Grid: each raw sample (``RawSample`` output) as the model sees its first image (after pad/resize),
+    a filmstrip of its video or the log-mel spectrogram of its audio, with the first exchange of its
+    conversation underneath."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
@@ -40,10 +63,14 @@ def show_samples(samples: Sequence[dict], image: ImageConfig | None = None, cols
     for ax in axes.flat:
         ax.axis("off")
     for ax, s in zip(axes.flat, samples):
-        imgs = s["media"].get("image", [])
-        if imgs:
-            data = imgs[0]
+        media = s["media"]
+        if media.get("image"):
+            data = media["image"][0]
             ax.imshow(transform.pil(data) if isinstance(data, (bytes, bytearray)) else Image.open(io.BytesIO(data)))
+        elif media.get("video"):
+            ax.imshow(filmstrip(media["video"][0]))
+        elif media.get("audio"):
+            ax.imshow(spectrogram(media["audio"][0]), origin="lower", aspect="auto", cmap="magma")
         else:
             ax.text(0.5, 0.5, "text only", ha="center", va="center", transform=ax.transAxes)
         conv = s["conversations"]

@@ -89,4 +89,15 @@ st_opts = {"ratio": RATIO, "window": [2, 2, 2]}
 fig = vm.compare(clip, {"local_merge 2x2x2": ("local_merge", st_opts), "tome_sd 2x2x2": ("tome_sd", st_opts)},
                  patch=2 * PATCH, numbers=True)
 fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
+("md", """## Token budget of video and audio
+A clip of `FRAMES` frames (one separator per time slice) and audio through a Whisper-large encoder
+(30 s windows, pooled to 25 or 5 tokens per second), at the same LLM."""),
+("code", """rows = [budget.estimate(f"{f} frames, {name}", budget.CLIP_L14_336, budget.VICUNA_7B, red, opts, frames=f,
+                        separators=True, text_tokens=TEXT_TOKENS)
+        for f in (FRAMES, 8, 32) for name, (red, opts) in {
+            "identity": ("identity", {}), "local_merge 2x2x2": ("local_merge", {"ratio": 0.875, "window": [2, 2, 2]})}.items()]
+rows += [budget.estimate(f"{s} s audio, {tps} tokens/s", budget.CLIP_L14_336, budget.VICUNA_7B, images=0,
+                         audio_seconds=s, audio=dict(budget.WHISPER_LARGE_ENCODER, tokens_per_second=tps),
+                         text_tokens=TEXT_TOKENS) for s in (30, 120) for tps in (25, 5)]
+Markdown(budget.to_markdown(rows))"""),
 ])
