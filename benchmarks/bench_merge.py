@@ -165,7 +165,9 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
         train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
                                         f"train.max_steps={steps['tower']}", *vision, *warm])
     red = C_REDUCERS[reducer]
-    common = [f"model.vision.path={tower / 'final'}", f"model.reducer.type={red['type']}",
+    # images only: no audio tower, no video separators (the demo configs have both since issue 5)
+    common = ["model.audio=null", "model.video.separators=false",
+              f"model.vision.path={tower / 'final'}", f"model.reducer.type={red['type']}",
               f"model.reducer.options={json.dumps(red['options'])}", f"train.seed={seed}", f"data.seed={seed}", *vision]
     run = work / f"{variant}_seed{seed}" / reducer
     t0 = time.perf_counter()
