@@ -20,14 +20,16 @@ import time
 from pathlib import Path
 
 SPLITS = ("pretrain", "instruct", "heldout")
+DEMO_MIX = {"image": 0.59, "video": 0.25, "audio": 0.10, "text": 0.06}  # modality weights of the synthetic data
 
 
 def make_data(out: Path, *, quick: bool, seed: int) -> dict:
     from data_tools.make_synthetic import generate
 
-    # 8000 instruction records (not the generator's default 4000): shape questions generalise with them
-    sizes = dict(n_pretrain=300, n_instruct=600, n_heldout=100) if quick else dict(n_instruct=8000)
-    return generate(out / "data", seed=seed, progress=True, **sizes)
+    # more instruction records than the generator's default 4000: shape questions generalise with
+    # them, and a third of the records are videos, audio clips and text-only questions
+    sizes = dict(n_pretrain=300, n_instruct=600, n_heldout=150) if quick else dict(n_instruct=12000, n_heldout=600)
+    return generate(out / "data", seed=seed, progress=True, mix=DEMO_MIX, **sizes)
 
 
 def convert_splits(out: Path, data: dict, *, shard_size: int, workers: int) -> dict[str, Path]:
@@ -53,6 +55,20 @@ def stream_records(paths):
             yield json.loads(raw.text)
 
 
+def demo_facts():
+    """Placeholder tokens per image/video/audio clip, frames and audio window of the demo model, from
+    its configs (the tower's shape from ``demo_tower.yaml``: stage 1's tower path does not exist yet)."""
+    from .train import load_config
+    from .train.checks import predict_visual_tokens
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "demo.yaml")
+    cfg.model.vision = load_config(configs / "demo_tower.yaml").model.vision
+    facts = predict_visual_tokens(cfg)
+    return {"media_tokens": facts.media_tokens, "image_size": facts.image_size, "frames": cfg.model.video.frames,
+            "audio_seconds": cfg.model.audio.config["max_source_positions"] / 50.0}
+
+
 def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     from .data.config import DataConfig
     from .data.loader import build_train_loader
@@ -60,10 +76,12 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
 
     tok = build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values())))
     tok.save_pretrained(out / "tokenizer")
+    facts = demo_facts()
     cfg = DataConfig.from_dict({"sources": [str(shards)], "batch_size": 16, "num_workers": workers,
                                 "epoch_mode": "exact", "template": "vicuna_v1", "max_length": 256,
-                                "image": {"size": 64}})
-    loader = build_train_loader(cfg, tok, media_tokens={"image": 16})
+                                "image": {"size": facts["image_size"]}, "video": {"num_frames": facts["frames"]},
+                                "audio": {"seconds": facts["audio_seconds"]}})
+    loader = build_train_loader(cfg, tok, media_tokens=facts["media_tokens"])
     t0, n, tokens = time.perf_counter(), 0, 0
     for batch in loader:
         n += batch["input_ids"].shape[0]
@@ -97,7 +115,7 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> di
         main_job = config == "demo.yaml"
         run_notebook("03_train.ipynb", out / notebook, {
             "CONFIG": str(configs / config), "OVERRIDES": overrides, "NPROC": 1,
-            "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else None})
+            "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else 300})  # 04 scores all
         print(f"[demo] {config}: executed notebook {out / notebook}")
     from .train import load_config
 
