@@ -102,7 +102,7 @@ def test_config_from_dict_and_unknown_fields() -> None:
 
 @pytest.mark.parametrize("section,field,known", [("vision", "type", "clip, siglip"),
                                                  ("projector", "type", "linear, mlp2x_gelu"),
-                                                 ("reducer", "type", "avgpool, identity, local_merge, tome_sd")])
+                                                 ("reducer", "type", "avgpool, identity, instruct_resample, local_merge, tome_sd")])
 def test_unknown_names_list_known(tok: Any, section: str, field: str, known: str) -> None:
     d = model_dict()
     d.setdefault(section, {})[field] = "nope"

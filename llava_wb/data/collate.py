@@ -11,6 +11,7 @@ into a batch
     {"input_ids": [B, Lmax], "labels": [B, Lmax], "attention_mask": [B, Lmax],
      "pixel_values": [N_images, C, H, W] in sample order, or None when the batch has no image,
      "image_counts": LongTensor[B],
+     "instruction_mask": [B, Lmax] (0-padded), when every sample has one (``TrainSample`` adds it),
      "video_values"/"video_counts", "audio_values"/"audio_counts": only when a sample has that key,
      ...every other key as a list of per-sample values}
 
@@ -59,8 +60,10 @@ class Collator:
         if clash:
             raise ValueError(f"samples carry keys the collator produces: {sorted(clash)}")
         batch: dict[str, Any] = self._pad_text(samples)
+        if all("instruction_mask" in s for s in samples):
+            batch["instruction_mask"] = self._pad_like(samples, "instruction_mask", batch["input_ids"].shape[1])
         batch.update(self._collect_media(samples))
-        skip = {*TEXT_KEYS, "media"}
+        skip = {*TEXT_KEYS, "media", "instruction_mask"}
         for key in dict.fromkeys(k for s in samples for k in s if k not in skip):
             batch[key] = [s.get(key) for s in samples]
         return batch
@@ -89,6 +92,18 @@ class Collator:
             labels[b, cols] = labs
             attention_mask[b, cols] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+    def _pad_like(self, samples: Sequence[dict[str, Any]], key: str, length: int) -> torch.Tensor:
+        """``key`` of every sample padded with 0 like ``input_ids`` (same side, same length)."""
+        out = torch.zeros(len(samples), length, dtype=torch.long)
+        for b, sample in enumerate(samples):
+            row = torch.as_tensor(sample[key], dtype=torch.long).reshape(-1)
+            if row.numel() != torch.as_tensor(sample["input_ids"]).numel():
+                raise ValueError(f"sample {b} ({_name(sample)}): {key} has {row.numel()} entries for "
+                                 f"{torch.as_tensor(sample['input_ids']).numel()} input_ids")
+            cols = slice(0, row.numel()) if self.padding_side == "right" else slice(length - row.numel(), length)
+            out[b, cols] = row
+        return out
 
     @staticmethod
     def _collect_media(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

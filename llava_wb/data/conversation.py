@@ -66,6 +66,10 @@ class TokenizedConversation:
     labels: list[int]
     num_media: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
+    # 1 for tokens of the non-assistant text (human turns and the template around them), 0 for
+    # answers (learned or, in prompts, earlier reference answers), media placeholders and BOS:
+    # what an instruction-aware reducer may look at (``instruct_resample``)
+    instruction_mask: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class ConversationTemplate:
         encoded = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
         ids: list[int] = []
         labels: list[int] = []
+        instruction: list[int] = []
         media_end = 0  # index just after the last media token
         for piece, train in pieces:
             if piece in _KIND_OF:
@@ -179,18 +184,23 @@ class ConversationTemplate:
                 n = spans[kind].pop(0)
                 ids += [self.media_ids[kind]] * n
                 labels += [IGNORE_INDEX] * n
+                instruction += [0] * n
                 media_end = len(ids)
             else:
                 chunk = list(next(encoded))
                 ids += chunk
                 labels += chunk if train else [IGNORE_INDEX] * len(chunk)
+                instruction += [0 if train else 1] * len(chunk)
         if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)
             labels.insert(0, IGNORE_INDEX)
+            instruction.insert(0, 0)
             media_end += 1 if media_end else 0
-        if len(ids) != len(labels) or any(spans.values()):  # explicit checks, survive python -O
+        if len(ids) != len(labels) or len(ids) != len(instruction) or any(spans.values()):  # explicit checks, survive python -O
             raise RuntimeError(f"template {self.name!r}: {len(ids)} ids, {len(labels)} labels, unused media {spans}")
-        return self._truncate(ids, labels, num_media, media_end, max_length, add_generation_prompt)
+        out = self._truncate(ids, labels, num_media, media_end, max_length, add_generation_prompt)
+        out.instruction_mask = instruction[: len(out.input_ids)]
+        return out
 
     def _check_media(self, turns: list[Turn], expected: Mapping[str, int] | None) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -53,4 +53,5 @@ class TrainSample:
                                      expected_media={m: len(v) for m, v in d["media"].items()})
         return {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
                 "labels": torch.tensor(tok.labels, dtype=torch.long),
+                "instruction_mask": torch.tensor(tok.instruction_mask, dtype=torch.long),
                 "media": d["media"], "id": d["id"], "modal_list": d["modal_list"], "meta": d["meta"]}

@@ -40,6 +40,7 @@ def _items(shards: list[str], media: MediaSettings, template, media_tokens: dict
                     raise SampleError(e.reason, e.detail, key=s["key"]) from None
                 # Media appear in the first human turn; every prompt of the sample carries them.
                 yield {"id": s["id"], "turn": item.turn, "ids": tok.input_ids, "answer": item.answer,
+                       "instruction": tok.instruction_mask,
                        "qtype": qtypes[item.turn] if item.turn < len(qtypes) else "all",
                        "question": human[item.turn]["value"] if item.turn < len(human) else "",
                        "media": s["media"]}
@@ -92,7 +93,9 @@ def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaS
         if not chunk:
             break
         ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
+        instruction, _ = _left_pad([c["instruction"] for c in chunk], 0)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **_media_batch(chunk, device),
+                             instruction_mask=instruction.to(device),
                              max_new_tokens=max_new_tokens,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for c, new in zip(chunk, out):

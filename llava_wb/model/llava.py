@@ -162,9 +162,17 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             config.audio_config = audio_tower.config
         if self.reducer.size_embedding:
             self.reducer.size_embed = torch.nn.Embedding(self.patches_per_image + 1, language_model.config.hidden_size)
+        for red in {id(r): r for r in (self.reducer, self.video_reducer)}.values():
+            if red.needs_instruction:
+                if red.placement != "after":
+                    raise ValueError("an instruction-aware reducer works after the tower (placement 'after')")
+                red.bind(vision_tower.hidden_size, d_llm)
         self.post_init()
         if self.reducer.size_embedding:
             torch.nn.init.zeros_(self.reducer.size_embed.weight)  # starts as a no-op
+        for red in (self.reducer, self.video_reducer):
+            if getattr(red, "query_proj", None) is not None:
+                torch.nn.init.zeros_(red.query_proj.weight)  # the learned score starts at 0
 
     # ---- sizes ---------------------------------------------------------------------------------
     @property
@@ -210,14 +218,17 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         """Resize the LLM's vocabulary (the saved text config follows: it is the LLM's config)."""
         return self.language_model.resize_token_embeddings(*args, **kwargs)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
-        """``pixel_values [N, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_image, D_llm]``."""
+    def encode_images(self, pixel_values: torch.Tensor, instruction: dict[str, Any] | None = None) -> ImageFeatures:
+        """``pixel_values [N, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_image, D_llm]``;
+        ``instruction``: ``query [N, L, D_llm]`` and ``query_mask [N, L]`` per image, for an
+        instruction-aware reducer."""
         k = self.vision_tower.num_prefix_tokens
         if self.reducer.placement == "tower":
             prefix, reduced = self.vision_tower.forward_merged(pixel_values, self.reducer, self.image_grid)
         else:
             features = self.vision_tower(pixel_values)
-            prefix, reduced = features[:, :k], self.reducer(features[:, k:], grid=self.image_grid)
+            context = self.reducer_context(self.reducer, instruction)
+            prefix, reduced = features[:, :k], self.reducer(features[:, k:], grid=self.image_grid, **context)
         tokens = torch.cat([prefix, reduced.tokens], dim=1) if k else reduced.tokens
         weight = next(self.projector.parameters())
         embeds = self.projector(tokens.to(weight.dtype))
@@ -293,6 +304,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         video_counts: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
         audio_counts: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Text embeddings with the image/video/audio embeddings written into their placeholder
         positions, ``labels`` with those positions set to -100, and position ids (``None``: the
@@ -301,6 +313,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         position_ids = None
         media = {"image": (pixel_values, image_counts), "video": (video_values, video_counts),
                  "audio": (audio_values, audio_counts)}
+        text = embeds  # the instruction's embeddings, before any media is spliced in
         present: set[str] = set()
         placeholders = torch.zeros_like(input_ids, dtype=torch.bool)
         for kind, (values, counts) in media.items():
@@ -310,14 +323,15 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             if not num:
                 continue
             present.add(kind)
+            instruction = self.item_instruction(text, instruction_mask, counts, num) if kind != "audio" else None
             if kind == "image":
-                features = self.encode_images(values)
+                features = self.encode_images(values, instruction)
                 feats = features.embeds
                 if self.reducer.position_ids == "original":
                     attn = torch.ones_like(input_ids) if attention_mask is None else attention_mask
                     position_ids = self.visual_position_ids(mask, attn, features.reduced.positions)
             else:
-                feats = self.encode_videos(values) if kind == "video" else self.encode_audios(values)
+                feats = self.encode_videos(values, instruction) if kind == "video" else self.encode_audios(values)
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
         if self.training and len(present) < 3:
             embeds = embeds + self.blank_media_term(present, embeds.device).to(embeds.dtype)
@@ -339,6 +353,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         video_counts: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
         audio_counts: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **metadata: Any,
     ) -> CausalLMOutputWithPast:
@@ -346,7 +361,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         to the LLM; other batch keys (``id``, ...) are ignored."""
         embeds, labels, visual_positions = self.embed_inputs(
             input_ids, pixel_values, image_counts, labels, attention_mask,
-            video_values, video_counts, audio_values, audio_counts)
+            video_values, video_counts, audio_values, audio_counts, instruction_mask)
         if position_ids is None:
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
@@ -376,6 +391,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         video_counts: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
         audio_counts: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Greedy (unless ``generate_kwargs`` say otherwise) answers for a left-padded batch:
@@ -386,7 +402,8 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             raise ValueError("generate needs left padding (a sample's last position is padding)")
         embeds, _, position_ids = self.embed_inputs(
             input_ids, pixel_values, image_counts, attention_mask=attention_mask, video_values=video_values,
-            video_counts=video_counts, audio_values=audio_values, audio_counts=audio_counts)
+            video_counts=video_counts, audio_values=audio_values, audio_counts=audio_counts,
+            instruction_mask=instruction_mask)
         if position_ids is not None:
             generate_kwargs["position_ids"] = position_ids
         generate_kwargs.setdefault("do_sample", False)

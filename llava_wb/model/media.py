@@ -67,15 +67,17 @@ class MediaMixin:
         """LLM tokens (= ``<video>`` placeholder ids) per clip: the only place this is derived."""
         return self.video_reducer.output_len(self.video_grid) + self.video_slices
 
-    def encode_videos(self, video_values: torch.Tensor) -> torch.Tensor:
-        """``video_values [N, T, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_video, D_llm]``."""
+    def encode_videos(self, video_values: torch.Tensor, instruction: dict[str, Any] | None = None) -> torch.Tensor:
+        """``video_values [N, T, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_video, D_llm]``
+        (``instruction``: per clip, for an instruction-aware reducer)."""
         t, h, w = self.video_grid
         if video_values.dim() != 5 or video_values.shape[1] != t:
             raise ValueError(f"video_values must be [N, {t}, 3, S, S] (model.video.frames = {t}), got {tuple(video_values.shape)}")
         n = video_values.shape[0]
         k = self.vision_tower.num_prefix_tokens
         features = self.vision_tower(video_values.flatten(0, 1))[:, k:]  # patches only: [N*T, H*W, D]
-        reduced = self.video_reducer(features.reshape(n, t * h * w, -1), grid=(t, h, w))
+        context = self.reducer_context(self.video_reducer, instruction)
+        reduced = self.video_reducer(features.reshape(n, t * h * w, -1), grid=(t, h, w), **context)
         weight = next(self.projector.parameters())
         embeds = self.projector(reduced.tokens.to(weight.dtype))
         if self.config.video_separators:
@@ -85,6 +87,30 @@ class MediaMixin:
         if embeds.shape[1] != self.tokens_per_video:
             raise RuntimeError(f"encoded {embeds.shape[1]} tokens per video, tokens_per_video is {self.tokens_per_video}")
         return embeds
+
+    # ---- instructions --------------------------------------------------------------------------
+    @staticmethod
+    def item_instruction(text: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor | None,
+                         num: int) -> dict[str, Any] | None:
+        """Each media item's instruction: its sample's text embeddings ``[num, L, D]`` and
+        ``instruction_mask`` rows (None without a mask, e.g. a batch from an older pipeline)."""
+        if mask is None or not num:
+            return None
+        if counts is None:
+            if text.shape[0] != num:
+                raise ValueError("instruction-aware reducers need {kind}_counts when a sample has several items")
+            sample = torch.arange(num, device=text.device)
+        else:
+            sample = torch.repeat_interleave(torch.arange(text.shape[0], device=text.device),
+                                             torch.as_tensor(counts, device=text.device).reshape(-1))
+        return {"query": text[sample], "query_mask": mask.to(text.device)[sample].bool()}
+
+    def reducer_context(self, reducer: nn.Module, instruction: dict[str, Any] | None) -> dict[str, Any]:
+        """Keyword arguments for ``reducer``: the instruction and the projector for
+        ``needs_instruction`` reducers, nothing for the others."""
+        if not reducer.needs_instruction:
+            return {}
+        return {**(instruction or {}), "project": self.projector}
 
     # ---- audio ---------------------------------------------------------------------------------
     @property

@@ -61,6 +61,7 @@ class TokenReducer(nn.Module):
 
     preserves_order = True  # output positions strictly increase (tome_sd: False)
     placement = "after"
+    needs_instruction = False  # True: ``forward`` takes the instruction (``instruct_resample``)
 
     def __init__(self, position_ids: str = "contiguous", size_embedding: bool = False):
         super().__init__()
@@ -81,11 +82,13 @@ class TokenReducer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-                sizes: torch.Tensor | None = None) -> ReducerOutput:
+                sizes: torch.Tensor | None = None, **context: Any) -> ReducerOutput:
+        """``context``: the instruction (``query``, ``query_mask``, ``project``) for reducers with
+        ``needs_instruction``; the others take none."""
         grid = check_grid(grid)
         if x.dim() != 3 or x.shape[1] != grid[0] * grid[1] * grid[2]:
             raise ValueError(f"{type(self).__name__}: expected [B, {grid[0] * grid[1] * grid[2]}, D] for grid {grid}, got {tuple(x.shape)}")
-        out = self.reduce(x, grid, metric, sizes)
+        out = self.reduce(x, grid, metric, sizes, **context) if self.needs_instruction else self.reduce(x, grid, metric, sizes)
         expected = self.output_len(grid)
         if out.tokens.shape[1] != expected:
             raise RuntimeError(f"{type(self).__name__} returned {out.tokens.shape[1]} tokens, output_len says {expected}")
@@ -173,3 +176,4 @@ def build_reducer(name: str, options: dict[str, Any] | None = None) -> TokenRedu
 
 
 from llava_wb.model import merging as _merging  # noqa: E402,F401  (registers local_merge, tome_sd)
+from llava_wb.model import resample as _resample  # noqa: E402,F401  (registers instruct_resample)

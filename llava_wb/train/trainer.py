@@ -32,7 +32,7 @@ from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.stages import param_groups
 
 MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts", "video_values", "video_counts",
-              "audio_values", "audio_counts")
+              "audio_values", "audio_counts", "instruction_mask")
 
 
 class StreamFeed:
