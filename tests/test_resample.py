@@ -76,9 +76,10 @@ def test_temporal_novelty_is_zero_for_a_static_patch() -> None:
     frame = torch.randn(1, 4, 3)
     clip = torch.cat([frame, frame, -frame], 1)  # 3 frames of a 2x2 grid: static, then flipped
     nov = temporal_novelty(clip, (3, 2, 2)).view(3, 4)
-    assert nov[0].tolist() == [1.0] * 4
     torch.testing.assert_close(nov[1], torch.zeros(4), atol=1e-6, rtol=0)
     torch.testing.assert_close(nov[2], torch.full((4,), 2.0))
+    torch.testing.assert_close(nov[0], torch.full((4,), 1.0))  # the first frame: the mean of the others
+    assert temporal_novelty(frame, (1, 2, 2)).abs().sum() == 0
 
 
 def test_gradients_reach_the_inputs_and_the_learned_scorer() -> None:
@@ -102,11 +103,11 @@ def tok() -> Any:
     return build_demo_tokenizer(demo_corpus(["what colour is the circle square triangle red blue green yes no"]))
 
 
-def _model(tok: Any, mode: str = "cosine") -> Any:
+def _model(tok: Any, mode: str = "cosine", novelty: float = 0.5) -> Any:
     torch.manual_seed(0)
     return build_model(ModelConfig.from_dict({
         "vision": {"type": "clip", "config": dict(TINY_VISION)}, "llm": {"config": dict(TINY_LLAMA)},
-        "reducer": {"type": "instruct_resample", "options": {"ratio": 0.75, "mode": mode}},
+        "reducer": {"type": "instruct_resample", "options": {"ratio": 0.75, "mode": mode, "novelty": novelty}},
         "video": {"frames": 4}}), tok).eval()
 
 
@@ -129,7 +130,7 @@ def _selection(model: Any, tok: Any, conv: list[dict[str, str]], media: dict[str
 
 @pytest.mark.parametrize("mode", ["cosine", "learned"])
 def test_answers_never_change_the_selection_questions_do(tok: Any, mode: str) -> None:
-    model = _model(tok, mode)
+    model = _model(tok, mode, novelty=0.0)  # relevance alone decides (novelty is question-independent)
     if mode == "learned":
         torch.nn.init.normal_(model.reducer.query_proj.weight)
     torch.manual_seed(3)
@@ -142,7 +143,7 @@ def test_answers_never_change_the_selection_questions_do(tok: Any, mode: str) ->
             base = _selection(model, tok, ask("what colour is the circle", "red"), media)
             assert _selection(model, tok, ask("what colour is the circle", "blue green no"), media) == base
             changed += _selection(model, tok, ask("is the triangle green", "red"), media) != base
-    assert changed >= 6, changed  # a different question moves the selection (in most of 12 items)
+    assert changed >= 9, changed  # a different question moves the selection (in most of 12 items)
 
 
 def test_multi_turn_rule_union_of_questions_never_answers(tok: Any) -> None:

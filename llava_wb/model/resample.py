@@ -9,8 +9,8 @@
   bilinear score ``<W_v x_i, W_q mean(q)>`` (zero at init, so it starts as the cosine mode) that
   trains end to end through a straight-through gate: kept tokens are multiplied by
   ``1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient in backward;
-- plus ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (1 on
-  the first frame), so a static background is not kept frame after frame;
+- plus ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (the
+  first frame gets the clip's mean), so a static background is not kept frame after frame;
 
 keeps the top ``K`` (``ratio`` or ``tokens``; a fixed count per item, so batches stay dense and the
 ``<image>`` placeholders are known in advance) in ascending (t, h, w) order, and merges every other
@@ -46,12 +46,15 @@ def relevance(projected: torch.Tensor, query: torch.Tensor, query_mask: torch.Te
 
 
 def temporal_novelty(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """``[B, N]``: 1 - cos(token, same patch one frame earlier); 1 on the first frame."""
+    """``[B, N]``: 1 - cos(token, same patch one frame earlier); the first frame, which has no
+    earlier frame, gets the clip's mean novelty (neither favoured nor left out); 0 for one frame."""
     t, h, w = grid
+    if t == 1:
+        return x.new_zeros(x.shape[0], h * w, dtype=torch.float32)
     frames = F.normalize(x.float(), dim=-1).view(x.shape[0], t, h * w, -1)
-    same = (frames[:, 1:] * frames[:, :-1]).sum(-1)  # [B, T-1, HW]
-    first = torch.zeros_like(frames[:, :1, :, 0])
-    return (1.0 - torch.cat([first, same], 1)).reshape(x.shape[0], -1)
+    later = 1.0 - (frames[:, 1:] * frames[:, :-1]).sum(-1)  # [B, T-1, HW]
+    first = later.mean(dim=(1, 2), keepdim=True).expand(-1, 1, h * w)
+    return torch.cat([first, later], 1).reshape(x.shape[0], -1)
 
 
 def resample(x: torch.Tensor, scores: torch.Tensor, keep: int, metric: torch.Tensor | None = None,

@@ -29,7 +29,11 @@ LAYERS = 1
 TOWER_DIR = None             # a saved tower (e.g. runs/demo/tower/final): merge on its features
 FRAMES = 4                   # frames of the panned clip in the video section
 OUT_DIR = "../runs/merge_viz"
-TEXT_TOKENS = 128            # text tokens per sample in the budget table"""),
+TEXT_TOKENS = 128            # text tokens per sample in the budget table
+RESAMPLE_MODEL = None        # a trained bundle (e.g. runs/demo/train/final) for the resampling section;
+                             # None: a tiny untrained model (shows the mechanics, not a learned choice)
+RESAMPLE_RATIO = 0.75
+QUESTIONS = ["What colour is the circle?", "Which way does the square move?"]"""),
 ("code", """%matplotlib inline
 import os
 import numpy as np
@@ -100,4 +104,20 @@ rows += [budget.estimate(f"{s} s audio, {tps} tokens/s", budget.CLIP_L14_336, bu
                          audio_seconds=s, audio=dict(budget.WHISPER_LARGE_ENCODER, tokens_per_second=tps),
                          text_tokens=TEXT_TOKENS) for s in (30, 120) for tps in (25, 5)]
 Markdown(budget.to_markdown(rows))"""),
+("md", """## Instruction-aware resampling: which tokens a question keeps
+`instruct_resample` keeps the tokens most relevant to the question (cosine of the projected tokens
+to the question's embeddings, plus temporal novelty on clips) in (t, h, w) order and merges the rest
+into their nearest kept token. Each row is one question on the same clip: kept patches in full
+colour with a white border, merged ones dimmed and tinted by the token they joined."""),
+("code", """from llava_wb.viz import resample as vr
+rs_model, rs_tok = vr.resample_model(RESAMPLE_MODEL, ratio=RESAMPLE_RATIO, frames=FRAMES)
+frames = rs_model.config.video_frames
+rs_clip, rs_values = vr.as_model_input(rs_model, vm.pan_clip(image, frames, step=2 * PATCH))
+patch = rs_model.vision_tower.patch_size
+outs = vr.kept_for_questions(rs_model, rs_tok, rs_values[0], QUESTIONS, kind="image")
+fig = vr.draw_kept(rs_clip[0], outs, QUESTIONS, patch)
+fig.savefig(os.path.join(OUT_DIR, "resample_image.png"), dpi=80, bbox_inches="tight"); plt.show()
+outs = vr.kept_for_questions(rs_model, rs_tok, rs_values, QUESTIONS, kind="video")
+fig = vr.draw_kept(rs_clip, outs, QUESTIONS, patch)
+fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
 ])
