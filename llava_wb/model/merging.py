@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llava_wb.model.reducers import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_grid, num_windows,
-                                     window_partition)
+from llava_wb.model.reducers import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid,
+                                     num_windows, window_partition)
 
 
 def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, random_dst: bool,
@@ -157,12 +157,7 @@ class MergeReducer(TokenReducer):
         if metric not in ("features", "keys") or (metric == "keys" and placement == "after"):
             raise ValueError(f"metric must be 'features' or 'auto' (or 'keys' with placement='tower'), got {metric!r}")
         self.placement, self.layers, self.metric = placement, layers, metric
-        if (ratio is None) == (tokens is None):
-            raise ValueError(f"give exactly one of ratio or tokens (got ratio={ratio!r}, tokens={tokens!r})")
-        if ratio is not None and not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-        if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
-            raise ValueError(f"tokens must be a positive int, got {tokens!r}")
+        check_budget(ratio, tokens)
         self.ratio, self.tokens, self.window = ratio, tokens, check_grid(tuple(window))
         self.random_dst = bool(random_dst)
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))

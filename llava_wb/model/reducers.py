@@ -159,6 +159,16 @@ def window_partition(grid: Grid, window: Grid, device: torch.device | str | None
     return group, first, sizes
 
 
+def check_budget(ratio: float | None, tokens: int | None) -> None:
+    """A reducer's budget: exactly one of ``ratio`` (fraction removed, in [0, 1)) or ``tokens`` (kept, > 0)."""
+    if (ratio is None) == (tokens is None):
+        raise ValueError(f"give exactly one of ratio or tokens (got ratio={ratio!r}, tokens={tokens!r})")
+    if ratio is not None and not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
+        raise ValueError(f"tokens must be a positive int, got {tokens!r}")
+
+
 def check_grid(grid: Any) -> Grid:
     """Validate a ``(T, H, W)`` grid of positive ints and return it as a tuple."""
     if not isinstance(grid, (tuple, list)) or len(grid) != 3 or not all(isinstance(g, int) and g > 0 for g in grid):

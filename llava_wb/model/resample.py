@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llava_wb.model.merging import _gather_kept
-from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_grid
+from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid
 
 RESAMPLE_MODES = ("cosine", "learned")
 
@@ -82,12 +82,7 @@ class InstructResampler(TokenReducer):
     def __init__(self, ratio: float | None = None, tokens: int | None = None, mode: str = "cosine",
                  novelty: float = 0.5, dim: int = 64, **common: Any):
         super().__init__(**common)
-        if (ratio is None) == (tokens is None):
-            raise ValueError(f"give exactly one of ratio or tokens (got ratio={ratio!r}, tokens={tokens!r})")
-        if ratio is not None and not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-        if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
-            raise ValueError(f"tokens must be a positive int, got {tokens!r}")
+        check_budget(ratio, tokens)
         if mode not in RESAMPLE_MODES:
             raise ValueError(f"mode must be one of {', '.join(RESAMPLE_MODES)}, got {mode!r}")
         self.ratio, self.tokens, self.mode, self.novelty, self.dim = ratio, tokens, mode, float(novelty), int(dim)
