@@ -101,12 +101,25 @@ def test_placeholder_mismatch_names_the_modality(tok: Any, model: Any) -> None:
         model(**dict(batch, video_values=batch["video_values"][:, :3]))
 
 
-def test_text_only_training_batch_reaches_every_trainable_part(tok: Any) -> None:
-    """DDP needs every trainable parameter used: unused encoders run on a blank input, weight 0."""
-    m = av_model(tok).train()
-    t = tokenize_conversation([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "red"}], tok, "plain",
-                              max_length=64, media_tokens=m.media_tokens)
-    batch = Collator(tok.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels}])
+@pytest.mark.parametrize("variant", ["merge", "learned_resample"])
+@pytest.mark.parametrize("present", ["", "<image>", "<video>", "<audio>"])
+def test_every_trainable_part_gets_a_gradient_whatever_the_batch_holds(tok: Any, variant: str, present: str) -> None:
+    """DDP (find_unused_parameters off) needs every trainable parameter used in every step: encoders
+    and reducers a batch does not use run on a blank input with weight 0."""
+    if variant == "merge":
+        m = av_model(tok, reducer={"type": "local_merge", "options": {"ratio": 0.75, "window": [2, 2, 2],
+                                                                      "size_embedding": True}})
+    else:  # learned scorers on images and, separately, on clips; captions carry no instruction
+        learned = {"type": "instruct_resample", "options": {"ratio": 0.75, "mode": "learned"}}
+        m = av_model(tok, reducer=learned, video={"frames": 4, "reducer": learned})
+    m.train()
+    media = {"<image>": {"image": [torch.randn(3, 32, 32)]}, "<video>": {"video": [torch.randn(4, 3, 32, 32)]},
+             "<audio>": {"audio": [torch.randn(80, 100)]}, "": {}}[present]
+    t = tokenize_conversation([{"from": "human", "value": f"{present} hi"}, {"from": "gpt", "value": "red"}], tok,
+                              "plain", max_length=256, media_tokens=m.media_tokens,
+                              expected_media={k: len(v) for k, v in media.items()})
+    batch = Collator(tok.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels,
+                                         "instruction_mask": t.instruction_mask, "media": media}])
     m(**batch).loss.backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []

@@ -60,7 +60,10 @@ class Collator:
         if clash:
             raise ValueError(f"samples carry keys the collator produces: {sorted(clash)}")
         batch: dict[str, Any] = self._pad_text(samples)
-        if all("instruction_mask" in s for s in samples):
+        have = sum("instruction_mask" in s for s in samples)
+        if have and have != len(samples):
+            raise ValueError(f"{have} of {len(samples)} samples carry an instruction_mask: all or none must")
+        if have:
             batch["instruction_mask"] = self._pad_like(samples, "instruction_mask", batch["input_ids"].shape[1])
         batch.update(self._collect_media(samples))
         skip = {*TEXT_KEYS, "media", "instruction_mask"}

@@ -245,14 +245,16 @@ def build_loader(cfg: DataConfig, *, process: Callable[[dict], dict] | None = No
 
 
 def build_train_loader(cfg: DataConfig, tokenizer, *, media_tokens: dict[str, int], rank: int | None = None,
-                       world_size: int | None = None, padding_side: str = "right") -> StreamingLoader:
-    """Tokenized, padded training batches (``input_ids``, ``labels``, ``attention_mask``, ``pixel_values``...)."""
+                       world_size: int | None = None, padding_side: str = "right", media: Any = None) -> StreamingLoader:
+    """Tokenized, padded training batches (``input_ids``, ``labels``, ``attention_mask``, ``pixel_values``...).
+    ``media``: the decoding settings (``MediaSettings``; default ``cfg.media``), e.g. with the model's
+    frames per clip filled in (``llava_wb.model.media.media_settings``)."""
     from .collate import Collator
     from .pipeline import TrainSample
 
     from .sources import source_name
 
-    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, media=cfg.media,
+    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, media=media or cfg.media,
                           media_tokens=media_tokens,
                           source_templates={source_name(s): s.template for s in cfg.sources if s.template})
     collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)

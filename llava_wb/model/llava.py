@@ -323,7 +323,10 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             if not num:
                 continue
             present.add(kind)
-            instruction = self.item_instruction(text, instruction_mask, counts, num) if kind != "audio" else None
+            reducer = self.reducer if kind == "image" else self.video_reducer
+            instruction = None
+            if kind != "audio" and reducer.needs_instruction:
+                instruction = self.item_instruction(text, instruction_mask, mask.sum(1) // self.media_tokens[kind])
             if kind == "image":
                 features = self.encode_images(values, instruction)
                 feats = features.embeds

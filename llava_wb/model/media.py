@@ -90,19 +90,13 @@ class MediaMixin:
 
     # ---- instructions --------------------------------------------------------------------------
     @staticmethod
-    def item_instruction(text: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor | None,
-                         num: int) -> dict[str, Any] | None:
-        """Each media item's instruction: its sample's text embeddings ``[num, L, D]`` and
-        ``instruction_mask`` rows (None without a mask, e.g. a batch from an older pipeline)."""
-        if mask is None or not num:
+    def item_instruction(text: torch.Tensor, mask: torch.Tensor | None, per_sample: torch.Tensor) -> dict[str, Any] | None:
+        """Each media item's instruction: its sample's text embeddings ``[N_items, L, D]`` and
+        ``instruction_mask`` rows; ``per_sample``: items per sample (from the placeholders, so it is
+        right even without ``{kind}_counts``). None without a mask (an older pipeline)."""
+        if mask is None:
             return None
-        if counts is None:
-            if text.shape[0] != num:
-                raise ValueError("instruction-aware reducers need {kind}_counts when a sample has several items")
-            sample = torch.arange(num, device=text.device)
-        else:
-            sample = torch.repeat_interleave(torch.arange(text.shape[0], device=text.device),
-                                             torch.as_tensor(counts, device=text.device).reshape(-1))
+        sample = torch.repeat_interleave(torch.arange(text.shape[0], device=text.device), per_sample.to(text.device))
         return {"query": text[sample], "query_mask": mask.to(text.device)[sample].bool()}
 
     def reducer_context(self, reducer: nn.Module, instruction: dict[str, Any] | None) -> dict[str, Any]:
@@ -140,10 +134,14 @@ class MediaMixin:
         sees every trainable parameter used, and under ZeRO-3 every rank gathers the same modules."""
         size = self.vision_tower.image_size
         term = torch.zeros((), device=device)
-        if "image" not in present and "video" not in present:
+        if "image" not in present:  # the tower, the image reducer (size embedding, scorer) and the projector
             term = term + self.encode_images(torch.zeros(1, 3, size, size, device=device)).embeds.sum()
         if "video" not in present and self.config.video_separators:
             term = term + self.frame_separator(torch.zeros(1, dtype=torch.long, device=device)).sum()
+        if "video" not in present and any(p.requires_grad for p in self.video_reducer.parameters()):
+            t, h, w = self.video_grid  # a separate video reducer with parameters (no tower call needed)
+            feats = torch.zeros(1, t * h * w, self.vision_tower.hidden_size, device=device)
+            term = term + self.video_reducer(feats, grid=(t, h, w), **self.reducer_context(self.video_reducer, None)).tokens.sum()
         if "audio" not in present and self.audio_tower is not None:
             tower = self.audio_tower
             term = term + self.encode_audios(torch.zeros(1, tower.n_mels, tower.input_frames, device=device)).sum()

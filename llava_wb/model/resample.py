@@ -4,8 +4,10 @@
 
 - **relevance** to the instruction: the highest cosine similarity between the token, projected into
   the LLM's embedding space by the model's own projector, and the embeddings of the instruction
-  tokens (human turns only; ``instruction_mask`` from the conversation template never marks an
-  answer token, so answers cannot influence which tokens are kept). ``mode="learned"`` adds a
+  tokens (``instruction_mask`` from the conversation template: every non-answer text token, i.e.
+  the human turns and the template's own words such as role tags and the system prompt, which are
+  the same for every sample; it never marks an answer token, so answers cannot influence which
+  tokens are kept). Narrowing it to the human turns' own words is a known refinement. ``mode="learned"`` adds a
   bilinear score ``<W_v x_i, W_q mean(q)>`` (zero at init, so it starts as the cosine mode) that
   trains end to end through a straight-through gate: kept tokens are multiplied by
   ``1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient in backward;
@@ -110,16 +112,23 @@ class InstructResampler(TokenReducer):
         b, n, _ = x.shape
         scores = torch.zeros(b, n, device=x.device)
         learned = None
-        if query is not None and query_mask is not None and bool(query_mask.any()):
-            if project is not None:
-                scores = scores + relevance(project(x), query, query_mask)
-            if self.mode == "learned":
-                if self.visual_proj is None:
-                    raise RuntimeError("instruct_resample mode='learned' needs bind(visual_dim, query_dim) first")
-                w = query_mask.to(query.dtype).unsqueeze(-1)
-                mean_q = (query * w).sum(1) / w.sum(1).clamp(min=1.0)
-                learned = (self.visual_proj(x) @ self.query_proj(mean_q).unsqueeze(-1)).squeeze(-1) / self.dim ** 0.5
-                scores = scores + learned.float()
+        has_query = query is not None and query_mask is not None and bool(query_mask.any())
+        if has_query and project is not None:
+            with torch.no_grad():
+                weight = next(project.parameters(), None) if isinstance(project, nn.Module) else None
+                projected = project(x if weight is None else x.to(weight.dtype))
+                scores = scores + relevance(projected, query, query_mask)
+        if self.mode == "learned":  # computed even without an instruction (0 then): its weights are always used
+            if self.visual_proj is None:
+                raise RuntimeError("instruct_resample mode='learned' needs bind(visual_dim, query_dim) first")
+            weight = self.visual_proj.weight
+            if has_query:
+                w = query_mask.to(weight.dtype).unsqueeze(-1)
+                mean_q = (query.to(weight.dtype) * w).sum(1) / w.sum(1).clamp(min=1.0)
+            else:
+                mean_q = x.new_zeros(b, self.query_proj.in_features, dtype=weight.dtype)
+            learned = (self.visual_proj(x.to(weight.dtype)) @ self.query_proj(mean_q).unsqueeze(-1)).squeeze(-1) / self.dim ** 0.5
+            scores = scores + learned.float()
         if self.novelty and grid[0] > 1:
             scores = scores + self.novelty * temporal_novelty(x, grid)
         return scores, learned
@@ -127,8 +136,7 @@ class InstructResampler(TokenReducer):
     def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None,
                *, query: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
                project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ReducerOutput:
-        with torch.no_grad() if self.mode == "cosine" else torch.enable_grad():
-            scores, learned = self.score(x, grid, project, query, query_mask)
+        scores, learned = self.score(x, grid, project, query, query_mask)
         out = resample(x, scores.detach(), self.output_len(grid), metric, sizes)
         if learned is not None and torch.is_grad_enabled():
             gate = torch.sigmoid(learned.gather(1, out.positions))

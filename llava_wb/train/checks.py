@@ -59,6 +59,7 @@ def check_run_config(cfg: RunConfig) -> ConfigFacts:
             f"data.image.size={cfg.data.image.size} but the vision tower takes {facts.image_size}x{facts.image_size} "
             f"images (model.vision image_size): the features would not match the placeholders"
         )
+    _check_zero3(cfg)
     if cfg.data.epoch_mode != "balanced":
         raise ConfigError(f"data.epoch_mode={cfg.data.epoch_mode!r}: training needs 'balanced' (every rank takes "
                           "the same number of batches; 'exact' is for evaluation)")
@@ -92,6 +93,22 @@ def _check_names(cfg: RunConfig) -> None:
     known = [s.value for s in SchedulerType]
     if cfg.train.lr_scheduler_type not in known:
         raise ConfigError(f"train.lr_scheduler_type: unknown {cfg.train.lr_scheduler_type!r}; known: {', '.join(known)}")
+
+
+def _check_zero3(cfg: RunConfig) -> None:
+    """ZeRO-3 gathers each module's weights at every call, on every rank in the same order: an audio
+    tower or an instruction-aware reducer make the call sequence depend on each rank's batch."""
+    import json
+
+    path = cfg.train.deepspeed
+    if not path or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        stage = (json.load(f).get("zero_optimization") or {}).get("stage")
+    reducers = [cfg.model.reducer.type] + ([cfg.model.video.reducer.type] if cfg.model.video.reducer else [])
+    if stage == 3 and (cfg.model.audio is not None or "instruct_resample" in reducers):
+        raise ConfigError(f"train.deepspeed: {path} is ZeRO-3, which is not supported with model.audio or "
+                          "instruct_resample yet (their module calls vary per rank); use ZeRO-2")
 
 
 def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
@@ -132,7 +149,7 @@ def _audio_tokens(cfg: RunConfig) -> int | None:
     if a is None:
         return None
     if a.type != "whisper":
-        return None  # a registered tower of another kind: the model's own count is used
+        return None  # another registered kind: no config-level prediction, the trainer checks the rest
     from transformers import WhisperConfig
 
     if a.path is not None:

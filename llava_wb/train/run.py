@@ -60,12 +60,11 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     set_seed(t.seed)  # model initialisation is part of the run's reproducibility
     tokenizer = load_tokenizer(cfg)
     model = _build_model(cfg, tokenizer)
-    if model.media_tokens != facts.media_tokens:
+    if {k: v for k, v in model.media_tokens.items() if k in facts.media_tokens} != facts.media_tokens:
         raise RuntimeError(f"model has placeholder tokens per item {model.media_tokens}, the config check predicted "
                            f"{facts.media_tokens}")
     counts = apply_stage(model, cfg)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
-    cfg.data.video, cfg.data.audio = media.video, media.audio
 
     # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
     args = _training_args(cfg, _grad_accum(cfg, world), world)  # initialises torch.distributed
@@ -82,7 +81,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from llava_wb.data.loader import build_train_loader
     from llava_wb.train.trainer import StreamFeed
 
-    loader = build_train_loader(cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world)
+    loader = build_train_loader(cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world,
+                                media=media)
     id_log = None
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)

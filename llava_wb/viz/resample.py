@@ -27,6 +27,7 @@ def kept_for_questions(model: Any, tokenizer: Any, values: Any, questions: Seque
     if not reducer.needs_instruction:
         raise ValueError(f"the model's {kind} reducer ({type(reducer).__name__}) does not read the instruction")
     outs: list[Any] = []
+    values = values.to(next(model.parameters()).device)
     hook = reducer.register_forward_hook(lambda mod, args, out: outs.append(out))
     try:
         for q in questions:
@@ -58,7 +59,7 @@ def draw_kept(clip: np.ndarray, outs: Sequence[Any], questions: Sequence[str], p
     rng = np.random.default_rng(0)
     for row, (out, q) in enumerate(zip(outs, questions)):
         kept = set(out.positions[0].tolist())
-        groups = out.group_ids[0].view(t, side, side).numpy()
+        groups = out.group_ids[0].view(t, side, side).cpu().numpy()
         tint = rng.uniform(0.2, 1.0, size=(int(groups.max()) + 1, 3))
         for f in range(t):
             ax = axes[row, f]
