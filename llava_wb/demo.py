@@ -127,6 +127,10 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> di
         metrics = json.load(f)
     with open(out / "tower" / "result.json", encoding="utf-8") as f:
         metrics["tower_warmup"] = json.load(f)
+    with open(out / "eval" / "eval.json", encoding="utf-8") as f:  # the whole held-out split (04)
+        full = json.load(f)
+    metrics["eval_during_training"] = metrics.get("eval")  # 03's first questions only
+    metrics["eval"] = {"overall": full["overall"], "per_type": full["per_type"]}
     return metrics
 
 
