@@ -32,3 +32,21 @@ def test_library_imports_without_torch_or_transformers():
             "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_model_module_imports_first_in_a_fresh_process():
+    """No circular import whichever model module a script imports first (reducers <-> merging <-> resample)."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import llava_wb.model as pkg
+
+    names = sorted(f"llava_wb.model.{m.name}" for m in pkgutil.iter_modules(pkg.__path__))
+    code = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    failed = {}
+    for name in names:
+        proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
+        if proc.returncode:
+            failed[name] = proc.stderr.strip().splitlines()[-1]
+    assert failed == {}

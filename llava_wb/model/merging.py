@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from llava_wb.model.reducers import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid,
-                                     num_windows, window_partition)
+                                     gather_kept, num_windows, window_partition)
 
 
 def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, random_dst: bool,
@@ -90,24 +90,7 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
     score = score.masked_fill(is_dst, float("-inf"))
     merged = torch.topk(score, r, dim=1, sorted=False).indices  # [B, r] sources that merge
     target = arange.clone().scatter_(1, merged, cand.gather(2, best.unsqueeze(-1)).squeeze(-1).gather(1, merged))
-    return _gather_kept(x, target, sizes, n - r)
-
-
-def _gather_kept(x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor | None, keep: int) -> ReducerOutput:
-    """Size-weighted sums into ``target`` (each token's destination, itself if kept), kept tokens in
-    ascending index order."""
-    b, n, d = x.shape
-    w = torch.ones(b, n, dtype=x.dtype, device=x.device) if sizes is None else sizes.to(x.dtype)
-    sums = torch.zeros_like(x).scatter_add_(1, target.unsqueeze(-1).expand(-1, -1, d), x * w.unsqueeze(-1))
-    mass = torch.zeros_like(w).scatter_add_(1, target, w)
-    arange = torch.arange(n, device=x.device).expand(b, n)
-    kept = target == arange
-    order = torch.sort(torch.where(kept, arange, arange + n), dim=1).values[:, :keep]  # kept, ascending
-    out_index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
-        1, order, torch.arange(keep, device=x.device).expand(b, keep))
-    tokens = (sums / mass.clamp(min=1e-12).unsqueeze(-1)).gather(1, order.unsqueeze(-1).expand(-1, -1, d))
-    size_out = mass.gather(1, order).round().long()
-    return ReducerOutput(tokens, order, size_out, out_index.gather(1, target))
+    return gather_kept(x, target, sizes, n - r)
 
 
 def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llava_wb.model.merging import _gather_kept
-from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid
+from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid, gather_kept
 
 RESAMPLE_MODES = ("cosine", "learned")
 
@@ -70,7 +69,7 @@ def resample(x: torch.Tensor, scores: torch.Tensor, keep: int, metric: torch.Ten
     sim = unit @ unit.gather(1, kept.unsqueeze(-1).expand(-1, -1, unit.shape[-1])).transpose(1, 2)  # [B, N, K]
     nearest = kept.gather(1, sim.argmax(-1))
     arange = torch.arange(n, device=x.device).expand(b, n)
-    return _gather_kept(x, torch.where(is_kept, arange, nearest), sizes, keep)
+    return gather_kept(x, torch.where(is_kept, arange, nearest), sizes, keep)
 
 
 @REDUCERS.register("instruct_resample")
