@@ -5,6 +5,9 @@
 - ``CpuMeter`` / ``Timing`` / ``repeat_timed()``: run a callable several times, keep every wall
   and CPU duration (our process tree, dataloader workers included) and how busy other processes
   kept the machine meanwhile; tables report medians (robust to one slow outlier).
+  ``median_seconds()``: the median wall time of a few calls (micro-timings of kernels).
+- ``clip_tower()``: a random-weight CLIP tower at ViT-L/14-336 shapes (``CLIP_L14_336_SHAPE``) or a
+  tiny one for ``--quick`` (``CLIP_QUICK_SHAPE``), the reference a reducer's time is compared with.
 - ``TreeMemorySampler``: a background thread that samples the memory of a process and all its
   descendants (e.g. a loader's main process plus its dataloader workers) and keeps the peak of
   the *sum*. It prefers PSS (proportional set size: a page shared by k processes counts 1/k in
@@ -178,6 +181,35 @@ def repeat_timed(fn: Callable[[], float], repeats: int, *, timing: Timing | None
         timing.units.append(float(units))
         timing.other_share.append(m.other_share)
     return timing
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` (no warm-up call: make one first)."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- tower shapes
+# CLIP ViT-L/14-336 (LLaVA-1.5's tower: 24 x 24 = 576 patches of dim 1024) and a tiny stand-in for --quick.
+CLIP_L14_336_SHAPE = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
+                          num_hidden_layers=24, num_attention_heads=16)
+CLIP_QUICK_SHAPE = dict(image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                        num_attention_heads=4)
+
+
+def clip_tower(quick: bool = False, seed: int = 0) -> Any:
+    """A random-weight CLIP tower (feature layer -2, patch tokens) at ViT-L/14-336 shapes, or the tiny
+    quick shape; in eval mode. For timing the tower forward that a reducer's cost is compared with."""
+    import torch
+
+    from llava_wb.model.towers import build_tower
+
+    torch.manual_seed(seed)
+    return build_tower("clip", config=dict(CLIP_QUICK_SHAPE if quick else CLIP_L14_336_SHAPE), feature_layer=-2).eval()
 
 
 # ----------------------------------------------------------------------------- memory
