@@ -20,28 +20,16 @@ from PIL import Image
 from data_tools import make_synthetic as ms
 from data_tools import synth_needle as sn
 from data_tools.convert_to_wds import convert
+from synth_fixtures import file_tree, generated, load_records
 
 MIX = {"image": 0.5, "needle": 0.45, "text": 0.05}
 SMALL = dict(n_pretrain=20, n_instruct=60, n_heldout=40, progress=False, seed=5, mix=MIX)
 COLOUR_TOL = 20  # noise 6, lossless png
 
 
-def _load(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("synth_needle")
-    result = ms.generate(root, **SMALL)
-    records = {split: _load(path) for split, path in result["files"].items()}
-    info = json.loads((root / "dataset_info.json").read_text())
-    return {"root": root, "result": result, "records": records, "info": info,
-            "all": [r for recs in records.values() for r in recs]}
+    return generated(tmp_path_factory.mktemp("synth_needle"), **SMALL)
 
 
 def _needles(dataset: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,12 +103,12 @@ def test_determinism(tmp_path: Path) -> None:
     ms.generate(tmp_path / "a", seed=2, **kw)
     ms.generate(tmp_path / "b", seed=2, **kw)
     ms.generate(tmp_path / "c", seed=3, **kw)
-    a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
+    a, b, c = file_tree(tmp_path / "a"), file_tree(tmp_path / "b"), file_tree(tmp_path / "c")
     assert a == b and a["instruct.json"] != c["instruct.json"]
     cfg = ms.SynthConfig(seed=2, mix=(("needle", 1.0),))
     for i in range(4):
         record, media = ms.make_record(cfg, "heldout", i)
-        assert record == _load(tmp_path / "a" / "heldout.json")[i]
+        assert record == load_records(tmp_path / "a" / "heldout.json")[i]
         assert all(a[rel] == data for rel, data in media.items())
 
 

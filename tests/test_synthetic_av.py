@@ -21,6 +21,7 @@ from data_tools import synth_av
 from data_tools.convert_to_wds import convert
 from llava_wb.data.audio import read_audio
 from llava_wb.data.video import read_video
+from synth_fixtures import file_tree, generated, load_records
 
 MIX = {"image": 0.3, "video": 0.3, "audio": 0.3, "text": 0.1}
 SMALL = dict(n_pretrain=20, n_instruct=60, n_heldout=40, progress=False, seed=1, mix=MIX)
@@ -29,22 +30,9 @@ AUDIO_QTYPES = ("pitch", "beeps")
 COLOUR_TOL = 45  # max channel distance of a decoded pixel to its palette colour (noise 6 + H.264)
 
 
-def _load(path: str | Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("synth_av")
-    result = ms.generate(root, **SMALL)
-    records = {split: _load(path) for split, path in result["files"].items()}
-    info = json.loads((root / "dataset_info.json").read_text())
-    return {"root": root, "result": result, "records": records, "info": info,
-            "all": [r for recs in records.values() for r in recs]}
+    return generated(tmp_path_factory.mktemp("synth_av"), **SMALL)
 
 
 def _of(dataset: dict[str, Any], modality: str) -> list[dict[str, Any]]:
@@ -113,14 +101,14 @@ def test_determinism(tmp_path: Path) -> None:
     ms.generate(tmp_path / "a", seed=2, **kw)
     ms.generate(tmp_path / "b", seed=2, **kw)
     ms.generate(tmp_path / "c", seed=3, **kw)
-    a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
+    a, b, c = file_tree(tmp_path / "a"), file_tree(tmp_path / "b"), file_tree(tmp_path / "c")
     assert a == b
     assert any(k.startswith("videos/") for k in a) and any(k.startswith("audio/") for k in a)
     assert a["instruct.json"] != c["instruct.json"]
     cfg = ms.SynthConfig(seed=2, mix=(("video", 0.5), ("audio", 0.5)))
     for i in range(4):
         record, media = ms.make_record(cfg, "heldout", i)
-        assert record == _load(tmp_path / "a" / "heldout.json")[i]
+        assert record == load_records(tmp_path / "a" / "heldout.json")[i]
         assert all(a[rel] == data for rel, data in media.items())
 
 
@@ -194,7 +182,7 @@ def test_video_crossing_and_layout_rules() -> None:
 def test_video_frames_fps_and_size(tmp_path: Path) -> None:
     out = ms.generate(tmp_path, n_pretrain=2, n_instruct=3, n_heldout=0, progress=False, seed=6,
                       mix={"video": 1.0}, video_frames=12, video_fps=12, image_size=32, noise=0)
-    for r in _load(out["files"]["instruct"]):
+    for r in load_records(out["files"]["instruct"]):
         frames, info = read_video((tmp_path / r["video"]).read_bytes(), num_frames=12, backend="pyav")
         assert frames.shape == (12, 32, 32, 3) and info["frames_total"] == 12 and info["fps"] == 12.0
         assert len(r["meta"]["frames"]) == 12 and all(o["appear"] <= 6 for o in r["meta"]["objects"])
@@ -249,7 +237,7 @@ def test_validation_and_cli(tmp_path: Path) -> None:
     assert ms.main([str(tmp_path / "cli"), "--n-pretrain", "2", "--n-instruct", "4", "--n-heldout", "0",
                     "--mix", "video=0.5,audio=0.5", "--video-frames", "6", "--audio-seconds", "1.8",
                     "--no-progress"]) == 0
-    recs = _load(tmp_path / "cli" / "instruct.json")
+    recs = load_records(tmp_path / "cli" / "instruct.json")
     assert {r["meta"]["modality"] for r in recs} == {"video", "audio"}
     assert all(len(r["meta"]["frames"]) == 6 for r in recs if "video" in r)
     with pytest.raises(SystemExit) as err:
