@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 SPLITS = ("pretrain", "instruct", "heldout")
-DEMO_MIX = {"image": 0.59, "video": 0.25, "audio": 0.10, "text": 0.06}  # modality weights of the synthetic data
+DEMO_MIX = {"image": 0.54, "video": 0.25, "audio": 0.15, "text": 0.06}  # modality weights of the synthetic data
 
 
 def make_data(out: Path, *, quick: bool, seed: int) -> dict:
