@@ -15,7 +15,8 @@
     as a token at its own position (not merged into another), *unmixed* when that token holds no
     other patch. The demo model is trained once (tower warm-up, pretrain, finetune; identity reducer,
     images + needles + text) and each reducer is swapped in at inference: ``instruct_resample``
-    (cosine, zero-parameter), ``local_merge`` (windows adapted to the budget: 2x2 / 2x4 / 4x4, one
+    (zero-parameter mode), ``instruct_resample blind`` (the same with relevance weight 0: distinctiveness
+    alone, the instruction-blind control), ``local_merge`` (windows adapted to the budget: 2x2 / 2x4 / 4x4, one
     token per window, sources may join an adjacent window's destination), ``local_merge 8x8`` (one
     window: the K-1 sources least like the top-left patch stay; an instruction-blind saliency
     control) and ``avgpool`` (the same windows as ``local_merge``).
@@ -43,7 +44,7 @@ CACHE = ROOT / "runs" / "bench_cache" / "resample"
 MIX = {"image": 0.5, "needle": 0.45, "text": 0.05}
 BUDGETS = ("1/4", "1/8", "1/16")
 NEEDLE_QTYPES = ("needle_colour", "needle_position")
-SWAP_REDUCERS = ("instruct_resample", "local_merge", "local_merge 8x8", "avgpool")
+SWAP_REDUCERS = ("instruct_resample", "instruct_resample blind", "local_merge", "local_merge 8x8", "avgpool")
 GRID_REDUCERS = ("instruct_resample", "local_merge", "avgpool")
 # tower warm-up labels for the needle images: 4x4 layout cells, up to 10 objects
 WARMUP = ["train.warmup.cell_grid=4", "train.warmup.max_objects=10"]
@@ -76,7 +77,9 @@ def reducer_spec(name: str, keep: int, grid: tuple[int, int] = (8, 8)) -> tuple[
         return "identity", {}
     if name == "instruct_resample":
         return "instruct_resample", {"tokens": keep}
-    if name == "instruct_resample learned":  # --train-grid only (swapped in untrained it equals the cosine mode)
+    if name == "instruct_resample blind":
+        return "instruct_resample", {"tokens": keep, "relevance": 0.0}
+    if name == "instruct_resample learned":  # --train-grid only (swapped in untrained it equals the zero mode)
         return "instruct_resample", {"tokens": keep, "mode": "learned"}
     if name == "local_merge":
         return "local_merge", {"tokens": keep, "window": windows_for(keep, grid), "neighbours": 1}
@@ -138,14 +141,15 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
     # multiply-adds per token: projector vs the tower up to its -2 feature layer (12 d^2 + 2 N d per layer)
     d, layers = tower.hidden_size, tower.model.config.num_hidden_layers - 1
     proj_macs, tower_macs = d * d_llm + d_llm * d_llm, layers * (12 * d * d + 2 * (gh * gw + 1) * d)
+    head_macs = d * d_llm
     section = Section(
         title="(a) Resampler time vs the vision tower forward (CPU)",
         explain=(f"{'Tiny quick shapes' if quick else 'CLIP ViT-L/14-336 shapes'} ({gh * gw} patch tokens per frame, "
                  f"dim {tower.hidden_size}), random weights, {torch.get_num_threads()} torch thread(s); instruction of "
-                 f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'}. `instruct_resample` (cosine) "
-                 "= projector on every token (to compare them with the instruction's word embeddings) + relevance + "
-                 "top-K + merge of the rest; \"without projector\" times the same call with the projection handed "
-                 "in ready-made (the resampler's own work). For comparison, the projector on all N tokens, and on "
+                 f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'}. `instruct_resample` (zero mode) "
+                 "= the projector minus its last layer on every token (the last layer is pulled back onto the "
+                 "instruction instead) + relevance + distinctiveness + top-K + merge of the rest; \"without projector\" "
+                 "times the same call with the projection handed in ready-made (the resampler's own work). For comparison, the projector on all N tokens, and on "
                  "the K kept tokens (which every model runs after any reducer). Medians of a few runs (the clip's "
                  "tower: one run). Target: resampler <= 3% of the tower forward."),
         headers=["input", "budget", "tokens", "resampler ms", "share of tower", "without projector ms",
@@ -153,10 +157,12 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
         rows=rows,
         notes=[f"worst resampler / tower = {100 * worst:.2f}% (target <= 3%: {'met' if worst <= 0.03 else 'NOT met'}); "
                f"without the projector call {100 * worst_own:.3f}%",
-               f"the projector call alone is {proj_macs / 1e6:.1f} M multiply-adds per token, the tower's "
-               f"{layers} layers up to the -2 feature layer about {tower_macs / 1e6:.1f} M, so projecting every "
-               f"token costs {100 * proj_macs / tower_macs:.1f}% of the tower in FLOPs on any hardware; the scoring, "
-               "top-K and merge themselves are the \"without projector\" column"])
+               f"the whole projector is {proj_macs / 1e6:.1f} M multiply-adds per token, its first layer (all the "
+               f"resampler runs on every token) {head_macs / 1e6:.1f} M, the tower's {layers} layers up to the -2 "
+               f"feature layer about {tower_macs / 1e6:.1f} M: projecting every token would cost "
+               f"{100 * proj_macs / tower_macs:.1f}% of the tower in FLOPs on any hardware, the first layer "
+               f"{100 * head_macs / tower_macs:.1f}%; the scoring, top-K and merge themselves are the \"without "
+               "projector\" column"])
     return section, raw
 
 
@@ -354,7 +360,7 @@ def table_b(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -
             rand = fraction(budget)
             notes.append(f"{budget}: instruct_resample keeps needle patches at {100 * kept:.1f}% vs {100 * rand:.1f}% for a "
                          f"random choice, and object patches at {100 * on:.1f}% of its tokens vs {100 * base:.1f}% of all "
-                         "patches: its cosine relevance " + ("prefers the needle" if kept > 1.5 * rand else
+                         "patches: its selection " + ("prefers the needle" if kept > 1.5 * rand else
                                                              "does not prefer the needle" if kept >= rand else
                                                              "ranks the needle BELOW a random choice") + ".")
     return Section(

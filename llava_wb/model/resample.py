@@ -1,18 +1,25 @@
 """Instruction-aware spatio-temporal resampling: keep the visual tokens the question is about.
 
-``instruct_resample`` scores every visual token of an image or clip by
+``instruct_resample`` scores every visual token of an image or clip by the sum of
 
-- **relevance** to the instruction: the highest cosine similarity between the token, projected into
-  the LLM's embedding space by the model's own projector, and the embeddings of the instruction
-  tokens (``instruction_mask`` from the conversation template: every non-answer text token, i.e.
-  the human turns and the template's own words such as role tags and the system prompt, which are
-  the same for every sample; it never marks an answer token, so answers cannot influence which
-  tokens are kept). Narrowing it to the human turns' own words is a known refinement. ``mode="learned"`` adds a
-  bilinear score ``<W_v x_i, W_q mean(q)>`` (zero at init, so it starts as the cosine mode) that
-  trains end to end through a straight-through gate: kept tokens are multiplied by
-  ``1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient in backward;
-- plus ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (the
-  first frame gets the clip's mean), so a static background is not kept frame after frame;
+- **relevance** to the instruction: for each instruction token ``q_j`` (``instruction_mask`` from the
+  conversation template: every non-answer text token; it never marks an answer token, so answers
+  cannot influence which tokens are kept), the dot product of ``q_j`` with every visual token as the
+  model's own projector would put it into the LLM's embedding space, **standardised over the
+  item's visual tokens** (so each word ranks the tokens, and a word that is equally close to all of
+  them, like a role tag, ranks none); a token's relevance is its best rank over the words. With a
+  projector that ends in a linear layer (``linear``, ``mlp2x_gelu``) the last layer is pulled back
+  onto the query instead of applied to every visual token (``<W h_i + b, q> = <h_i, W^T q> + <b, q>``,
+  the last term the same for every token), so scoring costs the projector minus its last layer;
+- ``saliency`` x **distinctiveness**: ``1 - cos`` of a token to its frame's mean tower feature,
+  standardised like relevance: an instruction-blind prior for "something is there" (VisionZip keeps
+  such dominant tokens without any instruction);
+- in ``mode="learned"``, a bilinear score ``<W_v x_i, W_q mean(q)>`` (zero at init, so it starts as
+  the zero-parameter mode) that trains end to end through a straight-through gate: kept tokens are
+  multiplied by ``1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient
+  in backward;
+- ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (the first
+  frame gets the clip's mean), so a static background is not kept frame after frame;
 
 keeps the top ``K`` (``ratio`` or ``tokens``; a fixed count per item, so batches stay dense and the
 ``<image>`` placeholders are known in advance) in ascending (t, h, w) order, and merges every other
@@ -35,15 +42,48 @@ from torch import nn
 
 from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid, gather_kept
 
-RESAMPLE_MODES = ("cosine", "learned")
+RESAMPLE_MODES = ("zero", "learned")
 
 
-def relevance(projected: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, N]``: max over instruction tokens of cos(projected token, query token); 0 without any."""
-    sim = F.normalize(projected.float(), dim=-1) @ F.normalize(query.float(), dim=-1).transpose(1, 2)  # [B, N, L]
-    sim = sim.masked_fill(~query_mask.bool().unsqueeze(1), float("-inf"))
-    best = sim.max(-1).values
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std over the visual tokens (dim 1); all 0 where they are all equal."""
+    scores = scores.float()
+    centred = scores - scores.mean(1, keepdim=True)
+    return centred / (centred.pow(2).mean(1, keepdim=True).sqrt() + 1e-6)
+
+
+def split_last_linear(project: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear | None]:
+    """``(head, last)`` with ``project(x) == last(head(x))`` when the projector ends in ``nn.Linear``;
+    ``(project, None)`` otherwise."""
+    if isinstance(project, nn.Linear):
+        return nn.Identity(), project
+    if isinstance(project, nn.Sequential) and len(project) and isinstance(project[-1], nn.Linear):
+        return project[:-1], project[-1]
+    return project, None
+
+
+def instruction_dots(x: torch.Tensor, query: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``[B, N, L]``: ``<project(x_i), q_j>`` up to a constant per ``j`` (see the module docstring)."""
+    head, last = split_last_linear(project)
+    weight = next(project.parameters(), None) if isinstance(project, nn.Module) else None
+    hidden = head(x if weight is None else x.to(weight.dtype))
+    pulled = query.to(last.weight.dtype) @ last.weight if last is not None else query  # [B, L, D_hidden]
+    return hidden.float() @ pulled.float().transpose(1, 2)
+
+
+def relevance(dots: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, N]``: max over instruction tokens of their standardised dot products ``dots [B, N, L]``
+    with the visual tokens; 0 for an item without any instruction token."""
+    ranked = standardize(dots).masked_fill(~query_mask.bool().unsqueeze(1), float("-inf"))
+    best = ranked.max(-1).values
     return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+
+
+def distinctiveness(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """``[B, N]``: 1 - cos(token, mean tower feature of its frame)."""
+    t, h, w = grid
+    frames = x.float().view(x.shape[0], t, h * w, -1)
+    return (1.0 - F.cosine_similarity(frames, frames.mean(2, keepdim=True), dim=-1)).reshape(x.shape[0], -1)
 
 
 def temporal_novelty(x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -75,18 +115,21 @@ def resample(x: torch.Tensor, scores: torch.Tensor, keep: int, metric: torch.Ten
 @REDUCERS.register("instruct_resample")
 class InstructResampler(TokenReducer):
     """See the module docstring. Options: ``ratio`` (fraction removed) or ``tokens`` (kept per item),
-    ``mode`` (``cosine`` | ``learned``), ``novelty`` (weight of temporal novelty), ``dim`` (the
+    ``mode`` (``zero``: no parameters | ``learned``), ``relevance`` (its weight; 0 = instruction-blind),
+    ``saliency`` (weight of distinctiveness), ``novelty`` (weight of temporal novelty), ``dim`` (the
     learned scorer's width; its input sizes are set by the model with ``bind``)."""
 
     needs_instruction = True
 
-    def __init__(self, ratio: float | None = None, tokens: int | None = None, mode: str = "cosine",
-                 novelty: float = 0.5, dim: int = 64, **common: Any):
+    def __init__(self, ratio: float | None = None, tokens: int | None = None, mode: str = "zero",
+                 novelty: float = 0.5, saliency: float = 1.0, relevance: float = 1.0, dim: int = 64,
+                 **common: Any):
         super().__init__(**common)
         check_budget(ratio, tokens)
         if mode not in RESAMPLE_MODES:
             raise ValueError(f"mode must be one of {', '.join(RESAMPLE_MODES)}, got {mode!r}")
-        self.ratio, self.tokens, self.mode, self.novelty, self.dim = ratio, tokens, mode, float(novelty), int(dim)
+        self.ratio, self.tokens, self.mode, self.dim = ratio, tokens, mode, int(dim)
+        self.novelty, self.saliency, self.relevance = float(novelty), float(saliency), float(relevance)
         self.visual_proj: nn.Module | None = None
         self.query_proj: nn.Module | None = None
 
@@ -112,11 +155,12 @@ class InstructResampler(TokenReducer):
         scores = torch.zeros(b, n, device=x.device)
         learned = None
         has_query = query is not None and query_mask is not None and bool(query_mask.any())
-        if has_query and project is not None:
+        if has_query and project is not None and self.relevance:
             with torch.no_grad():
-                weight = next(project.parameters(), None) if isinstance(project, nn.Module) else None
-                projected = project(x if weight is None else x.to(weight.dtype))
-                scores = scores + relevance(projected, query, query_mask)
+                rel = relevance(instruction_dots(x.detach(), query.detach(), project), query_mask)
+                scores = scores + self.relevance * standardize(rel)
+        if self.saliency:
+            scores = scores + self.saliency * standardize(distinctiveness(x.detach(), grid))
         if self.mode == "learned":  # computed even without an instruction (0 then): its weights are always used
             if self.visual_proj is None:
                 raise RuntimeError("instruct_resample mode='learned' needs bind(visual_dim, query_dim) first")

@@ -86,9 +86,9 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def resample_model(model_dir: str | None = None, *, ratio: float = 0.75, frames: int = 4) -> tuple[Any, Any]:
-    """(model, tokenizer) whose image and video reducers are ``instruct_resample`` (cosine, ``ratio``):
-    a saved bundle with its reducers swapped at inference (no retraining: the cosine mode has no
-    parameters), or, without ``model_dir``, a tiny untrained model built locally (shapes only)."""
+    """(model, tokenizer) whose image and video reducers are ``instruct_resample`` (``mode: zero``,
+    ``ratio``): a saved bundle with its reducers swapped at inference (no retraining: that mode has
+    no parameters), or, without ``model_dir``, a tiny untrained model built locally (shapes only)."""
     import torch
 
     from llava_wb.model import ModelConfig, build_model

@@ -105,8 +105,8 @@ rows += [budget.estimate(f"{s} s audio, {tps} tokens/s", budget.CLIP_L14_336, bu
                          text_tokens=TEXT_TOKENS) for s in (30, 120) for tps in (25, 5)]
 Markdown(budget.to_markdown(rows))"""),
 ("md", """## Instruction-aware resampling: which tokens a question keeps
-`instruct_resample` keeps the tokens most relevant to the question (cosine of the projected tokens
-to the question's embeddings, plus temporal novelty on clips) in (t, h, w) order and merges the rest
+`instruct_resample` keeps the tokens most relevant to the question (each question word ranks the
+projected tokens; plus distinctiveness, and temporal novelty on clips) in (t, h, w) order and merges the rest
 into their nearest kept token. Each row is one question on the same clip: kept patches in full
 colour with a white border, merged ones dimmed and tinted by the token they joined."""),
 ("code", """from llava_wb.viz import resample as vr
