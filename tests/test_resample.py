@@ -121,6 +121,25 @@ def test_gradients_reach_the_inputs_and_the_learned_scorer() -> None:
     assert red.visual_proj.weight.grad.abs().sum() > 0 and red.query_proj.weight.grad.abs().sum() > 0
 
 
+def test_merged_tokens_scores_get_a_gradient_in_learned_mode() -> None:
+    """One kept token of four: a loss blind to the token's scale still trains the scores of the three
+    tokens merged into it (their weight in the average), and the values equal the eval-mode output."""
+    torch.manual_seed(0)
+    x, q = torch.randn(1, 4, 6), torch.randn(1, 3, 6)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    red = build_reducer("instruct_resample", {"tokens": 1, "mode": "learned", "dim": 8, "novelty": 0.0})
+    red.bind(6, 6)
+    torch.nn.init.normal_(red.query_proj.weight)
+    red.train()
+    out = red(x, (1, 2, 2), query=q, query_mask=mask, project=lambda v: v)
+    torch.nn.functional.cosine_similarity(out.tokens[0, 0], torch.ones(6), dim=0).backward()
+    assert red.visual_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        ref = red.eval()(x, (1, 2, 2), query=q, query_mask=mask, project=lambda v: v)
+    torch.testing.assert_close(out.tokens.detach(), ref.tokens)
+    assert out.sizes.tolist() == ref.sizes.tolist() == [[4]]
+
+
 # ----------------------------------------------------------------------------- in the model
 @pytest.fixture(scope="module")
 def tok() -> Any:

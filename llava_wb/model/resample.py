@@ -15,9 +15,10 @@
   standardised like relevance: an instruction-blind prior for "something is there" (VisionZip keeps
   such dominant tokens without any instruction);
 - in ``mode="learned"``, a bilinear score ``<W_v x_i, W_q mean(q)>`` (zero at init, so it starts as
-  the zero-parameter mode) that trains end to end through a straight-through gate: kept tokens are
-  multiplied by ``1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient
-  in backward;
+  the zero-parameter mode) that trains end to end through a straight-through gate
+  ``g = 1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient in
+  backward: on each token's weight in the average of the group it merges into (so a merged token's
+  score learns whether more of it would have helped) and on each kept token as a whole;
 - ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (the first
   frame gets the clip's mean), so a static background is not kept frame after frame;
 
@@ -180,8 +181,14 @@ class InstructResampler(TokenReducer):
                *, query: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
                project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ReducerOutput:
         scores, learned = self.score(x, grid, project, query, query_mask)
-        out = resample(x, scores.detach(), self.output_len(grid), metric, sizes)
-        if learned is not None and torch.is_grad_enabled():
-            gate = torch.sigmoid(learned.gather(1, out.positions))
-            out.tokens = out.tokens * (1.0 + gate - gate.detach()).unsqueeze(-1).to(out.tokens.dtype)
+        if learned is None or not torch.is_grad_enabled():
+            return resample(x, scores.detach(), self.output_len(grid), metric, sizes)
+        # straight-through gate, 1 in value: on every token's weight in its group's average (a merged
+        # token learns whether more of it would have helped, so a dropped needle can climb), and on
+        # each kept token as a whole
+        s = torch.sigmoid(learned)
+        gate = 1.0 + s - s.detach()
+        weights = gate * (torch.ones_like(gate) if sizes is None else sizes.to(gate.dtype))
+        out = resample(x, scores.detach(), self.output_len(grid), metric, weights)
+        out.tokens = out.tokens * gate.gather(1, out.positions).unsqueeze(-1).to(out.tokens.dtype)
         return out
