@@ -421,15 +421,16 @@ def table_c_swap(results: dict[str, Any], seeds: list[int], budgets: Sequence[st
 
 def acceptance(stats: dict[tuple[str, str], float], base: float | None, budgets: Sequence[str]) -> list[str]:
     notes = []
-    if "1/8" in budgets and ("1/8", "instruct_resample") in stats:
-        ir = stats[("1/8", "instruct_resample")]
+    for name in ("instruct_resample", "instruct_resample learned"):
+        if "1/8" not in budgets or ("1/8", name) not in stats:
+            continue
+        ir = stats[("1/8", name)]
         if base:
-            notes.append(f"1/8: instruct_resample keeps {100 * ir / base:.1f}% of identity's accuracy "
+            notes.append(f"1/8: {name} keeps {100 * ir / base:.1f}% of identity's accuracy "
                          f"(target >= 95%: {'met' if ir >= 0.95 * base else 'NOT met'})")
         if ("1/8", "avgpool") in stats:
             gap = ir - stats[("1/8", "avgpool")]
-            notes.append(f"1/8: instruct_resample - avgpool = {gap:+.1f} points "
-                         f"(target >= +10: {'met' if gap >= 10 else 'NOT met'})")
+            notes.append(f"1/8: {name} - avgpool = {gap:+.1f} points (target >= +10: {'met' if gap >= 10 else 'NOT met'})")
     return notes
 
 
@@ -489,7 +490,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--seeds", default="0,1,2", help="seeds of the --train-grid runs")
     p.add_argument("--swap-seeds", default="0", help="seeds of the identity model(s) that (b) and (c) swap reducers into")
     p.add_argument("--budgets", default=",".join(BUDGETS))
-    p.add_argument("--steps", type=int, default=600, help="finetune steps per run")
+    p.add_argument("--grid-budgets", default=None, help="budgets of --train-grid (default: --budgets)")
+    p.add_argument("--steps", type=int, default=1500,
+                   help="finetune steps per run (at 600 the identity model answers needle_position at its majority rate)")
     p.add_argument("--pretrain-steps", type=int, default=200)
     p.add_argument("--tower-steps", type=int, default=1000,
                    help="tower warm-up steps (once per seed; 400 leaves small shapes at ~70%% per-patch accuracy)")
@@ -504,8 +507,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     swap_seeds = [int(s) for s in args.swap_seeds.split(",") if s != ""]
     budgets = [b for b in args.budgets.split(",") if b]
-    if set(budgets) - set(BUDGETS):
-        p.error(f"--budgets must be among {', '.join(BUDGETS)}")
+    grid_budgets = budgets if args.grid_budgets is None else [b for b in args.grid_budgets.split(",") if b]
+    if set(budgets + grid_budgets) - set(BUDGETS):
+        p.error(f"--budgets and --grid-budgets must be among {', '.join(BUDGETS)}")
     reducers = [r for r in args.grid_reducers.split(",") if r]
     known = (*SWAP_REDUCERS, "instruct_resample learned")
     if set(reducers) - set(known):
@@ -513,9 +517,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     steps = {"tower": args.tower_steps, "pretrain": args.pretrain_steps, "finetune": args.steps}
     if args.quick:
         seeds, swap_seeds, steps = seeds[:1], swap_seeds[:1], {"tower": 3, "pretrain": 2, "finetune": 3}
-        grid_budgets = [b for b in budgets if b == "1/8"] or budgets[:1]
-    else:
-        grid_budgets = budgets
+        grid_budgets = [b for b in grid_budgets if b == "1/8"] or grid_budgets[:1]
     sections, raw = [], {"quick": args.quick, "steps": steps}
     if "a" in parts:
         s, raw["a"] = part_a(args.quick, 1 if args.quick else args.repeats)
