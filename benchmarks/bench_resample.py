@@ -52,6 +52,15 @@ WARMUP = ["train.warmup.cell_grid=4", "train.warmup.max_objects=10"]
 IMAGES_ONLY = ["model.audio=null", "model.video.separators=false"]
 
 
+def code_version() -> str:
+    """A hash of the reducers' source: cached measurements record it; swapped ones are redone when it
+    changes (trained ones are kept, since retraining takes hours: delete their entries to redo them)."""
+    import hashlib
+
+    src = b"".join((ROOT / "llava_wb" / "model" / f).read_bytes() for f in ("reducers.py", "merging.py", "resample.py"))
+    return hashlib.sha1(src).hexdigest()[:10]
+
+
 def fraction(budget: str) -> float:
     num, den = budget.split("/")
     return int(num) / int(den)
@@ -100,12 +109,14 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
     tower = clip_tower(quick)
     size, (gh, gw) = tower.image_size, tower.grid
     d_llm, q_len, frames = (256 if quick else 4096), 32, 8
+    seq_len = gh * gw + 128  # LLaVA-1.5's sequence: the image's tokens and the text around them
     torch.manual_seed(0)
     projector = build_projector("mlp2x_gelu", tower.hidden_size, d_llm).eval()
-    query = torch.randn(1, q_len, d_llm)
-    query_mask = torch.ones(1, q_len, dtype=torch.bool)
+    query = torch.randn(1, seq_len, d_llm)  # the whole sequence is handed in; its question is 32 tokens
+    query_mask = torch.zeros(1, seq_len, dtype=torch.bool)
+    query_mask[0, 40:40 + q_len] = True
     rows, raw = [], {"threads": torch.get_num_threads(), "tokens_per_frame": gh * gw, "dim": tower.hidden_size,
-                     "llm_dim": d_llm, "query_tokens": q_len, "inputs": {}}
+                     "llm_dim": d_llm, "query_tokens": q_len, "sequence_tokens": seq_len, "inputs": {}}
     worst = worst_own = 0.0
     with torch.no_grad():
         for label, t in (("1 image", 1), (f"{frames}-frame clip", frames)):
@@ -146,7 +157,9 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
         title="(a) Resampler time vs the vision tower forward (CPU)",
         explain=(f"{'Tiny quick shapes' if quick else 'CLIP ViT-L/14-336 shapes'} ({gh * gw} patch tokens per frame, "
                  f"dim {tower.hidden_size}), random weights, {torch.get_num_threads()} torch thread(s); instruction of "
-                 f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'}. `instruct_resample` (zero mode) "
+                 f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'} inside a sequence of {seq_len} "
+                 "(the model hands the resampler the whole sequence and its instruction mask). "
+                 "`instruct_resample` (zero mode) "
                  "= the projector minus its last layer on every token (the last layer is pulled back onto the "
                  "instruction instead) + relevance + distinctiveness + top-K + merge of the rest; \"without projector\" "
                  "times the same call with the projection handed in ready-made (the resampler's own work). For comparison, the projector on all N tokens, and on "
@@ -323,12 +336,13 @@ def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], bud
         plan = [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]
         for name, budget in plan:
             key = f"swap/{seed}/{name}/{budget or 'all'}"
-            if key not in done:
+            keep = 64 if budget is None else int(round(64 * fraction(budget)))
+            spec = reducer_spec(name, keep)
+            if done.get(key, {}).get("code") != code_version() or done[key].get("spec") != list(spec):
                 if model is None:
                     model, tok = load_bundle(Path(info["run"]) / "train" / "final")
-                keep = 64 if budget is None else int(round(64 * fraction(budget)))
                 print(f"[bench_resample] {key}", flush=True)
-                done[key] = {**measure(model, tok, data, metas, reducer_spec(name, keep)),
+                done[key] = {**measure(model, tok, data, metas, spec), "spec": list(spec), "code": code_version(),
                              "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
                 save()
             out[key] = done[key]
@@ -453,8 +467,10 @@ def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], 
         print(f"[bench_resample] ({i + 1}/{len(plan)}) {key}", flush=True)
         info = train_model(data, work, name, budget, seed, steps)
         model, tok = load_bundle(Path(info["run"]) / "train" / "final")
+        keep = 64 if budget is None else int(round(64 * fraction(budget)))
         done[key] = {**measure(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
-                     "tower_seconds": info["tower_seconds"]}
+                     "tower_seconds": info["tower_seconds"], "spec": list(reducer_spec(name, keep)),
+                     "code": code_version()}
         save()
     rows, stats = [], {}
     for budget, name in [("-", "identity")] + [(b, r) for b in budgets for r in reducers]:
@@ -504,6 +520,10 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
+    if not parts or parts - {"a", "b", "c"}:
+        p.error(f"--parts takes a comma-separated subset of a,b,c; got {args.parts!r}")
+    if args.train_grid and "c" not in parts:
+        p.error("--train-grid is part (c): add c to --parts")
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     swap_seeds = [int(s) for s in args.swap_seeds.split(",") if s != ""]
     budgets = [b for b in args.budgets.split(",") if b]
@@ -541,7 +561,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             sections.append(table_c_swap(results, swap_seeds, budgets))
             if args.train_grid:
                 sections.append(train_grid(data, work, seeds, steps, grid_budgets, reducers, done, save))
-                raw["train_grid"] = {k: v for k, v in done.items() if k.startswith("train/")}
+                chosen = {f"train/{s}/{r}/{b}" for s in seeds for r, b in [("identity", "all")] +
+                          [(r, b) for b in grid_budgets for r in reducers]}
+                raw["train_grid"] = {k: v for k, v in done.items() if k in chosen}
     intro = ("`instruct_resample` (issue 6) against `local_merge`, `avgpool` and no reduction on needle questions: "
              "one small object among 6-10 answers the question (`data_tools.synth_needle`). "
              f"Demo training: tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune "

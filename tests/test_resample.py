@@ -14,8 +14,8 @@ from llava_wb.data.conversation import build_prompt, tokenize_conversation
 from llava_wb.model import ModelConfig, build_model
 from llava_wb.model.reducers import build_reducer
 from llava_wb.model.projectors import build_projector
-from llava_wb.model.resample import (distinctiveness, instruction_dots, relevance, resample, standardize,
-                                    temporal_novelty)
+from llava_wb.model.resample import (distinctiveness, instruction_dots, instruction_rows, relevance, resample,
+                                    split_last_linear, standardize, temporal_novelty)
 from tiny import TINY_LLAMA, TINY_VISION
 
 grids = st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5))
@@ -81,9 +81,32 @@ def test_pulling_the_last_layer_back_ranks_like_projecting_every_token(name: str
     """<W h + b, q> = <h, W^T q> + <b, q>: the same standardised scores as projecting every token."""
     torch.manual_seed(0)
     proj = build_projector(name, 6, 10)
+    assert split_last_linear(proj)[1] is not None  # the cheap path, not the full-projection fallback
     x, q = torch.randn(2, 9, 6), torch.randn(2, 5, 10)
     full = proj(x) @ q.transpose(1, 2)
     torch.testing.assert_close(standardize(instruction_dots(x, q, proj)), standardize(full), atol=1e-4, rtol=1e-4)
+
+
+def test_only_instruction_rows_are_scored() -> None:
+    q = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    mask = torch.tensor([[False, True, False, True, True, False], [False, False, False, False, True, False]])
+    rows, rows_mask = instruction_rows(q, mask)
+    assert rows.shape == (2, 3, 2) and rows_mask.tolist() == [[True, True, True], [True, False, False]]
+    torch.testing.assert_close(rows[0], q[0, [1, 3, 4]])
+    torch.testing.assert_close(rows[1, 0], q[1, 4])
+    x = torch.randn(2, 5, 2)
+    torch.testing.assert_close(relevance(instruction_dots(x, rows, lambda v: v), rows_mask),
+                               relevance(instruction_dots(x, q, lambda v: v), mask))
+
+
+def test_a_static_clip_keeps_what_changes() -> None:
+    """Temporal novelty (standardised over the clip) outweighs a distinct but static patch."""
+    torch.manual_seed(1)
+    frame = torch.randn(1, 4, 8)
+    clip = frame.repeat(1, 3, 1)
+    clip[0, 4 + 2] = clip[0, 8 + 2] = torch.randn(8)  # patch 2 changes in frame 1 and stays
+    red = build_reducer("instruct_resample", {"tokens": 1, "novelty": 2.0, "saliency": 1.0, "relevance": 0.0})
+    assert red(clip, (3, 2, 2)).positions.tolist() == [[6]]
 
 
 def test_distinctiveness_and_the_relevance_weight() -> None:
@@ -136,7 +159,7 @@ def test_merged_tokens_scores_get_a_gradient_in_learned_mode() -> None:
     assert red.visual_proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
         ref = red.eval()(x, (1, 2, 2), query=q, query_mask=mask, project=lambda v: v)
-    torch.testing.assert_close(out.tokens.detach(), ref.tokens)
+    assert torch.equal(out.tokens.detach(), ref.tokens)  # the gate is exactly 1 in value
     assert out.sizes.tolist() == ref.sizes.tolist() == [[4]]
 
 

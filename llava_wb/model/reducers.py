@@ -163,15 +163,17 @@ def gather_kept(x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor | Non
     """Size-weighted sums into ``target`` (each token's destination, itself if kept), kept tokens in
     ascending index order."""
     b, n, d = x.shape
-    w = torch.ones(b, n, dtype=x.dtype, device=x.device) if sizes is None else sizes.to(x.dtype)
-    sums = torch.zeros_like(x).scatter_add_(1, target.unsqueeze(-1).expand(-1, -1, d), x * w.unsqueeze(-1))
+    # accumulated in fp32: bf16 cannot count past 256 patches nor average them exactly
+    w = torch.ones(b, n, dtype=torch.float32, device=x.device) if sizes is None else sizes.float()
+    sums = torch.zeros(b, n, d, dtype=torch.float32, device=x.device).scatter_add_(
+        1, target.unsqueeze(-1).expand(-1, -1, d), x.float() * w.unsqueeze(-1))
     mass = torch.zeros_like(w).scatter_add_(1, target, w)
     arange = torch.arange(n, device=x.device).expand(b, n)
     kept = target == arange
     order = torch.sort(torch.where(kept, arange, arange + n), dim=1).values[:, :keep]  # kept, ascending
     out_index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
         1, order, torch.arange(keep, device=x.device).expand(b, keep))
-    tokens = (sums / mass.clamp(min=1e-12).unsqueeze(-1)).gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+    tokens = (sums / mass.clamp(min=1e-12).unsqueeze(-1)).gather(1, order.unsqueeze(-1).expand(-1, -1, d)).to(x.dtype)
     size_out = mass.gather(1, order).round().long()
     return ReducerOutput(tokens, order, size_out, out_index.gather(1, target))
 

@@ -6,8 +6,10 @@
   conversation template: every non-answer text token; it never marks an answer token, so answers
   cannot influence which tokens are kept), the dot product of ``q_j`` with every visual token as the
   model's own projector would put it into the LLM's embedding space, **standardised over the
-  item's visual tokens** (so each word ranks the tokens, and a word that is equally close to all of
-  them, like a role tag, ranks none); a token's relevance is its best rank over the words. With a
+  item's visual tokens** (so each word ranks the tokens whatever its overall closeness to them; a
+  word equally close to all of them ranks none, but every other word, "the" as much as "triangle",
+  gets an equal say); a token's relevance is its best rank over the words. Only the instruction
+  rows of the sequence are used (a training sequence is long, its question short). With a
   projector that ends in a linear layer (``linear``, ``mlp2x_gelu``) the last layer is pulled back
   onto the query instead of applied to every visual token (``<W h_i + b, q> = <h_i, W^T q> + <b, q>``,
   the last term the same for every token), so scoring costs the projector minus its last layer;
@@ -19,8 +21,9 @@
   ``g = 1 + s - stop_grad(s)`` (``s = sigmoid(score)``), 1 in value, the score's gradient in
   backward: on each token's weight in the average of the group it merges into (so a merged token's
   score learns whether more of it would have helped) and on each kept token as a whole;
-- ``novelty`` x **temporal novelty**: ``1 - cos`` to the same patch in the previous frame (the first
-  frame gets the clip's mean), so a static background is not kept frame after frame;
+- ``novelty`` x **temporal novelty**, standardised over the clip: ``1 - cos`` to the same patch in the
+  previous frame (the first frame gets the clip's mean), so a static background, or a static
+  distinct object, is not kept frame after frame;
 
 keeps the top ``K`` (``ratio`` or ``tokens``; a fixed count per item, so batches stay dense and the
 ``<image>`` placeholders are known in advance) in ascending (t, h, w) order, and merges every other
@@ -47,10 +50,23 @@ RESAMPLE_MODES = ("zero", "learned")
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit std over the visual tokens (dim 1); all 0 where they are all equal."""
+    """Zero mean, unit std over the visual tokens (dim 1); 0 where they are equal up to rounding
+    (a spread below 1e-4 of the scores' size is not amplified)."""
     scores = scores.float()
     centred = scores - scores.mean(1, keepdim=True)
-    return centred / (centred.pow(2).mean(1, keepdim=True).sqrt() + 1e-6)
+    spread = centred.pow(2).mean(1, keepdim=True).sqrt()
+    floor = 1e-4 * scores.abs().amax(1, keepdim=True) + 1e-12
+    return torch.where(spread > floor, centred / spread.clamp(min=1e-30), torch.zeros_like(centred))
+
+
+def instruction_rows(query: torch.Tensor, query_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the instruction tokens of ``query [B, L, D]``, left-aligned and padded to the largest
+    count: ``([B, Lq, D], mask [B, Lq])`` (a whole training sequence is long; its question is short)."""
+    mask = query_mask.bool()
+    count = mask.sum(1)
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, : max(int(count.max()), 1)]
+    rows = query.gather(1, order.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+    return rows, torch.arange(order.shape[1], device=query.device) < count.unsqueeze(1)
 
 
 def split_last_linear(project: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear | None]:
@@ -157,9 +173,10 @@ class InstructResampler(TokenReducer):
         learned = None
         has_query = query is not None and query_mask is not None and bool(query_mask.any())
         if has_query and project is not None and self.relevance:
-            with torch.no_grad():
-                rel = relevance(instruction_dots(x.detach(), query.detach(), project), query_mask)
-                scores = scores + self.relevance * standardize(rel)
+            rows, rows_mask = instruction_rows(query.detach(), query_mask)
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # scores in fp32, even under amp
+                rel = relevance(instruction_dots(x.detach(), rows, project), rows_mask)
+            scores = scores + self.relevance * standardize(rel)
         if self.saliency:
             scores = scores + self.saliency * standardize(distinctiveness(x.detach(), grid))
         if self.mode == "learned":  # computed even without an instruction (0 then): its weights are always used
@@ -174,7 +191,7 @@ class InstructResampler(TokenReducer):
             learned = (self.visual_proj(x.to(weight.dtype)) @ self.query_proj(mean_q).unsqueeze(-1)).squeeze(-1) / self.dim ** 0.5
             scores = scores + learned.float()
         if self.novelty and grid[0] > 1:
-            scores = scores + self.novelty * temporal_novelty(x, grid)
+            scores = scores + self.novelty * standardize(temporal_novelty(x.detach(), grid))
         return scores, learned
 
     def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None,
@@ -186,8 +203,8 @@ class InstructResampler(TokenReducer):
         # straight-through gate, 1 in value: on every token's weight in its group's average (a merged
         # token learns whether more of it would have helped, so a dropped needle can climb), and on
         # each kept token as a whole
-        s = torch.sigmoid(learned)
-        gate = 1.0 + s - s.detach()
+        s = torch.sigmoid(learned.float())
+        gate = (s - s.detach()) + 1.0  # exactly 1 in value (1 + s - s would round)
         weights = gate * (torch.ones_like(gate) if sizes is None else sizes.to(gate.dtype))
         out = resample(x, scores.detach(), self.output_len(grid), metric, weights)
         out.tokens = out.tokens * gate.gather(1, out.positions).unsqueeze(-1).to(out.tokens.dtype)
