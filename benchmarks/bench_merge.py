@@ -16,6 +16,9 @@
     embeddings and is warmed up without the row/column heads, so its features cannot carry their
     own position and only the token order can. Runs are cached in ``runs/bench_cache/merge`` and a
     rerun continues where it stopped.
+
+The trainings are cached per run and claimed while they run, so the same command started N times
+fills the grid N runs at a time (on a small machine give each ``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import Section, machine_info, write_results
+from benchmarks.common import RunCache, Section, claim, machine_info, run_plan, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -160,10 +163,11 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
     os.environ["DEMO_RUN"] = str(data)
     vision = [] if variant == "pos" else ["model.vision.position_embeddings=false"]
     tower = work / f"{variant}_seed{seed}" / "tower"
-    if not (tower / "result.json").is_file():
-        warm = ["train.warmup.weights={row: 0, col: 0, count: 0.5}"] if variant == "nopos" else []
-        train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
-                                        f"train.max_steps={steps['tower']}", *vision, *warm])
+    with claim(tower.with_name("tower.lock")):  # processes sharing the cache train it once
+        if not (tower / "result.json").is_file():
+            warm = ["train.warmup.weights={row: 0, col: 0, count: 0.5}"] if variant == "nopos" else []
+            train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
+                                            f"train.max_steps={steps['tower']}", *vision, *warm])
     red = C_REDUCERS[reducer]
     # images only: no audio tower, no video separators (the demo configs have both since issue 5)
     common = ["model.audio=null", "model.video.separators=false",
@@ -188,21 +192,15 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
 
 def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
            reducers: Sequence[str] = tuple(C_REDUCERS)) -> tuple[list[Section], dict[str, Any]]:
-    data = prepare_data(cache, quick)
+    with claim(cache / f"data{'_quick' if quick else ''}.lock"):  # processes sharing the cache: one prepares it
+        data = prepare_data(cache, quick)
     work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
-    done_file = work / "results.json"
-    done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    done = RunCache(work / "results.json")
     # seed by seed, the control right after the main runs of its seed: an interrupted run has both
     plan = [(v, r, s) for s in sorted(set(seeds) | set(control_seeds)) for v, ss in (("pos", seeds), ("nopos", control_seeds))
             if s in ss for r in reducers]
-    for i, (variant, reducer, seed) in enumerate(plan):
-        key = f"{variant}/{reducer}/{seed}"
-        if key in done:
-            continue
-        print(f"[bench_merge] ({i + 1}/{len(plan)}) {key}", flush=True)
-        done[key] = one_run(data, work, variant, reducer, seed, steps)
-        work.mkdir(parents=True, exist_ok=True)
-        done_file.write_text(json.dumps(done, indent=1))
+    run_plan([(f"{v}/{r}/{s}", lambda v=v, r=r, s=s: one_run(data, work, v, r, s, steps)) for v, r, s in plan], done,
+             work / "claims", "bench_merge")
     sections = []
     summary: dict[str, Any] = {}
     for variant, title in (("pos", "(c) Held-out accuracy per reducer (tower with position embeddings)"),

@@ -24,6 +24,9 @@
     identity-trained model of (b) with each reducer swapped in at inference, no retraining (labelled
     so). ``--train-grid``: one training per reducer, budget and seed (3 seeds for the acceptance),
     cached in ``runs/bench_cache/resample`` and resumable like ``bench_merge`` part (c).
+
+The trainings are cached per run and claimed while they run, so the same command started N times
+fills the grid N runs at a time (on a small machine give each ``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import Section, clip_tower, machine_info, median_seconds, write_results
+from benchmarks.common import (RunCache, Section, claim, clip_tower, machine_info, median_seconds, run_plan,
+                               write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -214,13 +218,23 @@ def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int
 
     os.environ["DEMO_RUN"] = str(data)
     tower = work.parent / f"towers{'_quick' if work.name.endswith('quick') else ''}" / f"t{steps['tower']}_seed{seed}"
-    if not (tower / "result.json").is_file():
-        train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
-                                        f"train.max_steps={steps['tower']}", *WARMUP])
+    with claim(tower.with_name(tower.name + ".lock")):  # processes sharing the cache train it once
+        if not (tower / "result.json").is_file():
+            train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
+                                            f"train.max_steps={steps['tower']}", *WARMUP])
     tower_seconds = json.loads((tower / "result.json").read_text())["seconds"]
     kind, options = reducer_spec(name, 64 if budget is None else int(round(64 * fraction(budget))))
     run = work / f"seed{seed}" / (name.replace(" ", "_") + ("" if budget is None else "_" + budget.replace("/", "-")))
     done = run / "done.json"
+    with claim(run.with_name(run.name + ".lock")):
+        _train_run(run, done, tower, kind, options, seed, steps)
+    return {"run": str(run), "tower_seconds": tower_seconds, **json.loads(done.read_text())}
+
+
+def _train_run(run: Path, done: Path, tower: Path, kind: str, options: dict[str, Any], seed: int,
+               steps: dict[str, int]) -> None:
+    from benchmarks.bench_merge import train_stage
+
     if not done.is_file():
         common = [*IMAGES_ONLY, f"model.vision.path={tower / 'final'}", f"model.reducer.type={kind}",
                   f"model.reducer.options={json.dumps(options)}", f"train.seed={seed}", f"data.seed={seed}"]
@@ -231,7 +245,6 @@ def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int
                                            f"train.max_steps={steps['finetune']}", *common])
         done.write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1),
                                     "tokens_per_image": result["tokens_per_image"], "steps": steps}))
-    return {"run": str(run), "tower_seconds": tower_seconds, **json.loads(done.read_text())}
 
 
 # ----------------------------------------------------------------------------- recall and accuracy
@@ -324,7 +337,7 @@ def _pct(v: float | None) -> str:
 
 # ----------------------------------------------------------------------------- (b) and cheap (c)
 def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
-            done: dict[str, Any], save: Any) -> dict[str, Any]:
+            done: RunCache) -> dict[str, Any]:
     """Train identity per seed (cached), then measure every reducer swapped in at every budget."""
     from llava_wb.model.bundle import load_bundle
 
@@ -332,20 +345,24 @@ def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], bud
     out: dict[str, Any] = {}
     for seed in seeds:
         info = train_model(data, work, "identity", None, seed, steps)
-        model = tok = None
-        plan = [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]
-        for name, budget in plan:
-            key = f"swap/{seed}/{name}/{budget or 'all'}"
+        loaded: list[Any] = []
+        specs = {}
+        for name, budget in [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]:
             keep = 64 if budget is None else int(round(64 * fraction(budget)))
-            spec = reducer_spec(name, keep)
-            if done.get(key, {}).get("code") != code_version() or done[key].get("spec") != list(spec):
-                if model is None:
-                    model, tok = load_bundle(Path(info["run"]) / "train" / "final")
-                print(f"[bench_resample] {key}", flush=True)
-                done[key] = {**measure(model, tok, data, metas, spec), "spec": list(spec), "code": code_version(),
-                             "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
-                save()
-            out[key] = done[key]
+            specs[f"swap/{seed}/{name}/{budget or 'all'}"] = reducer_spec(name, keep)
+
+        def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+            if not loaded:
+                loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
+            return {**measure(*loaded, data, metas, spec), "spec": list(spec), "code": code_version(),
+                    "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
+
+        def stale(key: str) -> bool:
+            return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
+
+        run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
+                 "bench_resample", stale)
+        out.update({key: done[key] for key in specs})
     return out
 
 
@@ -455,23 +472,21 @@ def _mean_std(vals: list[float]) -> str:
 
 # ----------------------------------------------------------------------------- (c) trained grid
 def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
-               reducers: Sequence[str], done: dict[str, Any], save: Any) -> Section:
+               reducers: Sequence[str], done: RunCache) -> Section:
     from llava_wb.model.bundle import load_bundle
 
     metas = load_metas(data)
-    plan = [(r, b, s) for s in seeds for r, b in [("identity", None)] + [(r, b) for b in budgets for r in reducers]]
-    for i, (name, budget, seed) in enumerate(plan):
-        key = f"train/{seed}/{name}/{budget or 'all'}"
-        if key in done:
-            continue
-        print(f"[bench_resample] ({i + 1}/{len(plan)}) {key}", flush=True)
+
+    def one(name: str, budget: str | None, seed: int) -> dict[str, Any]:
         info = train_model(data, work, name, budget, seed, steps)
         model, tok = load_bundle(Path(info["run"]) / "train" / "final")
         keep = 64 if budget is None else int(round(64 * fraction(budget)))
-        done[key] = {**measure(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
-                     "tower_seconds": info["tower_seconds"], "spec": list(reducer_spec(name, keep)),
-                     "code": code_version()}
-        save()
+        return {**measure(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
+                "tower_seconds": info["tower_seconds"], "spec": list(reducer_spec(name, keep)), "code": code_version()}
+
+    plan = [(r, b, s) for s in seeds for r, b in [("identity", None)] + [(r, b) for b in budgets for r in reducers]]
+    run_plan([(f"train/{s}/{r}/{b or 'all'}", lambda r=r, b=b, s=s: one(r, b, s)) for r, b, s in plan], done,
+             work / "claims", "bench_resample")
     rows, stats = [], {}
     for budget, name in [("-", "identity")] + [(b, r) for b in budgets for r in reducers]:
         keys = [f"train/{s}/{name}/{'all' if budget == '-' else budget}" for s in seeds]
@@ -544,23 +559,19 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         sections.append(s)
     if parts & {"b", "c"}:
         cache = Path(args.cache)
-        data = prepare_data(cache, args.quick)
+        with claim(cache / f"data{'_quick' if args.quick else ''}.lock"):  # one process prepares it
+            data = prepare_data(cache, args.quick)
         work = cache / ("runs_quick" if args.quick else f"runs_t{steps['tower']}_p{steps['pretrain']}_f{steps['finetune']}")
         work.mkdir(parents=True, exist_ok=True)
-        done_file = work / "results.json"
-        done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.is_file() else {}
-
-        def save() -> None:
-            done_file.write_text(json.dumps(done, indent=1))
-
-        results = swapped(data, work, swap_seeds, steps, budgets, done, save)
+        done = RunCache(work / "results.json")
+        results = swapped(data, work, swap_seeds, steps, budgets, done)
         raw["swap"] = results
         if "b" in parts:
             sections.append(table_b(results, swap_seeds, budgets))
         if "c" in parts:
             sections.append(table_c_swap(results, swap_seeds, budgets))
             if args.train_grid:
-                sections.append(train_grid(data, work, seeds, steps, grid_budgets, reducers, done, save))
+                sections.append(train_grid(data, work, seeds, steps, grid_budgets, reducers, done))
                 chosen = {f"train/{s}/{r}/{b}" for s in seeds for r, b in [("identity", "all")] +
                           [(r, b) for b in grid_budgets for r in reducers]}
                 raw["train_grid"] = {k: v for k, v in done.items() if k in chosen}

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -282,6 +283,85 @@ class TreeMemorySampler:
 
 def mib(n_bytes: float) -> float:
     return round(n_bytes / 2**20, 1)
+
+
+# ----------------------------------------------------------------------------- run caches
+class RunCache(dict):
+    """Finished benchmark runs by key, kept in a JSON file that several processes may fill at once
+    (e.g. two 1-thread trainings of one grid on a 2-core machine): ``save()`` takes a file lock,
+    merges what the others wrote since, writes atomically, and leaves the union in ``self``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(self._read())
+
+    def _read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+
+    def refresh(self) -> None:
+        """Take in the runs other processes stored since (ours are on disk too: ``save`` follows each)."""
+        self.update(self._read())
+
+    def save(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**self._read(), **self}
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(merged, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+        self.update(merged)
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike, *, wait: bool = True):
+    """An exclusive lock on ``path`` (a ``.lock`` file) for one run of a cache shared by processes:
+    yields True once held (``wait``) or at once with False when another process holds it."""
+    import fcntl
+
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_plan(plan: Sequence[tuple[str, Callable[[], dict[str, Any]]]], done: RunCache, claims: Path,
+             label: str, stale: Callable[[str], bool] = lambda key: False) -> None:
+    """Run each ``(key, fn)`` whose key is missing from ``done`` (or ``stale``), storing ``fn()`` under
+    it. Processes started on the same cache share the plan: each run is claimed, a run another
+    process holds is skipped and waited for at the end, so N processes fill the grid N at a time."""
+    def needed(key: str) -> bool:
+        done.refresh()
+        return key not in done or stale(key)
+
+    waiting = []
+    for i, (key, fn) in enumerate(plan):
+        if not needed(key):
+            continue
+        lock = claims / (key.replace("/", "__").replace(" ", "_") + ".lock")
+        with claim(lock, wait=False) as mine:
+            if not mine:
+                waiting.append(lock)
+                continue
+            if not needed(key):
+                continue
+            print(f"[{label}] ({i + 1}/{len(plan)}) {key}", flush=True)
+            done[key] = fn()
+            done.save()
+    for lock in waiting:  # runs other processes were doing: wait until they are stored
+        with claim(lock):
+            pass
+    done.refresh()
 
 
 # ----------------------------------------------------------------------------- results
