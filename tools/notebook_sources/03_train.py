@@ -18,7 +18,9 @@ All training logic lives in `llava_wb.train`; this notebook only calls it.
 Headless on a GPU node: `papermill 03_train.ipynb out.ipynb -p CONFIG ../configs/x.yaml -p NPROC 8`."""),
 ("params", """# Parameters (papermill overrides these)
 CONFIG = "../configs/demo.yaml"
-OVERRIDES = []                       # e.g. ["train.max_steps=50", "data.batch_size=8"]
+# dotted overrides, e.g. ["train.max_steps=50", "data.batch_size=8"] (on its own line: papermill
+# cannot parse a parameter line with a second "=")
+OVERRIDES = []
 NPROC = 1                            # processes; 1 trains in this kernel
 LAUNCHER = "torchrun"                # torchrun | deepspeed (used when NPROC > 1)
 EVAL_SHARDS = ["../runs/demo/shards/heldout"]  # [] skips the evaluation
