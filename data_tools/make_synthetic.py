@@ -392,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Modality plugins register their tasks on import (after image and text: dataset_info lists them in order).
 from data_tools import synth_av as _synth_av  # noqa: E402,F401
 from data_tools import synth_needle as _synth_needle  # noqa: E402,F401
+from data_tools import synth_needle_clip as _synth_needle_clip  # noqa: E402,F401
 
 if __name__ == "__main__":
     raise SystemExit(main())
