@@ -1,6 +1,6 @@
 """Instruction-aware resampling benchmark: resampler cost vs the tower, needle recall and needle accuracy.
 
-    python -m benchmarks.bench_resample [--quick] [--out DIR] [--parts a,b,c] [--seeds 0,1,2] [--steps N]
+    python -m benchmarks.bench_resample [--quick] [--out DIR] [--parts a,b,c,d] [--seeds 0,1,2] [--steps N]
                                         [--cache DIR] [--train-grid] [--budgets 1/4,1/8,1/16]
 
 (a) ``instruct_resample`` time as a fraction of the vision tower forward at CLIP ViT-L/14-336 shapes
@@ -24,6 +24,11 @@
     identity-trained model of (b) with each reducer swapped in at inference, no retraining (labelled
     so). ``--train-grid``: one training per reducer, budget and seed (3 seeds for the acceptance),
     cached in ``runs/bench_cache/resample`` and resumable like ``bench_merge`` part (c).
+(d) needle-token recall in long clips (``data_tools.synth_needle_clip``: 32 frames, 8 sampled, the
+    needle in one of them; 8 x 8 x 8 = 512 tokens per clip) at the same budgets, the models of (b) with
+    each reducer swapped in as the video reducer: ``instruct_resample`` (with temporal novelty),
+    its blind control, ``local_merge`` and ``avgpool`` with (t, h, w) windows 1x2x2 / 2x2x2 / 2x2x4.
+    Recall only: the models were trained on images.
 
 The trainings are cached per run and claimed while they run, so the same command started N times
 fills the grid N runs at a time (on a small machine give each ``OMP_NUM_THREADS=1``).
@@ -41,6 +46,7 @@ from typing import Any, Sequence
 
 from benchmarks.common import (RunCache, Section, claim, clip_tower, machine_info, median_seconds, run_plan,
                                write_results)
+from benchmarks.needle_recall import load_metas, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,6 +55,9 @@ MIX = {"image": 0.5, "needle": 0.45, "text": 0.05}
 BUDGETS = ("1/4", "1/8", "1/16")
 NEEDLE_QTYPES = ("needle_colour", "needle_position")
 SWAP_REDUCERS = ("instruct_resample", "instruct_resample blind", "local_merge", "local_merge 8x8", "avgpool")
+CLIP_REDUCERS = ("instruct_resample", "instruct_resample blind", "local_merge", "avgpool")
+CLIP_WINDOWS = {"1/4": [1, 2, 2], "1/8": [2, 2, 2], "1/16": [2, 2, 4]}  # (t, h, w) windows of the clip reducers
+CLIP_GRID = (8, 8, 8)  # the bench model's 8 sampled frames of 8 x 8 patches
 GRID_REDUCERS = ("instruct_resample", "local_merge", "avgpool")
 # tower warm-up labels for the needle images: 4x4 layout cells, up to 10 objects
 WARMUP = ["train.warmup.cell_grid=4", "train.warmup.max_objects=10"]
@@ -101,6 +110,18 @@ def reducer_spec(name: str, keep: int, grid: tuple[int, int] = (8, 8)) -> tuple[
     if name == "avgpool":
         return "avgpool", {"window": windows_for(keep, grid)}
     raise ValueError(f"unknown reducer {name!r}")
+
+
+def clip_reducer_spec(name: str, budget: str) -> tuple[str, dict[str, Any]]:
+    """``(type, options)`` of a clip reducer of part (d) at ``budget`` of the clip's 512 tokens."""
+    keep = int(round(CLIP_GRID[0] * CLIP_GRID[1] * CLIP_GRID[2] * fraction(budget)))
+    if name.startswith("instruct_resample"):
+        return reducer_spec(name, keep)
+    if name == "local_merge":
+        return "local_merge", {"tokens": keep, "window": CLIP_WINDOWS[budget], "neighbours": 1}
+    if name == "avgpool":
+        return "avgpool", {"window": CLIP_WINDOWS[budget]}
+    raise ValueError(f"unknown clip reducer {name!r}")
 
 
 # ----------------------------------------------------------------------------- (a)
@@ -210,6 +231,21 @@ def prepare_data(cache: Path, quick: bool) -> Path:
     return run
 
 
+def prepare_clips(data: Path, quick: bool) -> Path:
+    """Held-out long needle clips (``data_tools.synth_needle_clip``) and their shards, beside ``data``;
+    the output folder of the generator (records, ``dataset_info.json``), cached."""
+    from data_tools.convert_to_wds import convert
+    from data_tools.make_synthetic import generate
+
+    gen, shards = data / "clips", data / "shards" / "heldout_clip"
+    if not (shards / "index.json").is_file():
+        made = generate(gen, n_pretrain=0, n_instruct=0, n_heldout=8 if quick else 240, seed=7, progress=False,
+                        mix={"needle_clip": 1.0})
+        convert([made["files"]["heldout"]], [made["media_root"]], shards, shard_size=500, workers=1, progress=False,
+                overwrite=True)
+    return gen
+
+
 def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int,
                 steps: dict[str, int]) -> dict[str, Any]:
     """Tower warm-up (cached per warm-up steps and seed, beside ``work``) -> pretrain -> finetune with
@@ -248,87 +284,17 @@ def _train_run(run: Path, done: Path, tower: Path, kind: str, options: dict[str,
 
 
 # ----------------------------------------------------------------------------- recall and accuracy
-def needle_masks(meta: dict[str, Any], image_cfg: Any, grid: int, patch: int) -> tuple[Any, Any]:
-    """(needle patches, object patches) as bool ``[grid * grid]``: patches a box covers by >= 50%,
-    mapped exactly as the tower warm-up maps boxes (``PatchLabels``)."""
-    from llava_wb.train.config import WarmupConfig
-    from llava_wb.train.warmup import PatchLabels
-
-    objects = meta["objects"]
-    labels = PatchLabels(image_cfg, grid, patch, WarmupConfig(min_overlap=0.5, max_objects=max(len(objects), 1)))
-    stored = (meta["stored_size"],) * 2
-    needle = labels.labels([objects[meta["needle"]]], stored)["row"] > 0
-    return needle, labels.labels(objects, stored)["row"] > 0
-
-
-def measure(model: Any, tok: Any, data: Path, metas: dict[str, Any],
-            swap: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """Needle accuracy and recall of ``model`` on ``heldout_needle`` (``swap``: reducer put in first)."""
-    import torch
-
-    from llava_wb.eval.__main__ import image_config_for
-    from llava_wb.eval.evaluate import evaluate
-    from llava_wb.model.reducers import build_reducer
+def template() -> str:
+    """The demo's conversation template (what the trained models were tuned with)."""
     from llava_wb.train import load_config
 
-    if swap is not None:
-        model.reducer = build_reducer(*swap).eval()
-    captured: list[tuple[torch.Tensor, ...]] = []
-    hook = model.reducer.register_forward_hook(
-        lambda mod, args, out: captured.append((out.positions.cpu(), out.sizes.cpu(), out.group_ids.cpu())))
-    image_cfg = image_config_for(model)
-    template = load_config(ROOT / "configs" / "demo.yaml").data.template
-    t0 = time.perf_counter()
-    try:
-        ev = evaluate(model, tok, [str(data / "shards" / "heldout_needle")], image=image_cfg, template=template,
-                      batch_size=64, progress=False)
-    finally:
-        hook.remove()
-    seconds = time.perf_counter() - t0
-    positions, sizes, groups = (torch.cat(x) for x in zip(*captured))
-    if positions.shape[0] != len(ev.predictions):
-        raise RuntimeError(f"{positions.shape[0]} reduced images for {len(ev.predictions)} questions")
-    grid, patch = model.vision_tower.grid[0], model.vision_tower.patch_size
-    n = grid * grid
-    arange = torch.arange(n)
-    tot = {"needle_patches": 0, "kept": 0, "unmixed": 0, "share": 0.0, "hit": 0, "questions": 0, "kept_on_objects": 0.0,
-           "object_patches": 0.0, "no_needle_patch": 0}
-    for i, pred in enumerate(ev.predictions):
-        needle, fg = needle_masks(metas[pred["id"]], image_cfg, grid, patch)
-        pos, size, gid = positions[i], sizes[i], groups[i]
-        kept = pos[gid] == arange
-        unmixed = kept & (size[gid] == 1)
-        members = torch.bincount(gid, minlength=pos.numel()).float()
-        needle_in = torch.bincount(gid, weights=needle.float(), minlength=pos.numel())
-        share = (needle_in / members.clamp(min=1))[gid]
-        tot["questions"] += 1
-        tot["kept_on_objects"] += float(fg[pos].float().mean())
-        tot["object_patches"] += float(fg.float().mean())
-        if not needle.any():
-            tot["no_needle_patch"] += 1
-            continue
-        tot["needle_patches"] += int(needle.sum())
-        tot["kept"] += int(kept[needle].sum())
-        tot["unmixed"] += int(unmixed[needle].sum())
-        tot["share"] += float(share[needle].sum())
-        tot["hit"] += int(kept[needle].any())
-    npatch, nq = max(tot["needle_patches"], 1), max(tot["questions"], 1)
-    per_type = ev.per_type
-    return {"tokens": int(positions.shape[1]), "questions": tot["questions"],
-            "recall_kept": tot["kept"] / npatch, "recall_unmixed": tot["unmixed"] / npatch,
-            "needle_share": tot["share"] / npatch, "hit_rate": tot["hit"] / max(nq - tot["no_needle_patch"], 1),
-            "kept_on_objects": tot["kept_on_objects"] / nq, "object_patch_fraction": tot["object_patches"] / nq,
-            "needle_patches_per_question": tot["needle_patches"] / max(nq - tot["no_needle_patch"], 1),
-            "no_needle_patch": tot["no_needle_patch"],
-            "accuracy": {t: per_type[t]["accuracy"] for t in per_type}, "overall": ev.overall["accuracy"],
-            "majority": {t: per_type[t]["majority_accuracy"] for t in per_type}, "eval_seconds": round(seconds, 1)}
+    return load_config(ROOT / "configs" / "demo.yaml").data.template
 
 
-def load_metas(data: Path) -> dict[str, Any]:
-    """Held-out needle records' meta by id, with the stored image side (``stored_size``)."""
-    size = json.loads((data / "data" / "dataset_info.json").read_text())["params"]["image_size"]
-    return {r["id"]: {**r["meta"], "stored_size": size}
-            for r in json.loads((data / "data" / "heldout_needle.json").read_text())}
+def measure_needles(model: Any, tok: Any, data: Path, metas: dict[str, Any],
+                    swap: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """Needle accuracy and recall on ``heldout_needle`` (``benchmarks.needle_recall``)."""
+    return measure(model, tok, data / "shards" / "heldout_needle", metas, swap, "image", template())
 
 
 def _pct(v: float | None) -> str:
@@ -341,7 +307,7 @@ def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], bud
     """Train identity per seed (cached), then measure every reducer swapped in at every budget."""
     from llava_wb.model.bundle import load_bundle
 
-    metas = load_metas(data)
+    metas = load_metas(data / "data", "heldout_needle")
     out: dict[str, Any] = {}
     for seed in seeds:
         info = train_model(data, work, "identity", None, seed, steps)
@@ -354,7 +320,7 @@ def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], bud
         def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
             if not loaded:
                 loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
-            return {**measure(*loaded, data, metas, spec), "spec": list(spec), "code": code_version(),
+            return {**measure_needles(*loaded, data, metas, spec), "spec": list(spec), "code": code_version(),
                     "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
 
         def stale(key: str) -> bool:
@@ -366,12 +332,61 @@ def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], bud
     return out
 
 
+def clip_recall(data: Path, clips: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
+                done: RunCache) -> dict[str, Any]:
+    """Part (d): the identity models of (b) on long needle clips, each clip reducer swapped in as the
+    video reducer at each budget of the clip's 512 tokens; recall only (the models never saw a clip)."""
+    from llava_wb.model.bundle import load_bundle
+
+    metas = load_metas(clips, "heldout", "video", frames=CLIP_GRID[0])
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        info = train_model(data, work, "identity", None, seed, steps)
+        loaded: list[Any] = []
+        specs = {f"clip/{seed}/{name}/{b}": clip_reducer_spec(name, b) for b in budgets for name in CLIP_REDUCERS}
+
+        def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+            if not loaded:
+                loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
+            result = measure(*loaded, data / "shards" / "heldout_clip", metas, spec, "video", template())
+            return {**result, "spec": list(spec), "code": code_version()}
+
+        def stale(key: str) -> bool:
+            return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
+
+        run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
+                 "bench_resample", stale)
+        out.update({key: done[key] for key in specs})
+    return out
+
+
+def table_d(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
+    t, h, w = CLIP_GRID
+    section = recall_table(
+        results, seeds, budgets, "clip", CLIP_REDUCERS, t * h * w,
+        "(d) Needle-token recall in long clips (identity-trained model, video reducer swapped in)",
+        f"Held-out needle clips (`data_tools.synth_needle_clip`: 32 frames, {t} sampled uniformly; the needle shows "
+        "in one segment, so in one sampled frame; the other shapes stay all along)")
+    windows = ", ".join(f"{b}: {'x'.join(map(str, CLIP_WINDOWS[b]))}" for b in budgets)
+    section.notes = [*section.notes, f"(t, h, w) windows of local_merge and avgpool per budget: {windows}; "
+                     "instruct_resample adds temporal novelty (weight 0.5) to its scores on clips"]
+    return section
+
+
 def table_b(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
+    return recall_table(results, seeds, budgets, "swap", SWAP_REDUCERS, 64,
+                        "(b) Needle-token recall per budget (identity-trained demo model, reducer swapped in at inference)",
+                        "Held-out needle questions")
+
+
+def recall_table(results: dict[str, Any], seeds: list[int], budgets: Sequence[str], prefix: str,
+                 reducers: Sequence[str], n: int, title: str, what: str) -> Section:
+    """Recall rows of ``results[f"{prefix}/{seed}/{reducer}/{budget}"]`` for ``n`` visual tokens per item."""
     rows = []
     for budget in budgets:
-        keep = int(round(64 * fraction(budget)))
-        for name in SWAP_REDUCERS:
-            runs = [results[k] for s in seeds if (k := f"swap/{s}/{name}/{budget}") in results]
+        keep = int(round(n * fraction(budget)))
+        for name in reducers:
+            runs = [results[k] for s in seeds if (k := f"{prefix}/{s}/{name}/{budget}") in results]
             if not runs:
                 continue
             avg = {f: statistics.mean(r[f] for r in runs) for f in
@@ -380,11 +395,11 @@ def table_b(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -
             rows.append([budget, name, keep, _pct(None if pooled else avg["recall_kept"]),
                          _pct(None if pooled else avg["recall_unmixed"]), _pct(avg["needle_share"]),
                          _pct(None if pooled else avg["hit_rate"]), _pct(avg["kept_on_objects"]),
-                         f"{100 * keep / 64:.1f}"])
-    first = next((v for v in results.values()), {})
+                         f"{100 * keep / n:.1f}"])
+    first = next((v for k, v in results.items() if k.startswith(prefix + "/")), {})
     notes = []
     for budget in budgets:
-        runs = [results[k] for s in seeds if (k := f"swap/{s}/instruct_resample/{budget}") in results]
+        runs = [results[k] for s in seeds if (k := f"{prefix}/{s}/instruct_resample/{budget}") in results]
         if runs:
             on, base = (statistics.mean(r[f] for r in runs) for f in ("kept_on_objects", "object_patch_fraction"))
             kept = statistics.mean(r["recall_kept"] for r in runs)
@@ -395,10 +410,10 @@ def table_b(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -
                                                              "does not prefer the needle" if kept >= rand else
                                                              "ranks the needle BELOW a random choice") + ".")
     return Section(
-        title="(b) Needle-token recall per budget (identity-trained demo model, reducer swapped in at inference)",
-        explain=(f"Held-out needle questions ({first.get('questions', 0)} per row; each question conditions "
+        title=title,
+        explain=(f"{what} ({first.get('questions', 0)} per row; each question conditions "
                  "`instruct_resample` on its own prompt). Needle patches: >= 50% inside the needle's box "
-                 f"({first.get('needle_patches_per_question', 0):.1f} per needle on average, of 64). "
+                 f"({first.get('needle_patches_per_question', 0):.1f} per needle on average, of {n}). "
                  "recall kept = share of needle patches that survive as a token at their own position; unmixed = "
                  "kept and holding no other patch; needle share = mean fraction of needle patches in the token "
                  "each needle patch ends up in (applies to every reducer); hit = questions with >= 1 needle patch "
@@ -475,13 +490,13 @@ def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], 
                reducers: Sequence[str], done: RunCache) -> Section:
     from llava_wb.model.bundle import load_bundle
 
-    metas = load_metas(data)
+    metas = load_metas(data / "data", "heldout_needle")
 
     def one(name: str, budget: str | None, seed: int) -> dict[str, Any]:
         info = train_model(data, work, name, budget, seed, steps)
         model, tok = load_bundle(Path(info["run"]) / "train" / "final")
         keep = 64 if budget is None else int(round(64 * fraction(budget)))
-        return {**measure(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
+        return {**measure_needles(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
                 "tower_seconds": info["tower_seconds"], "spec": list(reducer_spec(name, keep)), "code": code_version()}
 
     plan = [(r, b, s) for s in seeds for r, b in [("identity", None)] + [(r, b) for b in budgets for r in reducers]]
@@ -517,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--cache", default=str(CACHE))
-    p.add_argument("--parts", default="a,b,c", help="a: time, b: recall, c: accuracy (swapped; --train-grid: trained)")
+    p.add_argument("--parts", default="a,b,c,d",
+                   help="a: time, b: recall, c: accuracy (swapped; --train-grid: trained), d: recall in long clips")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the --train-grid runs")
     p.add_argument("--swap-seeds", default="0", help="seeds of the identity model(s) that (b) and (c) swap reducers into")
     p.add_argument("--budgets", default=",".join(BUDGETS))
@@ -535,8 +551,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
-    if not parts or parts - {"a", "b", "c"}:
-        p.error(f"--parts takes a comma-separated subset of a,b,c; got {args.parts!r}")
+    if not parts or parts - {"a", "b", "c", "d"}:
+        p.error(f"--parts takes a comma-separated subset of a,b,c,d; got {args.parts!r}")
     if args.train_grid and "c" not in parts:
         p.error("--train-grid is part (c): add c to --parts")
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
@@ -557,15 +573,19 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     if "a" in parts:
         s, raw["a"] = part_a(args.quick, 1 if args.quick else args.repeats)
         sections.append(s)
-    if parts & {"b", "c"}:
+    if parts & {"b", "c", "d"}:
         cache = Path(args.cache)
         with claim(cache / f"data{'_quick' if args.quick else ''}.lock"):  # one process prepares it
             data = prepare_data(cache, args.quick)
         work = cache / ("runs_quick" if args.quick else f"runs_t{steps['tower']}_p{steps['pretrain']}_f{steps['finetune']}")
         work.mkdir(parents=True, exist_ok=True)
         done = RunCache(work / "results.json")
-        results = swapped(data, work, swap_seeds, steps, budgets, done)
+        results = swapped(data, work, swap_seeds, steps, budgets, done) if parts & {"b", "c"} else {}
         raw["swap"] = results
+        if "d" in parts:
+            with claim(cache / f"clips{'_quick' if args.quick else ''}.lock"):
+                clips = prepare_clips(data, args.quick)
+            raw["clip"] = clip_recall(data, clips, work, swap_seeds, steps, budgets, done)
         if "b" in parts:
             sections.append(table_b(results, swap_seeds, budgets))
         if "c" in parts:
@@ -575,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
                 chosen = {f"train/{s}/{r}/{b}" for s in seeds for r, b in [("identity", "all")] +
                           [(r, b) for b in grid_budgets for r in reducers]}
                 raw["train_grid"] = {k: v for k, v in done.items() if k in chosen}
+        if "d" in parts:
+            sections.append(table_d(raw["clip"], swap_seeds, budgets))
     intro = ("`instruct_resample` (issue 6) against `local_merge`, `avgpool` and no reduction on needle questions: "
              "one small object among 6-10 answers the question (`data_tools.synth_needle`). "
              f"Demo training: tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune "

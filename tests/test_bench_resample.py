@@ -26,11 +26,12 @@ def test_bench_resample_quick_writes_every_part(tmp_path):
     text = md.read_text(encoding="utf-8")
     assert text.startswith("# Instruction-aware resampling benchmark") and "QUICK MODE" in text
     for heading in ("## (a) Resampler time", "## (b) Needle-token recall",
-                    "## (c) Needle accuracy per budget: swapped at inference, trained with identity"):
+                    "## (c) Needle accuracy per budget: swapped at inference, trained with identity",
+                    "## (d) Needle-token recall in long clips"):
         assert heading in text, heading
 
     raw = json.loads(js.read_text(encoding="utf-8"))
-    from benchmarks.bench_resample import BUDGETS, SWAP_REDUCERS
+    from benchmarks.bench_resample import BUDGETS, CLIP_REDUCERS, SWAP_REDUCERS
 
     assert raw["name"] == "resample" and raw["quick"] is True
     assert set(raw["a"]["inputs"]) == {"1 image", "8-frame clip"}
@@ -48,3 +49,12 @@ def test_bench_resample_quick_writes_every_part(tmp_path):
             assert row["tokens"] == keep and row["questions"] > 0
             assert 0.0 <= row["recall_kept"] <= 1.0 and 0.0 <= row["needle_share"] <= 1.0
             assert {"needle_colour", "needle_position"} <= set(row["accuracy"])
+    clip = raw["clip"]
+    assert set(clip) == {f"clip/0/{r}/{b}" for r in CLIP_REDUCERS for b in BUDGETS}
+    for budget, keep in (("1/4", 128), ("1/8", 64), ("1/16", 32)):  # of 8 frames x 64 patches
+        for r in CLIP_REDUCERS:
+            row = clip[f"clip/0/{r}/{budget}"]
+            assert row["tokens"] == keep and row["questions"] > 0 and row["no_needle_patch"] < row["questions"]
+            assert 0.0 <= row["recall_kept"] <= 1.0 and 0.0 <= row["needle_share"] <= 1.0
+    # avgpool 2x2x2 averages the needle's frame with its neighbour: no needle patch is ever kept alone
+    assert clip["clip/0/avgpool/1/8"]["recall_unmixed"] == 0.0
