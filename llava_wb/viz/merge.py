@@ -193,8 +193,10 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int = 4, anchor: str = "first"):
     """ipywidgets sliders (ratio, window side, anchor) redrawing ``local_merge`` beside ``tome_sd``
-    into an Output widget. Drawn once with the given values, so without a live frontend
-    (papermill) the notebook still shows the figure."""
+    into an Output widget. The first figure (the given values) is displayed as a plain cell output,
+    not captured by the Output widget, so a notebook run without a live frontend (papermill) shows it
+    and never routes output through a widget: nbclient could block on that capture (seen under
+    load: the cell never finished; jupyter/nbclient#312)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -207,21 +209,24 @@ def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int =
     }
     out = widgets.Output()
 
-    def redraw(*_: Any) -> None:
+    def draw() -> None:
         v = {k: c.value for k, c in controls.items()}
         opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], "random_dst": v["anchor"] == "random",
                 "seed": 0}
+        try:
+            fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
+        except ValueError as exc:  # the ratio asks for more merges than the windows allow
+            print(exc)
+            return
+        display(fig)
+        plt.close(fig)
+
+    def redraw(*_: Any) -> None:  # slider moves (live frontend only): into the Output widget
         with out:
             out.clear_output(wait=True)
-            try:
-                fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
-            except ValueError as exc:  # the ratio asks for more merges than the windows allow
-                print(exc)
-                return
-            display(fig)
-            plt.close(fig)
+            draw()
 
     for c in controls.values():
         c.observe(redraw, names="value")
-    redraw()
+    draw()
     return widgets.VBox([widgets.HBox(list(controls.values())), out])
