@@ -47,6 +47,9 @@ def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image):
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
     assert "local_merge r=0.75" in text and "Vicuna" not in text  # the budget table rendered
+    # resampling on a long needle clip: the needle's frame alone, then the clip, one row per question
+    assert (out / "resample_image.png").exists() and (out / "resample_clip.png").exists()
+    assert "needle: the " in text and " only" in text
 
 
 def test_merge_notebook_with_a_tower_inside_placement(tmp_path):

@@ -33,7 +33,8 @@ TEXT_TOKENS = 128            # text tokens per sample in the budget table
 RESAMPLE_MODEL = None        # a trained bundle (e.g. runs/demo/train/final) for the resampling section;
                              # None: a tiny untrained model (shows the mechanics, not a learned choice)
 RESAMPLE_RATIO = 0.75
-QUESTIONS = ["What colour is the circle?", "Which way does the square move?"]"""),
+RESAMPLE_CLIP = "needle"     # needle: a long synthetic clip whose answer is in one frame | pan: the photo panned
+QUESTIONS = None             # None: two questions about the clip (the needle's colour, another shape's)"""),
 ("code", """%matplotlib inline
 import os
 import numpy as np
@@ -70,7 +71,8 @@ path = os.path.join(OUT_DIR, f"merge_{IMAGE if IMAGE in vm.PHOTOS + ('synthetic'
 fig.savefig(path, dpi=110, bbox_inches="tight"); plt.show()
 print("saved", path)"""),
 ("md", """## Explore (ipywidgets)
-Move the sliders in JupyterLab; under papermill this renders once with the parameter values."""),
+The figure shows the parameter values (all a papermill run shows); move the sliders in JupyterLab
+and each choice is drawn under them."""),
 ("code", """from IPython.display import display
 w = vm.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR)
 display(w)"""),
@@ -108,16 +110,25 @@ Markdown(budget.to_markdown(rows))"""),
 `instruct_resample` keeps the tokens most relevant to the question (each question word ranks the
 projected tokens; plus distinctiveness, and temporal novelty on clips) in (t, h, w) order and merges the rest
 into their nearest kept token. Each row is one question on the same clip: kept patches in full
-colour with a white border, merged ones dimmed and tinted by the token they joined."""),
+colour with a white border, merged ones dimmed and tinted by the token they joined. The default clip
+is a long synthetic needle clip (`data_tools.synth_needle_clip`): the shape the first question names
+shows in one sampled frame only; the first figure is that frame alone as an image."""),
 ("code", """from llava_wb.viz import resample as vr
 rs_model, rs_tok = vr.resample_model(RESAMPLE_MODEL, ratio=RESAMPLE_RATIO, frames=FRAMES)
 frames = rs_model.config.video_frames
-rs_clip, rs_values = vr.as_model_input(rs_model, vm.pan_clip(image, frames, step=2 * PATCH))
+if RESAMPLE_CLIP == "needle":  # 4 x frames frames; the needle shows in one segment: one sampled frame holds it
+    raw_clip, needle_meta = vr.needle_clip(frames)
+    questions, shown = QUESTIONS or vr.needle_questions(needle_meta), needle_meta["sampled_frame"]
+    print(f"needle: the {needle_meta['objects'][needle_meta['needle']]['shape']} in frame {shown} only")
+else:
+    raw_clip, questions, shown = vm.pan_clip(image, frames, step=2 * PATCH), QUESTIONS or [
+        "What colour is the circle?", "Which way does the square move?"], 0
+rs_clip, rs_values = vr.as_model_input(rs_model, raw_clip)
 patch = rs_model.vision_tower.patch_size
-outs = vr.kept_for_questions(rs_model, rs_tok, rs_values[0], QUESTIONS, kind="image")
-fig = vr.draw_kept(rs_clip[0], outs, QUESTIONS, patch)
+outs = vr.kept_for_questions(rs_model, rs_tok, rs_values[shown], questions, kind="image")
+fig = vr.draw_kept(rs_clip[shown], outs, questions, patch)
 fig.savefig(os.path.join(OUT_DIR, "resample_image.png"), dpi=80, bbox_inches="tight"); plt.show()
-outs = vr.kept_for_questions(rs_model, rs_tok, rs_values, QUESTIONS, kind="video")
-fig = vr.draw_kept(rs_clip, outs, QUESTIONS, patch)
+outs = vr.kept_for_questions(rs_model, rs_tok, rs_values, questions, kind="video")
+fig = vr.draw_kept(rs_clip, outs, questions, patch)
 fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
 ])
