@@ -305,30 +305,14 @@ def _pct(v: float | None) -> str:
 def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
             done: RunCache) -> dict[str, Any]:
     """Train identity per seed (cached), then measure every reducer swapped in at every budget."""
-    from llava_wb.model.bundle import load_bundle
-
     metas = load_metas(data / "data", "heldout_needle")
     out: dict[str, Any] = {}
     for seed in seeds:
-        info = train_model(data, work, "identity", None, seed, steps)
-        loaded: list[Any] = []
-        specs = {}
-        for name, budget in [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]:
-            keep = 64 if budget is None else int(round(64 * fraction(budget)))
-            specs[f"swap/{seed}/{name}/{budget or 'all'}"] = reducer_spec(name, keep)
-
-        def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-            if not loaded:
-                loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
-            return {**measure_needles(*loaded, data, metas, spec), "spec": list(spec), "code": code_version(),
-                    "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
-
-        def stale(key: str) -> bool:
-            return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
-
-        run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
-                 "bench_resample", stale)
-        out.update({key: done[key] for key in specs})
+        specs = {f"swap/{seed}/{name}/{budget or 'all'}": reducer_spec(name, 64 if budget is None else
+                                                                       int(round(64 * fraction(budget))))
+                 for name, budget in [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]}
+        out.update(swap_into_identity(data, work, seed, steps, specs, done,
+                                      lambda model, tok, spec: measure_needles(model, tok, data, metas, spec)))
     return out
 
 
@@ -336,28 +320,37 @@ def clip_recall(data: Path, clips: Path, work: Path, seeds: list[int], steps: di
                 done: RunCache) -> dict[str, Any]:
     """Part (d): the identity models of (b) on long needle clips, each clip reducer swapped in as the
     video reducer at each budget of the clip's 512 tokens; recall only (the models never saw a clip)."""
-    from llava_wb.model.bundle import load_bundle
-
     metas = load_metas(clips, "heldout", "video", frames=CLIP_GRID[0])
     out: dict[str, Any] = {}
     for seed in seeds:
-        info = train_model(data, work, "identity", None, seed, steps)
-        loaded: list[Any] = []
         specs = {f"clip/{seed}/{name}/{b}": clip_reducer_spec(name, b) for b in budgets for name in CLIP_REDUCERS}
-
-        def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-            if not loaded:
-                loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
-            result = measure(*loaded, data / "shards" / "heldout_clip", metas, spec, "video", template())
-            return {**result, "spec": list(spec), "code": code_version()}
-
-        def stale(key: str) -> bool:
-            return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
-
-        run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
-                 "bench_resample", stale)
-        out.update({key: done[key] for key in specs})
+        out.update(swap_into_identity(data, work, seed, steps, specs, done, lambda model, tok, spec: measure(
+            model, tok, data / "shards" / "heldout_clip", metas, spec, "video", template())))
     return out
+
+
+def swap_into_identity(data: Path, work: Path, seed: int, steps: dict[str, int],
+                       specs: dict[str, tuple[str, dict[str, Any]]], done: RunCache, measure_fn: Any) -> dict[str, Any]:
+    """``measure_fn(model, tok, spec)`` for each key's reducer spec on seed ``seed``'s identity model
+    (trained once, cached), stored in ``done`` under the key; redone when the reducers' code or the
+    spec changed since."""
+    from llava_wb.model.bundle import load_bundle
+
+    info = train_model(data, work, "identity", None, seed, steps)
+    loaded: list[Any] = []
+
+    def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        if not loaded:
+            loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
+        return {**measure_fn(*loaded, spec), "spec": list(spec), "code": code_version(),
+                "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
+
+    def stale(key: str) -> bool:
+        return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
+
+    run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
+             "bench_resample", stale)
+    return {key: done[key] for key in specs}
 
 
 def table_d(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
