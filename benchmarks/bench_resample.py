@@ -501,11 +501,11 @@ def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], 
         runs = [done[k] for k in keys if k in done]
         if not runs:
             continue
-        position = [100 * r["accuracy"].get(NEEDLE_QTYPES[1], float("nan")) for r in runs]
-        per_seed.append(("identity" if budget == "-" else f"{budget} {name}") + ": " + ", ".join(f"{100 * r['overall']:.1f} ({p:.1f})"
-                                                         for r, p in zip(runs, position)))
         vals = {t: [100 * (r["overall"] if t == "overall" else r["accuracy"].get(t, float("nan"))) for r in runs]
                 for t in (*NEEDLE_QTYPES, "overall")}
+        label = "identity" if budget == "-" else f"{budget} {name}"
+        per_seed.append(f"{label}: " + ", ".join(f"{o:.1f} ({p:.1f})"
+                                                 for o, p in zip(vals["overall"], vals[NEEDLE_QTYPES[1]])))
         stats[(budget, name)] = statistics.mean(vals["overall"])
         recall = None if name in ("avgpool", "identity") else statistics.mean(r["recall_kept"] for r in runs)
         rows.append([budget, name, runs[0]["tokens"], len(runs), *(_mean_std(v) for v in vals.values()),
