@@ -1,6 +1,7 @@
 """Token merging benchmark: merge cost vs the tower, the LLaVA-1.5-7B budget, accuracy per reducer.
 
-    python -m benchmarks.bench_merge [--quick] [--out DIR] [--parts a,b,c] [--seeds 0,1,2] [--steps N]
+    python -m benchmarks.bench_merge [--quick] [--out DIR] [--parts a,b,c,d] [--seeds 0,1,2] [--steps N]
+    python -m benchmarks.bench_merge --gpu-only      # on a lent GPU: (a) and (d) there, merge_gpu.md
 
 (a) merge time as a fraction of the vision tower's forward at CLIP ViT-L/14-336 shapes (576 tokens,
     dim 1024, random weights, CPU threads as given), for ``local_merge``, ``tome_sd`` and ``avgpool``;
@@ -16,6 +17,9 @@
     embeddings and is warmed up without the row/column heads, so its features cannot carry their
     own position and only the token order can. Runs are cached in ``runs/bench_cache/merge`` and a
     rerun continues where it stopped.
+(d) training step time (forward, backward, AdamW) with 576 vs 144 visual tokens (``identity`` vs
+    ``local_merge`` r = 0.75, and ``avgpool`` 2x2): ``train_shapes.CPU_MID`` on the CPU, and on a GPU
+    ``train_shapes.REALISTIC`` (CLIP-L/336 + a 1.1B LLaMA, bf16 autocast) when one is present.
 
 The trainings are cached per run and claimed while they run, so the same command started N times
 fills the grid N runs at a time (on a small machine give each ``OMP_NUM_THREADS=1``).
@@ -52,7 +56,7 @@ C_REDUCERS = {  # name -> model.reducer for part (c)
 
 
 # ----------------------------------------------------------------------------- (a)
-def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
+def part_a(quick: bool, repeats: int, device: str = "cpu") -> tuple[Section, dict[str, Any]]:
     import torch
 
     from llava_wb.model.merging import local_merge, tome_sd_merge
@@ -64,16 +68,21 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
     if quick:
         shape = dict(image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                      num_attention_heads=4)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32  # a GPU tower runs in bf16, as in training
     torch.manual_seed(0)
-    tower = build_tower("clip", config=shape, feature_layer=-2).eval()
+    tower = build_tower("clip", config=shape, feature_layer=-2).eval().to(device, dtype)
     grid = (1, *tower.grid)
-    pix = torch.randn(1, 3, shape["image_size"], shape["image_size"])
+    pix = torch.randn(1, 3, shape["image_size"], shape["image_size"], device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def timed(fn, reps):
         out = []
         for _ in range(reps):
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             out.append(time.perf_counter() - t)
         return statistics.median(out)
 
@@ -90,22 +99,24 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
             "avgpool 2x2": lambda: build_reducer("avgpool", {"window": [1, 2, 2]})(feats, grid),
         }
         t_merge = {name: timed(fn, 5 * repeats) for name, fn in merges.items()}
-        inside = build_reducer("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 1 if quick else 4}).eval()
+        inside = build_reducer("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 1 if quick else 4}
+                               ).eval().to(device)
         t_inside = timed(lambda: tower.forward_merged(pix, inside, grid), repeats)
     rows = [[name, f"{1e3 * t:.2f}", f"{100 * t / t_tower:.3f}%"] for name, t in t_merge.items()]
     rows.append(["tower forward, 1 image (reference)", f"{1e3 * t_tower:.0f}", "100%"])
     rows.append([f"tower forward with local_merge r=0.75 in its last {inside.layers} layers", f"{1e3 * t_inside:.0f}",
                  f"{100 * t_inside / t_tower:.1f}%"])
     worst = max(t_merge.values()) / t_tower
+    where = (f"{torch.cuda.get_device_name(0)}, bf16" if cuda else f"CPU, {torch.get_num_threads()} torch threads")
     section = Section(
-        title="(a) Merge time vs the vision tower forward (CPU)",
+        title=f"(a) Merge time vs the vision tower forward ({'GPU' if cuda else 'CPU'})",
         explain=f"CLIP ViT-L/14-336 shapes ({n} patch tokens, dim {feats.shape[-1]}), random weights, one image, "
-                f"{torch.get_num_threads()} torch threads; medians of {repeats} tower runs and {5 * repeats} merge runs. "
-                "Target: merge <= 2% of the tower forward.",
+                f"{where}; medians of {repeats} tower runs and {5 * repeats} merge runs"
+                f"{' (device synchronised around each)' if cuda else ''}. Target: merge <= 2% of the tower forward.",
         headers=["operation", "ms", "share of tower forward"], rows=rows,
         notes=[f"worst merge / tower = {100 * worst:.3f}% (target <= 2%: {'met' if worst <= 0.02 else 'NOT met'})"])
-    raw = {"tower_seconds": t_tower, "merge_seconds": t_merge, "inside_seconds": t_inside, "tokens": n,
-           "threads": torch.get_num_threads(), "worst_fraction": worst}
+    raw = {"device": where, "tower_seconds": t_tower, "merge_seconds": t_merge, "inside_seconds": t_inside,
+           "tokens": n, "threads": torch.get_num_threads(), "worst_fraction": worst}
     return section, raw
 
 
@@ -150,8 +161,11 @@ def prepare_data(cache: Path, quick: bool) -> Path:
 def train_stage(config: str, overrides: list[str]) -> dict[str, Any]:
     from llava_wb.train import load_config, train
 
+    # one loader worker, as when the results were first made (the demo configs have 2 since issue 5):
+    # the worker count sets the order of the samples, so it keeps the cached runs comparable
     return train(load_config(ROOT / "configs" / config, ["train.overwrite=true", "train.report_to=none",
-                                                         "train.save_steps=100000", *overrides]))
+                                                         "train.save_steps=100000", "data.num_workers=1",
+                                                         *overrides]))
 
 
 def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps: dict[str, int]) -> dict[str, Any]:
@@ -247,6 +261,72 @@ def verdicts(stats: dict[str, Any]) -> list[str]:
     return notes
 
 
+# ----------------------------------------------------------------------------- (d)
+D_REDUCERS = {  # name -> (reducer, options, visual tokens per 24 x 24 grid)
+    "identity": ("identity", {}, 576),
+    "local_merge r=0.75": ("local_merge", {"ratio": 0.75}, 144),
+    "avgpool 2x2": ("avgpool", {"window": [1, 2, 2]}, 144),
+}
+
+
+def part_d(quick: bool, gpu_only: bool) -> tuple[Section, dict[str, Any]]:
+    """Training step time with 576 vs 144 visual tokens: CPU_MID on the CPU, REALISTIC on a GPU."""
+    import dataclasses
+
+    import torch
+
+    from benchmarks.train_shapes import CPU_MID, REALISTIC, TINY, make_batch, step_seconds
+    from llava_wb.model import ModelConfig, build_model
+    from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+
+    runs = []  # (device, label, shape)
+    if not gpu_only:
+        runs.append(("cpu", f"CPU, {torch.get_num_threads()} threads, fp32", TINY if quick else CPU_MID))
+    if torch.cuda.is_available():
+        runs.append(("cuda", f"{torch.cuda.get_device_name(0)}, bf16 autocast", TINY if quick else REALISTIC))
+    tok = build_demo_tokenizer(demo_corpus(["a picture of a cat"]))
+    rows, raw = [], []
+    for device, label, shape in runs:
+        results = {}
+        for name, (red, opts, tokens) in D_REDUCERS.items():
+            torch.manual_seed(0)
+            spec = {**shape.model_dict(), "reducer": {"type": red, "options": opts}}
+            with torch.device(device):
+                model = build_model(ModelConfig.from_dict(spec), tok).train()
+            if not quick:  # the counts this part is about, derived by the model from the reducer
+                assert model.tokens_per_image == tokens, (name, model.tokens_per_image, tokens)
+            batch = make_batch(model, shape, len(tok), device)
+            times = step_seconds(model, batch, steps=shape.steps, warmup=shape.warmup, amp=device == "cuda")
+            results[name] = {"visual_tokens": model.tokens_per_image, "seq_len": int(batch["input_ids"].shape[1]),
+                             "median_s": statistics.median(times), "times": times}
+            del model, batch
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        base = results["identity"]["median_s"]
+        for name, r in results.items():
+            rows.append([label, name, r["visual_tokens"], f"{shape.batch_size} x {r['seq_len']}",
+                         round(r["median_s"], 3), round(r["median_s"] / base, 3)])
+        raw.append({"device": label, "shape": dataclasses.asdict(shape), "results": results,
+                    "ratio": results["local_merge r=0.75"]["median_s"] / base})
+    notes = [f"{r['device']}: step time ratio 144/576 visual tokens (local_merge) = {r['ratio']:.3f}"
+             + ("" if r["device"].startswith("CPU") else " (target <= 0.45 on an H100)") for r in raw]
+    if not torch.cuda.is_available():
+        notes.append("No GPU on this machine: the H100 row (target: ratio <= 0.45) needs "
+                     "`python -m benchmarks.bench_merge --gpu-only` on a lent GPU.")
+    if quick:
+        notes.append("QUICK: tiny shapes, numbers meaningless.")
+    section = Section(
+        title="(d) Training step time with 576 vs 144 visual tokens",
+        explain=(f"One image and {CPU_MID.text_tokens} text tokens per sample (labels on the last "
+                 f"{CPU_MID.answer_tokens}), forward + backward + AdamW, tower frozen, projector + LLM train; median of "
+                 "the timed steps after warm-up, device synchronised around each step. CPU: "
+                 f"{CPU_MID.name}, batch {CPU_MID.batch_size}. GPU (when present): {REALISTIC.name} (bench_train's "
+                 f"realistic shape), batch {REALISTIC.batch_size}, bf16 autocast over fp32 weights, SDPA."),
+        headers=["device", "reducer", "visual tokens", "batch x seq", "step s (median)", "x identity"], rows=rows,
+        notes=notes)
+    return section, {"runs": raw}
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_merge", description=__doc__,
@@ -254,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--cache", default=str(CACHE))
-    p.add_argument("--parts", default="a,b,c")
+    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--gpu-only", action="store_true",
+                   help="(a) and (d) on the GPU only (a lent device machine); writes merge_gpu.md")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--control-seeds", default="0", help="seeds of the no-position-embedding control")
     p.add_argument("--steps", type=int, default=1000,
@@ -269,9 +351,15 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     steps = {"tower": 400, "pretrain": 200, "finetune": args.steps}
     if args.quick:
         seeds, control, steps = seeds[:2], control[:1], {"tower": 3, "pretrain": 2, "finetune": 3}
+    if args.gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--gpu-only needs a CUDA device; none is visible")
+        parts = {"a", "d"}
     sections, raw = [], {"quick": args.quick}
     if "a" in parts:
-        s, raw["a"] = part_a(args.quick, 1 if args.quick else args.repeats)
+        s, raw["a"] = part_a(args.quick, 1 if args.quick else args.repeats, "cuda" if args.gpu_only else "cpu")
         sections.append(s)
     if "b" in parts:
         s, raw["b"] = part_b()
@@ -282,15 +370,21 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             p.error(f"unknown --reducers {sorted(unknown)}; known: {', '.join(C_REDUCERS)}")
         cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","))
         sections += cs
+    if "d" in parts:
+        s, raw["d"] = part_d(args.quick, args.gpu_only)
+        sections.append(s)
     intro = ("Order-preserving local merging against ToMe-SD, average pooling and no reduction. "
-             "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU; "
-             "none was lent when this file was written.")
+             + ("GPU rows of (a) and (d) only; the CPU parts are in merge.md." if args.gpu_only else
+                "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU "
+                "(`python -m benchmarks.bench_merge --gpu-only` writes merge_gpu.md); none was lent when this file "
+                "was written."))
     if "c" in parts:
         intro += (f" Part (c) here: seeds {seeds} (control: {control}), finetune {steps['finetune']} steps per run; "
                   "the acceptance plan is 3 seeds (`--seeds 0,1,2`), cached runs are reused.")
     if args.quick:
         intro = "QUICK MODE: tiny shapes and runs, the numbers are meaningless.\n\n" + intro
-    paths = write_results(args.out, "merge", title="Token merging benchmark", intro=intro, sections=sections,
+    paths = write_results(args.out, "merge_gpu" if args.gpu_only else "merge", title="Token merging benchmark",
+                          intro=intro, sections=sections,
                           raw=raw, machine=machine_info())
     print(paths["md"])
     return [paths["md"], paths["json"]]

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.common import Section, machine_info, write_results
+from benchmarks.train_shapes import CPU_MID, step_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -30,10 +30,7 @@ CLIP_REDUCERS = {
     "avgpool 2x2x2": ("avgpool", {"window": [2, 2, 2]}),
     "local_merge 2x2x2": ("local_merge", {"ratio": 0.875, "window": [2, 2, 2]}),
 }
-CPU_SHAPE = {"vision": dict(image_size=336, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=2),
-             "llm": dict(model_type="llama", hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=8, vocab_size=4096, max_position_embeddings=8192)}
+CPU_SHAPE = {"vision": CPU_MID.vision, "llm": CPU_MID.llm}
 
 
 # ----------------------------------------------------------------------------- (b)
@@ -97,20 +94,9 @@ def step_times(shape: dict[str, Any], reducer: tuple[str, dict], *, frames: int,
     labels[:, : per_video + text // 2] = -100
     size = shape["vision"]["image_size"]
     video = torch.randn(batch, frames, 3, size, size, device=device, dtype=dtype or torch.float32)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids), video_values=video,
-                     video_counts=torch.ones(batch, dtype=torch.long, device=device)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    batch_in = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids), "video_values": video,
+                "video_counts": torch.ones(batch, dtype=torch.long, device=device)}
+    times = step_seconds(model, batch_in, steps=steps, warmup=warmup)
     return {"tokens_per_video": per_video, "tokens_per_frame": round((per_video - model.video_slices) / frames, 1),
             "seq_len": per_video + text, "median_s": statistics.median(times), "times": times}
 

@@ -12,6 +12,10 @@
   (MFU, not hardware FLOPs utilization).
 - ``make_batch`` / ``measure_gpu`` / ``gpu_section``: part (2) of ``bench_train``: a synthetic batch of
   a shape, the timed GPU run (throughput, peak memory, MFU, phase split), its ``train.md`` section.
+- ``CPU_MID``: a shape a 2-core CPU can time in seconds with the visual token count of the realistic
+  one (a 24 x 24 patch grid at 336 px through a narrow 2-layer tower, a 512-wide 4-layer LLaMA);
+  ``step_seconds``: wall seconds of each timed training step, for token-count comparisons
+  (``bench_merge`` (d), ``bench_video`` (c)).
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ class Shape:
                 "llm": {"config": dict(self.llm), "attn_implementation": attn}}
 
 
+CPU_MID = Shape("24 x 24 patches (336 px) through a narrow 2-layer tower + a 512-wide 4-layer LLaMA",
+                dict(image_size=336, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2),
+                dict(model_type="llama", hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                     num_attention_heads=8, num_key_value_heads=8, vocab_size=4096, max_position_embeddings=8192),
+                batch_size=4, text_tokens=128, answer_tokens=64, steps=3, warmup=1)
 REALISTIC = Shape("CLIP ViT-L/14-336 (frozen) + LLaMA-1.1B", CLIP_L14_336, LLAMA_1B, batch_size=16,
                   text_tokens=128, answer_tokens=64)
 TINY = Shape("tiny CLIP + tiny LLaMA (smoke test of the GPU code path)", TINY_VISION, TINY_LLM, batch_size=2,
@@ -131,6 +141,31 @@ def make_batch(model: Any, shape: Shape, first_free: int, device: Any) -> dict[s
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
              "pixel_values": torch.randn(b, 3, img, img, generator=g), "image_counts": torch.ones(b, dtype=torch.long)}
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def step_seconds(model: Any, batch: dict[str, Any], *, steps: int, warmup: int, amp: bool = False) -> list[float]:
+    """Wall seconds of each of ``steps`` training steps (forward, backward, AdamW) of ``model`` on
+    ``batch`` after ``warmup`` untimed ones; the device is synchronised around each step, and
+    ``amp`` runs the forward under bf16 autocast on CUDA (fp32 weights, as ``llava_wb.train``)."""
+    import torch
+
+    cuda = next(model.parameters()).is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and amp else contextlib.nullcontext
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=cuda)
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
 
 
 def measure_gpu(timed_step: Callable[..., dict[str, float]], *, quick: bool, precisions: Sequence[str],

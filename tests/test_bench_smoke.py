@@ -68,7 +68,7 @@ def test_bench_merge_quick_writes_every_part(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "merge.md").read_text(encoding="utf-8")
-    for heading in ("## (a) Merge time", "## (b) Token budget", "## (c) Held-out accuracy"):
+    for heading in ("## (a) Merge time", "## (b) Token budget", "## (c) Held-out accuracy", "## (d) Training step"):
         assert heading in text, heading
     raw = json.loads((out / "merge.json").read_text(encoding="utf-8"))
     from benchmarks.bench_merge import C_REDUCERS
@@ -76,3 +76,6 @@ def test_bench_merge_quick_writes_every_part(tmp_path):
     assert set(raw["c"]["runs"]) == {f"pos/{r}/0" for r in C_REDUCERS}
     assert raw["c"]["runs"]["pos/local_merge/0"]["tokens_per_image"] == 16
     assert raw["b"]["rows"][0]["visual_tokens"] == 576 and raw["b"]["rows"][2]["visual_tokens"] == 144
+    (cpu,) = raw["d"]["runs"]  # no GPU in CI: the CPU row only, one step time per reducer
+    assert set(cpu["results"]) == {"identity", "local_merge r=0.75", "avgpool 2x2"}
+    assert cpu["results"]["identity"]["visual_tokens"] == 4 * cpu["results"]["local_merge r=0.75"]["visual_tokens"]
