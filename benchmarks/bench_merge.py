@@ -28,6 +28,7 @@ fills the grid N runs at a time (on a small machine give each ``OMP_NUM_THREADS=
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -200,8 +201,10 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
     template = load_config(ROOT / "configs" / "demo.yaml").data.template
     ev = evaluate(model, tok, [str(data / "shards" / "heldout")], image=image_config_for(model), template=template,
                   batch_size=64, progress=False)
+    where = machine_info()  # training is chaotic in the float order: a rerun elsewhere is another draw
     return {"per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type}, "overall": ev.overall["accuracy"],
-            "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1)}
+            "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1),
+            "commit": where["git"], "torch_threads": where["torch_threads"]}
 
 
 def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
@@ -234,10 +237,14 @@ def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[
         if not rows:
             continue
         notes = verdicts(stats)
+        made = collections.Counter(v.get("commit", "unrecorded") + (f", {v['torch_threads']} thread(s)"
+                                                                    if "torch_threads" in v else "")
+                                   for k, v in done.items() if k.startswith(f"{variant}/"))
         sections.append(Section(title=title, explain=(
             f"Demo model (tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune {steps['finetune']}; "
             "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds "
-            "(one seed: the single value)."),
+            "(one seed: the single value). Runs by the commit and torch threads they trained with: "
+            + ", ".join(f"{k}: {n}" for k, n in sorted(made.items())) + "."),
             headers=["reducer", "tokens/image", "seeds", *QTYPES, "overall"], rows=rows, notes=notes))
         summary[variant] = stats
     return sections, {"runs": done, "summary": summary, "steps": steps}
