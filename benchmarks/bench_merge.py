@@ -10,7 +10,8 @@
 (c) held-out accuracy of the demo model (``configs/demo*.yaml``: warmed-up tower, 3 stages) with
     ``identity`` (64 tokens), ``avgpool``, ``tome_sd`` and ``local_merge`` (16 tokens each; the
     merges use 4x4 windows, so one destination per image quadrant; ``local_merge+orig_pos`` also
-    gives the LLM the kept tokens' raster indices as position ids; the ``2x2`` variants merge every
+    gives the LLM the kept tokens' raster indices as position ids, ``local_merge typical`` takes each
+    window's medoid as its destination instead of its first patch; the ``2x2`` variants merge every
     source, into the most similar destination of an adjacent window (``local_merge nb1``) or of any
     window (``tome_sd``), one token per window) under identical training budgets,
     per question type, mean +- std over seeds; and a control whose tower has no absolute position
@@ -49,6 +50,9 @@ C_REDUCERS = {  # name -> model.reducer for part (c)
     "local_merge": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4]}},
     "local_merge+orig_pos": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4],
                                                                 "position_ids": "original"}},
+    # each window's medoid as its destination instead of its first patch (which may sit on an object's edge)
+    "local_merge typical": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4],
+                                                               "destination": "typical"}},
     # 2x2 windows: every source merges (r = 3N/4), into the most similar destination of its own or an
     # adjacent window (local_merge) or of any window (tome_sd); one token per window, in raster order
     "tome_sd 2x2": {"type": "tome_sd", "options": {"tokens": 16, "window": [1, 2, 2]}},

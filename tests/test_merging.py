@@ -20,12 +20,12 @@ def merger(name="local_merge", **options):
 
 @settings(max_examples=60, deadline=None)
 @given(grid=grids, window=windows, frac=st.floats(0, 1), b=st.integers(1, 3), neighbours=st.integers(0, 1),
-       seed=st.integers(0, 2**16))
-def test_local_merge_contract_on_any_grid_and_budget(grid, window, frac, b, neighbours, seed):
+       seed=st.integers(0, 2**16), destination=st.sampled_from(["first", "typical"]))
+def test_local_merge_contract_on_any_grid_and_budget(grid, window, frac, b, neighbours, seed, destination):
     n = grid[0] * grid[1] * grid[2]
     tokens = n - int(frac * (n - num_windows(grid, window)))
     x = torch.randn(b, n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    reducer = merger(tokens=tokens, window=list(window), neighbours=neighbours)
+    reducer = merger(tokens=tokens, window=list(window), neighbours=neighbours, destination=destination)
     check_contract(reducer, x, grid)
     out = reducer(x, grid)
     # every token is the mean of its group (uniform input sizes)
@@ -122,6 +122,22 @@ def test_tome_sd_matches_a_reference_implementation(h, w, r):
     assert got == members
 
 
+@pytest.mark.parametrize("name", ["local_merge", "tome_sd"])
+def test_typical_destination_is_the_window_medoid(name):
+    # one 2x2 window: an outlier first patch and three near-copies of another vector; merging 2 of 3
+    e0, e1 = torch.eye(4, dtype=torch.float64)[:2]
+    x = torch.stack([e0, e1, e1 + 0.01 * e0, e1 - 0.01 * e0]).unsqueeze(0)
+    first = merger(name, tokens=2, window=[1, 2, 2])(x, (1, 2, 2))
+    typical = merger(name, tokens=2, window=[1, 2, 2], destination="typical")(x, (1, 2, 2))
+    # the first patch as destination pulls two of the copies into the outlier's token
+    assert first.sizes[0, first.positions[0].tolist().index(0)] == 3
+    # the medoid (one of the copies) takes the other two; the outlier stays alone, unchanged
+    positions = typical.positions[0].tolist()
+    assert positions[0] == 0 if name == "local_merge" else 0 in positions
+    assert typical.sizes[0, positions.index(0)] == 1 and set(positions) - {0} <= {1, 2, 3}
+    torch.testing.assert_close(typical.tokens[0, positions.index(0)], e0)
+
+
 def test_tome_sd_breaks_raster_order_and_local_merge_keeps_it():
     torch.manual_seed(0)
     x = torch.randn(2, 64, 16)
@@ -138,5 +154,7 @@ def test_bad_budgets_and_options_are_named():
         build_reducer("local_merge", {})
     with pytest.raises(ValueError, match="placement"):
         build_reducer("local_merge", {"ratio": 0.5, "placement": "inside"})
+    with pytest.raises(ValueError, match="destination must be 'first' or 'typical'"):
+        build_reducer("local_merge", {"ratio": 0.5, "destination": "centre"})
     with pytest.raises(ValueError, match="raster order"):
         build_reducer("tome_sd", {"ratio": 0.5, "position_ids": "original"})

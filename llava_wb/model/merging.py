@@ -1,7 +1,8 @@
 """Token merging kernels: order-preserving local merge and the ToMe-SD baseline (batched, no loops over tokens).
 
 Both cut a ``(T, H, W)`` raster grid of ``N`` tokens into ``(st, sh, sw)`` windows and give each
-window one *destination* token (its first patch in eval; a random member when ``random_dst``). The
+window one *destination* token (its first patch in eval; a random member when ``random_dst``; with
+``destination="typical"`` the member most similar to the rest of its window, deterministic). The
 other tokens are *sources*; the ``r`` sources most similar to a destination (cosine on ``metric``,
 e.g. ViT keys or the features themselves) merge into it.
 
@@ -28,17 +29,26 @@ from llava_wb.model.reducers import (REDUCERS, Grid, ReducerOutput, TokenReducer
 
 
 def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, random_dst: bool,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[B, M]`` patch index of each window's destination: its first patch, or a uniform random member."""
-    m = first.numel()
-    if not random_dst:
+                      generator: torch.Generator | None = None, typical: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, M]`` patch index of each window's destination: its first patch, a uniform random member
+    (``random_dst``), or, given ``typical`` (``[B, N, D]`` metric), the member whose summed cosine
+    similarity to its window's members is largest (the window's medoid; ties go to the first)."""
+    m, n = first.numel(), group.numel()
+    if random_dst:
+        score = torch.rand(batch, n, generator=generator, device=group.device)
+    elif typical is not None:
+        with torch.no_grad():  # a choice, not a value: nothing to differentiate
+            unit = F.normalize(typical.float(), dim=-1)
+            window_sum = torch.zeros(batch, m, unit.shape[-1], device=unit.device).index_add_(1, group, unit)
+            score = (unit * window_sum[:, group]).sum(-1)  # [B, N]
+    else:
         return first.expand(batch, m)
-    noise = torch.rand(batch, group.numel(), generator=generator, device=group.device)
-    best = torch.full((batch, m), -1.0, device=group.device).scatter_reduce(1, group.expand(batch, -1), noise, "amax")
-    is_dst = noise == best.gather(1, group.expand(batch, -1))
-    idx = torch.arange(group.numel(), device=group.device).expand(batch, -1)
-    return torch.full((batch, m), -1, dtype=torch.long, device=group.device).scatter_reduce(
-        1, group.expand(batch, -1), torch.where(is_dst, idx, -1), "amax")
+    groups = group.expand(batch, -1)
+    best = torch.full((batch, m), -torch.inf, device=group.device).scatter_reduce(1, groups, score, "amax")
+    is_dst = score == best.gather(1, groups)
+    idx = torch.arange(n, device=group.device).expand(batch, -1)
+    return torch.full((batch, m), n, dtype=torch.long, device=group.device).scatter_reduce(
+        1, groups, torch.where(is_dst, idx, n), "amin")
 
 
 def neighbour_windows(grid: Grid, window: Grid, reach: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -70,7 +80,7 @@ def _windows(x: torch.Tensor, grid: Grid, window: Grid, r: int, who: str) -> tup
 
 def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,
                 sizes: torch.Tensor | None = None, random_dst: bool = False, neighbours: int = 0,
-                generator: torch.Generator | None = None) -> ReducerOutput:
+                generator: torch.Generator | None = None, destination: str = "first") -> ReducerOutput:
     """Merge ``r`` sources per item into nearby destinations; keep raster order (module docstring)."""
     b, n, d = x.shape
     group, first = _windows(x, grid, window, r, "local_merge")
@@ -78,7 +88,7 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
     if r == 0:
         ones = torch.ones(b, n, dtype=torch.long, device=x.device)
         return ReducerOutput(x, arange, ones if sizes is None else sizes, arange)
-    dst = pick_destinations(group, first, b, random_dst, generator)  # [B, M]
+    dst = pick_destinations(group, first, b, random_dst, generator, metric if destination == "typical" else None)
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
     cand_windows = neighbour_windows(grid, window, neighbours, x.device)[group]  # [N, K]
     cand = dst.gather(1, cand_windows.clamp(min=0).reshape(1, -1).expand(b, -1)).view(b, n, -1)  # [B, N, K]
@@ -94,12 +104,14 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
 
 
 def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,
-                  random_dst: bool = False, generator: torch.Generator | None = None) -> ReducerOutput:
+                  random_dst: bool = False, generator: torch.Generator | None = None,
+                  destination: str = "first") -> ReducerOutput:
     """ToMe-SD bipartite soft matching (global; output ``[unmerged sources, destinations]``)."""
     b, n, d = x.shape
     group, first = _windows(x, grid, window, r, "tome_sd")
     m = first.numel()
-    dst = pick_destinations(group, first, b, random_dst, generator)  # [B, M], window order
+    dst = pick_destinations(group, first, b, random_dst, generator,
+                            metric if destination == "typical" else None)  # [B, M], window order
     arange = torch.arange(n, device=x.device).expand(b, n)
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
     src = torch.sort(torch.where(is_dst, arange + n, arange), dim=1).values[:, :n - m]  # [B, S] ascending
@@ -122,7 +134,9 @@ def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Gri
 class MergeReducer(TokenReducer):
     """Shared options of the merging reducers. Give ``ratio`` (fraction of the N tokens removed) or
     ``tokens`` (tokens kept); ``window`` is ``(st, sh, sw)``; ``random_dst`` draws destinations at
-    random in training (eval is always deterministic); ``seed`` makes those draws repeatable.
+    random in training (eval is always deterministic); ``seed`` makes those draws repeatable;
+    ``destination``: ``first`` (each window's first patch) or ``typical`` (its medoid on the metric),
+    used in eval and, without ``random_dst``, in training.
     ``placement``: ``after`` the tower (default) or ``tower``: inside it, before its last ``layers``
     layers (ToMe-style, proportional attention), so the tower's compute drops too. ``metric``:
     ``features`` (after placement) or ``keys`` of the layer where merging happens (tower placement;
@@ -130,8 +144,11 @@ class MergeReducer(TokenReducer):
 
     def __init__(self, ratio: float | None = None, tokens: int | None = None, window: tuple[int, int, int] | list[int] = (2, 2, 2),
                  random_dst: bool = False, seed: int | None = None, placement: str = "after", layers: int = 1,
-                 metric: str = "auto", **common: Any):
+                 metric: str = "auto", destination: str = "first", **common: Any):
         super().__init__(**common)
+        if destination not in ("first", "typical"):
+            raise ValueError(f"destination must be 'first' or 'typical', got {destination!r}")
+        self.destination = destination
         if placement not in ("after", "tower"):
             raise ValueError(f"placement must be 'after' or 'tower', got {placement!r}")
         if not (isinstance(layers, int) and layers >= 1):
@@ -179,7 +196,8 @@ class LocalMergeReducer(MergeReducer):
                sizes: torch.Tensor | None = None) -> ReducerOutput:
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
         return local_merge(x, x if metric is None else metric, grid, self.window, self.merges(grid), sizes=sizes,
-                           random_dst=self._random(), neighbours=self.neighbours, generator=gen)
+                           random_dst=self._random(), neighbours=self.neighbours, generator=gen,
+                           destination=self.destination)
 
 
 @REDUCERS.register("tome_sd")
@@ -192,4 +210,4 @@ class ToMeSDReducer(MergeReducer):
                sizes: torch.Tensor | None = None) -> ReducerOutput:
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
         return tome_sd_merge(x, x if metric is None else metric, grid, self.window, self.merges(grid),
-                             random_dst=self._random(), generator=gen)
+                             random_dst=self._random(), generator=gen, destination=self.destination)
