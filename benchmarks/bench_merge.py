@@ -212,7 +212,7 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
 
 
 def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
-           reducers: Sequence[str] = tuple(C_REDUCERS)) -> tuple[list[Section], dict[str, Any]]:
+           reducers: Sequence[str] = tuple(C_REDUCERS), train: bool = True) -> tuple[list[Section], dict[str, Any]]:
     with claim(cache / f"data{'_quick' if quick else ''}.lock"):  # processes sharing the cache: one prepares it
         data = prepare_data(cache, quick)
     work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
@@ -220,8 +220,9 @@ def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[
     # seed by seed, the control right after the main runs of its seed: an interrupted run has both
     plan = [(v, r, s) for s in sorted(set(seeds) | set(control_seeds)) for v, ss in (("pos", seeds), ("nopos", control_seeds))
             if s in ss for r in reducers]
-    run_plan([(f"{v}/{r}/{s}", lambda v=v, r=r, s=s: one_run(data, work, v, r, s, steps)) for v, r, s in plan], done,
-             work / "claims", "bench_merge")
+    if train:
+        run_plan([(f"{v}/{r}/{s}", lambda v=v, r=r, s=s: one_run(data, work, v, r, s, steps)) for v, r, s in plan],
+                 done, work / "claims", "bench_merge")
     sections = []
     summary: dict[str, Any] = {}
     for variant, title in (("pos", "(c) Held-out accuracy per reducer (tower with position embeddings)"),
@@ -354,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
                    help="finetune steps per run (pretrain 200, warm-up 400); about 5 min per run on 2 CPU cores")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reducers", default=",".join(C_REDUCERS), help="part (c) reducers to run (cached runs are reported)")
+    p.add_argument("--report-only", action="store_true", help="part (c): report the cached runs, train nothing")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -379,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         unknown = set(args.reducers.split(",")) - set(C_REDUCERS)
         if unknown:
             p.error(f"unknown --reducers {sorted(unknown)}; known: {', '.join(C_REDUCERS)}")
-        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","))
+        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","),
+                              train=not args.report_only)
         sections += cs
     if "d" in parts:
         s, raw["d"] = part_d(args.quick, args.gpu_only)
