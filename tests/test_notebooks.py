@@ -38,11 +38,12 @@ def test_convert_notebook_runs_headless(tmp_path):
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
 
 
-@pytest.mark.parametrize("image", ["chelsea", "synthetic"])
-def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image):
+@pytest.mark.parametrize("image, anchor", [("chelsea", "first"), ("synthetic", "typical")])
+def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image, anchor):
     out = tmp_path / "viz"
     executed = run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
-        "IMAGE": image, "SIZE": 112, "PATCH": 14, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2, "OUT_DIR": str(out)})
+        "IMAGE": image, "SIZE": 112, "PATCH": 14, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2, "OUT_DIR": str(out),
+        "ANCHOR": anchor})
     assert (out / f"merge_{image}_r0.5.png").stat().st_size > 10_000 and (out / "merge_clip.png").exists()
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from llava_wb.viz import merge as vm  # noqa: E402
@@ -38,3 +39,10 @@ def test_clip_groups_span_frames():
     out = vm.merge_image(clip, "local_merge", {"ratio": 0.875, "window": [2, 2, 2]}, patch=16)
     frames_per_group = [{int(p) // 16 for p in (out.group_ids[0] == g).nonzero().flatten()} for g in range(out.tokens.shape[1])]
     assert all(len(f) == 2 for f in frames_per_group)
+
+
+def test_anchor_modes_map_to_reducer_options():
+    assert vm.anchor_options("typical") == {"random_dst": False, "destination": "typical"}
+    assert vm.anchor_options("random")["random_dst"] is True
+    with pytest.raises(ValueError, match="anchor must be one of first, random, typical"):
+        vm.anchor_options("centre")

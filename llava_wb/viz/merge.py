@@ -191,6 +191,17 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+ANCHORS = ("first", "random", "typical")
+
+
+def anchor_options(anchor: str) -> dict[str, Any]:
+    """Merge-reducer options for an anchor (destination) mode: ``first`` patch of each window,
+    ``random`` member (training-style draws), or ``typical``: each window's medoid."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
+    return {"random_dst": anchor == "random", "destination": "typical" if anchor == "typical" else "first"}
+
+
 def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int = 4, anchor: str = "first"):
     """ipywidgets sliders (ratio, window side, anchor) redrawing ``local_merge`` beside ``tome_sd``
     into an Output widget. The first figure (the given values) is displayed as a plain cell output,
@@ -205,14 +216,13 @@ def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int =
     controls = {
         "ratio": widgets.FloatSlider(value=ratio, min=0.0, max=0.9375, step=0.0625, description="ratio"),
         "window": widgets.IntSlider(value=window, min=2, max=max(2, min(8, side)), description="window"),
-        "anchor": widgets.Dropdown(options=["first", "random"], value=anchor, description="anchor"),
+        "anchor": widgets.Dropdown(options=list(ANCHORS), value=anchor, description="anchor"),
     }
     out = widgets.Output()
 
     def draw() -> None:
         v = {k: c.value for k, c in controls.items()}
-        opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], "random_dst": v["anchor"] == "random",
-                "seed": 0}
+        opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], **anchor_options(v["anchor"]), "seed": 0}
         try:
             fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
         except ValueError as exc:  # the ratio asks for more merges than the windows allow
