@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import statistics
@@ -205,10 +206,16 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
     template = load_config(ROOT / "configs" / "demo.yaml").data.template
     ev = evaluate(model, tok, [str(data / "shards" / "heldout")], image=image_config_for(model), template=template,
                   batch_size=64, progress=False)
-    where = machine_info()  # training is chaotic in the float order: a rerun elsewhere is another draw
+    # training is chaotic in the float order: a rerun at another commit or thread count is another draw
     return {"per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type}, "overall": ev.overall["accuracy"],
             "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1),
-            "commit": where["git"], "torch_threads": where["torch_threads"]}
+            "commit": code_commit(), "torch_threads": machine_info()["torch_threads"]}
+
+
+@functools.lru_cache(maxsize=1)
+def code_commit() -> str | None:
+    """The checkout's commit when this process started (``main`` asks first): the code its runs ran."""
+    return machine_info()["git"]
 
 
 def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
@@ -358,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--report-only", action="store_true", help="part (c): report the cached runs, train nothing")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
+    code_commit()  # before any training: a commit made meanwhile is not the code these runs ran
     parts = set(args.parts.split(","))
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     control = [int(s) for s in args.control_seeds.split(",") if s != ""]
