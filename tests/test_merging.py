@@ -156,5 +156,9 @@ def test_bad_budgets_and_options_are_named():
         build_reducer("local_merge", {"ratio": 0.5, "placement": "inside"})
     with pytest.raises(ValueError, match="destination must be 'first' or 'typical'"):
         build_reducer("local_merge", {"ratio": 0.5, "destination": "centre"})
+    from llava_wb.model.merging import local_merge
+
+    with pytest.raises(ValueError, match="destination must be"):
+        local_merge(torch.randn(1, 4, 2), torch.randn(1, 4, 2), (1, 2, 2), (1, 2, 2), 1, destination="centre")
     with pytest.raises(ValueError, match="raster order"):
         build_reducer("tome_sd", {"ratio": 0.5, "position_ids": "original"})

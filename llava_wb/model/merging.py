@@ -51,6 +51,13 @@ def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, rand
         1, groups, torch.where(is_dst, idx, n), "amin")
 
 
+def typical_metric(metric: torch.Tensor, destination: str) -> torch.Tensor | None:
+    """``pick_destinations``' ``typical`` argument for a ``destination`` mode (``first`` or ``typical``)."""
+    if destination not in ("first", "typical"):
+        raise ValueError(f"destination must be 'first' or 'typical', got {destination!r}")
+    return metric if destination == "typical" else None
+
+
 def neighbour_windows(grid: Grid, window: Grid, reach: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``[M, K]`` window indices within ``reach`` windows along each axis (``-1`` pads the edges);
     column 0 is the window itself."""
@@ -88,7 +95,7 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
     if r == 0:
         ones = torch.ones(b, n, dtype=torch.long, device=x.device)
         return ReducerOutput(x, arange, ones if sizes is None else sizes, arange)
-    dst = pick_destinations(group, first, b, random_dst, generator, metric if destination == "typical" else None)
+    dst = pick_destinations(group, first, b, random_dst, generator, typical_metric(metric, destination))
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
     cand_windows = neighbour_windows(grid, window, neighbours, x.device)[group]  # [N, K]
     cand = dst.gather(1, cand_windows.clamp(min=0).reshape(1, -1).expand(b, -1)).view(b, n, -1)  # [B, N, K]
@@ -110,8 +117,7 @@ def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Gri
     b, n, d = x.shape
     group, first = _windows(x, grid, window, r, "tome_sd")
     m = first.numel()
-    dst = pick_destinations(group, first, b, random_dst, generator,
-                            metric if destination == "typical" else None)  # [B, M], window order
+    dst = pick_destinations(group, first, b, random_dst, generator, typical_metric(metric, destination))  # [B, M]
     arange = torch.arange(n, device=x.device).expand(b, n)
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
     src = torch.sort(torch.where(is_dst, arange + n, arange), dim=1).values[:, :n - m]  # [B, S] ascending
@@ -146,8 +152,7 @@ class MergeReducer(TokenReducer):
                  random_dst: bool = False, seed: int | None = None, placement: str = "after", layers: int = 1,
                  metric: str = "auto", destination: str = "first", **common: Any):
         super().__init__(**common)
-        if destination not in ("first", "typical"):
-            raise ValueError(f"destination must be 'first' or 'typical', got {destination!r}")
+        typical_metric(torch.empty(0), destination)  # fail at construction on an unknown mode
         self.destination = destination
         if placement not in ("after", "tower"):
             raise ValueError(f"placement must be 'after' or 'tower', got {placement!r}")
