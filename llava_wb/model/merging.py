@@ -51,11 +51,16 @@ def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, rand
         1, groups, torch.where(is_dst, idx, n), "amin")
 
 
-def typical_metric(metric: torch.Tensor, destination: str) -> torch.Tensor | None:
-    """``pick_destinations``' ``typical`` argument for a ``destination`` mode (``first`` or ``typical``)."""
+def check_destination(destination: str) -> str:
+    """A destination mode, ``first`` or ``typical``, or a ``ValueError`` naming it."""
     if destination not in ("first", "typical"):
         raise ValueError(f"destination must be 'first' or 'typical', got {destination!r}")
-    return metric if destination == "typical" else None
+    return destination
+
+
+def typical_metric(metric: torch.Tensor, destination: str) -> torch.Tensor | None:
+    """``pick_destinations``' ``typical`` argument for a ``destination`` mode."""
+    return metric if check_destination(destination) == "typical" else None
 
 
 def neighbour_windows(grid: Grid, window: Grid, reach: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -152,8 +157,7 @@ class MergeReducer(TokenReducer):
                  random_dst: bool = False, seed: int | None = None, placement: str = "after", layers: int = 1,
                  metric: str = "auto", destination: str = "first", **common: Any):
         super().__init__(**common)
-        typical_metric(torch.empty(0), destination)  # fail at construction on an unknown mode
-        self.destination = destination
+        self.destination = check_destination(destination)
         if placement not in ("after", "tower"):
             raise ValueError(f"placement must be 'after' or 'tower', got {placement!r}")
         if not (isinstance(layers, int) and layers >= 1):
