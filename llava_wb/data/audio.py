@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .config import MediaSettings
-from .decode import MEDIA_DECODERS, DecodedMedia
+from .decoders import MEDIA_DECODERS, DecodedMedia
 from .errors import SampleError
 
 DEFAULT_SECONDS = 30.0

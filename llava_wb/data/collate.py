@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from llava_wb.data.conversation import IGNORE_INDEX, MEDIA_KINDS
+from llava_wb.constants import IGNORE_INDEX, MEDIA_KINDS
 
 MEDIA_VALUE_KEYS = {"image": "pixel_values", "video": "video_values", "audio": "audio_values"}
 TEXT_KEYS = ("input_ids", "labels")

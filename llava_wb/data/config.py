@@ -10,10 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import CLIP_MEAN, CLIP_STD  # noqa: F401  (re-exported)
 from .errors import DataConfigError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from llava_wb.data.conversation import (
+from llava_wb.data.errors import SampleError
+from llava_wb.data.template_base import (
     HUMAN,
     MEDIA_KINDS,
     PLACEHOLDER_RE,
@@ -25,7 +26,6 @@ from llava_wb.data.conversation import (
     Turn,
     special_token_id,
 )
-from llava_wb.data.errors import SampleError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -48,8 +48,9 @@ from typing import Any
 import numpy as np
 
 from .config import MediaSettings
-from .decode import MEDIA_DECODERS, DecodedMedia, image_transform
+from .decoders import MEDIA_DECODERS, DecodedMedia
 from .errors import SampleError
+from .image import image_transform
 
 BACKENDS = ("decord", "pyav")
 DEFAULT_NUM_FRAMES = 8
