@@ -39,7 +39,7 @@ from transformers.configuration_utils import SubConfigSpec
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava_wb.data.conversation import IGNORE_INDEX
+from llava_wb.constants import IGNORE_INDEX
 from llava_wb.model.audio import AUDIO_TOWERS, AudioTower
 from llava_wb.model.media import MediaMixin
 from llava_wb.model.projectors import build_projector

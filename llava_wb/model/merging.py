@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llava_wb.model.reducers import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid,
-                                     gather_kept, num_windows, window_partition)
+from llava_wb.model.reducer_base import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid,
+                                         gather_kept, num_windows, window_partition)
 
 
 def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, random_dst: bool,

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llava_wb.model.reducers import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid, gather_kept
+from llava_wb.model.reducer_base import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid, gather_kept
 
 RESAMPLE_MODES = ("zero", "learned")
 

@@ -30,16 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from llava_wb.data.config import CLIP_MEAN, CLIP_STD
+from llava_wb.constants import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from llava_wb.model.config import SELECT_STRATEGIES
 from llava_wb.registry import Registry
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
-
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
 
 class VisionTower(nn.Module):
     """Base class of the vision towers (see the module docstring)."""
