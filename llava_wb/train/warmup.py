@@ -150,7 +150,7 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
 
     from llava_wb.data.loader import build_loader
     from llava_wb.model.towers import build_tower
-    from llava_wb.train.run import prepare_run_folder
+    from llava_wb.train.run_folder import prepare_run_folder
 
     t, w, v = cfg.train, cfg.train.warmup, cfg.model.vision
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
