@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import math
 from collections import Counter
@@ -33,19 +32,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from data_tools.synth_core import (  # noqa: F401  (re-exported: the public names of the generator)
     BACKGROUND, COL_NAMES, COLOURS, COUNT_WORDS, IMAGE_FORMATS, ROW_NAMES, SHAPES, TASKS, Sample,
-    SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, draw_shape, register_task)
+    SAVE_OPTIONS, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, draw_shape, register_task, render_image)
 
 GENERATOR_VERSION = "1.0.0"
 FORMAT = "llava_wb-synthetic/1"
 SPLITS: tuple[str, ...] = ("pretrain", "instruct", "heldout")
 SPLIT_CODES = {"pretrain": 1, "instruct": 2, "heldout": 3}  # never reuse: they seed the RNG streams
 SPLIT_STYLE = {"pretrain": "caption", "instruct": "qa", "heldout": "qa"}
-SAVE_OPTIONS: dict[str, dict[str, int]] = {"png": {"compress_level": 1}, "jpg": {"quality": 95}}  # level 1: 2x faster
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short description of the picture.",
@@ -95,21 +92,6 @@ def layout_objects(rng: np.random.Generator, n: int, grid: int, size: int) -> li
         objects.append({"shape": SHAPES[si], "colour": list(COLOURS)[ci], "cx": x0 + side / 2,
                         "cy": y0 + side / 2, "cell": [row, col], "bbox": [x0, y0, x0 + side, y0 + side]})
     return sorted(objects, key=lambda o: o["cell"])
-
-
-def render_image(objects: Sequence[Mapping[str, Any]], size: int, noise: int,
-                 rng: np.random.Generator, image_format: str) -> bytes:
-    """Draw the objects on a light-gray background with slight gray noise; return encoded bytes."""
-    img = Image.new("RGB", (size, size), BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    for o in objects:
-        draw_shape(draw, o["shape"], o["bbox"], COLOURS[o["colour"]])
-    if noise > 0:
-        arr = np.asarray(img, dtype=np.int16) + rng.integers(-noise, noise + 1, size=(size, size, 1))
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format=IMAGE_FORMATS[image_format], **SAVE_OPTIONS[image_format])
-    return buf.getvalue()
 
 
 def horizontal_side(col: int, grid: int) -> str | None:

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from data_tools.synth_core import (
-    COLOURS, SHAPES, Sample, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, register_task)
+    COLOURS, SHAPES, Sample, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, register_task,
+    render_image)
 
 MODALITY = "needle"
 N_OBJECTS = (6, 10)  # inclusive
@@ -119,8 +120,6 @@ def needle_caption(objects: list[dict[str, Any]], needle: int) -> str:
 
 def make_needle_sample(ctx: SampleContext) -> Sample:
     """An image of 6-10 small shapes, one of them the needle; a caption or 1-2 QA turns about the needle."""
-    from data_tools.make_synthetic import render_image  # the image task's renderer (lazy: no import cycle)
-
     rng, cfg = ctx.rng, ctx.cfg
     objects, needle = plan_needle(rng, cfg.image_size)
     target = objects[needle]

@@ -4,8 +4,9 @@
 question (the question alone as the instruction, through the same template code as training) and
 returns each selection; ``draw_kept`` shows them: one row per question, one panel per frame, kept
 patches in full colour with a white border, merged patches dimmed and tinted by the kept token
-they joined. Two questions on the same clip make the conditioning visible. ``needle_clip`` makes a
-long synthetic clip whose answer sits in one frame and one region (``data_tools.synth_needle_clip``).
+they joined. Two questions on the same clip make the conditioning visible. The long synthetic
+clip whose answer sits in one frame and one region comes from ``data_tools.examples.needle_clip``
+(the library never imports the tools); ``needle_questions`` asks two questions about it.
 """
 
 from __future__ import annotations
@@ -112,23 +113,6 @@ def resample_model(model_dir: str | None = None, *, ratio: float = 0.75, frames:
                                   num_attention_heads=4, num_key_value_heads=2)},
            "reducer": {"type": "instruct_resample", "options": {"ratio": ratio}}, "video": {"frames": frames}}
     return build_model(ModelConfig.from_dict(cfg), tok).eval(), tok
-
-
-def needle_clip(frames: int, *, index: int = 0, seed: int = 0, size: int = 64) -> tuple[np.ndarray, dict[str, Any]]:
-    """A long needle clip (``frames`` segments of 4 frames; the needle shows in one segment only)
-    decoded as a model samples it, one frame per segment: uint8 ``[frames, size, size, 3]`` and the
-    record's meta (``objects``, ``needle``, ``sampled_frame``: the frame that shows it)."""
-    from data_tools.make_synthetic import SynthConfig, make_record
-    from llava_wb.data.video import read_video
-
-    segments = max(frames, 4)  # the generator's shortest clip; fewer frames keep the needle's and the first others
-    cfg = SynthConfig(seed=seed, image_size=size, video_frames=segments, mix=(("needle_clip", 1.0),))
-    record, media = make_record(cfg, "heldout", index)
-    clip, _ = read_video(media[record["video"]], num_frames=segments)
-    meta = dict(record["meta"])
-    keep = sorted({meta["sampled_frame"], *[t for t in range(segments) if t != meta["sampled_frame"]][: frames - 1]})
-    meta["sampled_frame"] = keep.index(meta["sampled_frame"])
-    return clip[keep], meta
 
 
 def needle_questions(meta: dict[str, Any]) -> list[str]:

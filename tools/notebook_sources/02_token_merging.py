@@ -117,7 +117,8 @@ shows in one sampled frame only; the first figure is that frame alone as an imag
 rs_model, rs_tok = vr.resample_model(RESAMPLE_MODEL, ratio=RESAMPLE_RATIO, frames=FRAMES)
 frames = rs_model.config.video_frames
 if RESAMPLE_CLIP == "needle":  # 4 x frames frames; the needle shows in one segment: one sampled frame holds it
-    raw_clip, needle_meta = vr.needle_clip(frames)
+    from data_tools.examples import needle_clip
+    raw_clip, needle_meta = needle_clip(frames)
     questions, shown = QUESTIONS or vr.needle_questions(needle_meta), needle_meta["sampled_frame"]
     print(f"needle: the {needle_meta['objects'][needle_meta['needle']]['shape']} in frame {shown} only")
 else:
