@@ -100,7 +100,7 @@ def test_config_from_dict_and_unknown_fields() -> None:
         ModelConfig.from_dict({"llm": {"config": {"hidden_size": 8}}})
 
 
-@pytest.mark.parametrize("section,field,known", [("vision", "type", "clip, siglip"),
+@pytest.mark.parametrize("section,field,known", [("vision", "type", "clip, dinov2, siglip"),
                                                  ("projector", "type", "linear, mlp2x_gelu"),
                                                  ("reducer", "type", "avgpool, identity, instruct_resample, local_merge, tome_sd")])
 def test_unknown_names_list_known(tok: Any, section: str, field: str, known: str) -> None:

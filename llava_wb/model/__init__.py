@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["ImageFeatures", "LlavaWBConfig", "LlavaWBForCausalLM"], "llava"),
     **dict.fromkeys(["PROJECTORS", "build_projector"], "projectors"),
     **dict.fromkeys(["REDUCERS", "IdentityReducer", "ReducerOutput", "TokenReducer", "build_reducer"], "reducers"),
-    **dict.fromkeys(["TOWERS", "CLIPTower", "SiglipTower", "VisionTower", "build_tower"], "towers"),
+    **dict.fromkeys(["TOWERS", "CLIPTower", "DINOv2Tower", "SiglipTower", "VisionTower", "build_tower"], "towers"),
     **dict.fromkeys(["to_hf_llava", "from_hf_llava"], "hf_llava"),
 }
 

@@ -6,18 +6,23 @@ kept in front (``select="cls_patch"``): ``forward(pixel_values [N, 3, S, S]) -> 
 with ``P = num_prefix_tokens``. It exposes ``grid`` (patch rows, cols), ``hidden_size``,
 ``image_size``, ``patch_size`` and the preprocessing defaults ``image_mean`` / ``image_std``.
 
-A new tower is a small subclass registered in ``TOWERS``::
+A new tower is a subclass registered in ``TOWERS``. Besides the class metadata (``hf_model_type``,
+``has_cls``, ``image_mean`` / ``image_std``, ``unused_modules``: submodules or parameters, relative
+to ``self.model``, that the selected hidden state never reaches), it implements these hooks; the
+base class builds everything else (feature selection, freezing what does not train, merging inside
+the tower, dropping position embeddings) from them:
 
-    @TOWERS.register("dinov2")
-    class DINOv2Tower(VisionTower):
-        hf_model_type = "dinov2"
-        has_cls = True
-        image_mean, image_std = IMAGENET_MEAN, IMAGENET_STD
+- ``model_class()``: the transformers vision model class;
+- ``encoder_layers()``: the ``nn.ModuleList`` of transformer blocks, in order;
+- ``embed(pixel_values)``: the input of the first block (patch + prefix tokens, positions added);
+- ``layer_keys(i, hidden)``: block ``i``'s attention keys for ``hidden`` (the merging metric);
+- ``position_embedding()``: the parameter holding the absolute position embeddings;
+- ``grid`` (property, default ``image_size // patch_size`` square): patch rows and columns.
 
-        @classmethod
-        def model_class(cls):
-            from transformers import Dinov2Model
-            return Dinov2Model
+``clip`` and ``siglip`` (transformers' ``*VisionModel`` layout, ``TransformersViTTower``) and
+``dinov2`` are registered; ``DINOv2Tower`` is the worked example of a tower with another layout.
+The contract tests (``tests/test_registry_contracts.py``) build, run, train and merge every
+registered tower from a tiny config, so a new entry is tested by registering it.
 
 Towers build from a config (``build_tower(name, config=...)``) or from a local checkpoint folder
 (``path``; a full CLIP/SigLIP checkpoint works, its text half is ignored).
@@ -30,7 +35,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from llava_wb.constants import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from llava_wb.constants import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+)
 from llava_wb.model.config import SELECT_STRATEGIES
 from llava_wb.registry import Registry
 
@@ -44,14 +56,36 @@ class VisionTower(nn.Module):
     has_cls: ClassVar[bool] = True  # the encoder puts a CLS token in front of the patches
     image_mean: ClassVar[tuple[float, float, float]] = CLIP_MEAN
     image_std: ClassVar[tuple[float, float, float]] = CLIP_STD
-    # Modules never reached on the way to an intermediate hidden state (kept frozen when training).
-    unused_modules: ClassVar[tuple[str, ...]] = ("post_layernorm",)
-    layers_path: ClassVar[str] = "encoder.layers"
+    # Submodules or parameters of ``self.model`` never reached on the way to an intermediate hidden
+    # state (kept frozen when training, so DDP sees no unused parameters).
+    unused_modules: ClassVar[tuple[str, ...]] = ()
 
+    # ---- hooks a tower implements (see the module docstring) ----
     @classmethod
     def model_class(cls) -> type[PreTrainedModel]:
         """The transformers vision model class."""
         raise NotImplementedError
+
+    def encoder_layers(self) -> nn.ModuleList:
+        """The transformer blocks, in order (hidden state ``i`` is the output of block ``i - 1``)."""
+        raise NotImplementedError
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` -> the first block's input ``[N, P + H*W, D]`` (``P``: 1 with a CLS token)."""
+        raise NotImplementedError
+
+    def layer_keys(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Attention keys of block ``index`` for its input ``hidden`` (the ``metric="keys"`` of merging)."""
+        raise NotImplementedError
+
+    def position_embedding(self) -> nn.Parameter:
+        """The parameter holding the absolute position embeddings (zeroed by ``drop_position_embeddings``)."""
+        raise NotImplementedError
+
+    def run_layer(self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        """Block ``index`` on ``hidden`` with an additive attention bias (``[N, 1, 1, L]`` or None)."""
+        out = self.encoder_layers()[index](hidden, attention_mask=attention_bias)
+        return out[0] if isinstance(out, tuple) else out
 
     def __init__(self, model: PreTrainedModel, feature_layer: int = -2, select: str = "patch"):
         super().__init__()
@@ -70,9 +104,8 @@ class VisionTower(nn.Module):
     def drop_position_embeddings(self) -> None:
         """Zero the absolute position embeddings and keep them frozen: the features then carry no
         position of their own (a control for reducers that change token order)."""
-        embeddings = getattr(getattr(self.model, "vision_model", self.model), "embeddings")
         with torch.no_grad():
-            embeddings.position_embedding.weight.zero_()
+            self.position_embedding().zero_()
         self.position_embeddings = False
 
     @classmethod
@@ -157,50 +190,76 @@ class VisionTower(nn.Module):
         ``reducer.metric == "keys"``), then those layers on the fewer tokens with proportional
         attention (``+log(size)`` on the attention logits). Returns ``(prefix tokens, ReducerOutput
         with the final features)``; the prefix (CLS) is never merged."""
-        vm = getattr(self.model, "vision_model", self.model)  # transformers 5 has no wrapper
-        layers = getattr(vm.encoder, "layers")
         run = self.feature_layer % (self.config.num_hidden_layers + 1)  # hidden state i = after i layers
         start = run - reducer.layers
         if start < 0:
             raise ValueError(f"reducer layers={reducer.layers} but feature_layer {self.feature_layer} runs {run} layers")
-        h = vm.embeddings(pixel_values.to(self.dtype))
-        if hasattr(vm, "pre_layrnorm"):
-            h = vm.pre_layrnorm(h)
+        h = self.embed(pixel_values.to(self.dtype))
         p = 1 if self.has_cls else 0
         bias, reduced = None, None
         for i in range(run):
             if i == start:
                 metric = h[:, p:]
                 if reducer.metric == "keys":
-                    layer = layers[i]
-                    metric = layer.self_attn.k_proj(layer.layer_norm1(h))[:, p:]
+                    metric = self.layer_keys(i, h)[:, p:]
                 reduced = reducer(h[:, p:], grid=grid, metric=metric)
                 h = torch.cat([h[:, :p], reduced.tokens], dim=1)
                 sizes = torch.nn.functional.pad(reduced.sizes, (p, 0), value=1).to(h.dtype)
                 bias = sizes.log()[:, None, None, :]  # [B, 1, 1, N']: proportional attention
-            h = layers[i](h, attention_mask=bias)
-            h = h[0] if isinstance(h, tuple) else h
+            h = self.run_layer(i, h, bias)
         reduced.tokens = h[:, p:]
         return h[:, :self.num_prefix_tokens], reduced
 
     def unused_parameter_names(self) -> list[str]:
-        """Names (in ``self``) of parameters the selected hidden state does not depend on: layers
-        after ``feature_layer`` and ``unused_modules``. They stay frozen when the tower trains, so
-        DDP sees no unused parameters."""
+        """Names (in ``self``) of parameters the selected hidden state does not depend on: blocks
+        after ``feature_layer``, ``unused_modules`` and the position embeddings once dropped. They
+        stay frozen when the tower trains, so DDP sees no unused parameters."""
         layers = self.config.num_hidden_layers
         first_unused = self.feature_layer % (layers + 1)  # hidden state i comes out of layer i - 1
-        prefixes = [f"model.{m}." for m in self.unused_modules]
+        unused: set[int] = set()
+        for path in self.unused_modules:
+            try:
+                unused.update(id(p) for p in self.model.get_submodule(path).parameters())
+            except AttributeError:
+                unused.add(id(self.model.get_parameter(path)))
         if not self.position_embeddings:
-            prefixes.append("model.embeddings.position_embedding.")
-        prefixes += [f"model.{self.layers_path}.{i}." for i in range(first_unused, layers)]
-        return [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
+            unused.add(id(self.position_embedding()))
+        for block in list(self.encoder_layers())[first_unused:]:
+            unused.update(id(p) for p in block.parameters())
+        return [n for n, p in self.named_parameters() if id(p) in unused]
+
+
+class TransformersViTTower(VisionTower):
+    """The hooks for transformers' ``CLIPVisionModel`` / ``SiglipVisionModel`` layout
+    (``vision_model.embeddings.position_embedding``, ``encoder.layers[i].self_attn.k_proj``)."""
+
+    unused_modules = ("post_layernorm",)
+
+    @property
+    def vision_model(self) -> nn.Module:
+        return getattr(self.model, "vision_model", self.model)
+
+    def encoder_layers(self) -> nn.ModuleList:
+        return self.vision_model.encoder.layers
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vm = self.vision_model
+        h = vm.embeddings(pixel_values)
+        return vm.pre_layrnorm(h) if hasattr(vm, "pre_layrnorm") else h
+
+    def layer_keys(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.encoder_layers()[index]
+        return layer.self_attn.k_proj(layer.layer_norm1(hidden))
+
+    def position_embedding(self) -> nn.Parameter:
+        return self.vision_model.embeddings.position_embedding.weight
 
 
 TOWERS: Registry[type[VisionTower]] = Registry("vision tower")
 
 
 @TOWERS.register("clip")
-class CLIPTower(VisionTower):
+class CLIPTower(TransformersViTTower):
     """OpenAI CLIP ViT (LLaVA-1.5: ViT-L/14-336, layer -2, CLS dropped: 576 tokens)."""
 
     hf_model_type = "clip_vision_model"
@@ -215,7 +274,7 @@ class CLIPTower(VisionTower):
 
 
 @TOWERS.register("siglip")
-class SiglipTower(VisionTower):
+class SiglipTower(TransformersViTTower):
     """SigLIP ViT: no CLS token, so ``patch`` keeps every token; the pooling head is unused."""
 
     hf_model_type = "siglip_vision_model"
@@ -228,6 +287,36 @@ class SiglipTower(VisionTower):
         from transformers import SiglipVisionModel
 
         return SiglipVisionModel
+
+
+@TOWERS.register("dinov2")
+class DINOv2Tower(VisionTower):
+    """DINOv2 ViT (transformers ``Dinov2Model``): CLS token, ImageNet statistics, layer scale; its
+    final ``layernorm`` and the masked-image-modelling ``mask_token`` never reach a hidden state."""
+
+    hf_model_type = "dinov2"
+    has_cls = True
+    image_mean, image_std = IMAGENET_MEAN, IMAGENET_STD
+    unused_modules = ("layernorm", "embeddings.mask_token")
+
+    @classmethod
+    def model_class(cls) -> type[PreTrainedModel]:
+        from transformers import Dinov2Model
+
+        return Dinov2Model
+
+    def encoder_layers(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.embeddings(pixel_values)
+
+    def layer_keys(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.encoder_layers()[index]
+        return layer.attention.k_proj(layer.norm1(hidden))
+
+    def position_embedding(self) -> nn.Parameter:
+        return self.model.embeddings.position_embeddings
 
 
 def build_tower(
