@@ -23,15 +23,39 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from train_fixtures import TINY_MODEL, free_port, make_workspace, read_metrics, run, tiny_config, write_config
+from train_fixtures import (
+    TINY_MODEL,
+    free_port,
+    make_workspace,
+    read_metrics,
+    run,
+    tiny_config,
+    write_config,
+)
 
 from llava_wb.constants import IGNORE_INDEX
-from llava_wb.data.conversation import TEMPLATES, build_prompt, get_template, tokenize_conversation
+from llava_wb.data.conversation import (
+    TEMPLATES,
+    build_prompt,
+    get_template,
+    tokenize_conversation,
+)
 from llava_wb.data.decode import MEDIA_DECODERS
 from llava_wb.data.decoders import DecodedMedia
 from llava_wb.data.errors import SampleError
-from llava_wb.model import PROJECTORS, REDUCERS, TOWERS, ModelConfig, build_model, build_projector, build_reducer
-from llava_wb.model import build_tower, load_bundle, save_bundle, set_trainable
+from llava_wb.model import (
+    PROJECTORS,
+    REDUCERS,
+    TOWERS,
+    ModelConfig,
+    build_model,
+    build_projector,
+    build_reducer,
+    build_tower,
+    load_bundle,
+    save_bundle,
+    set_trainable,
+)
 from llava_wb.model.audio import AUDIO_TOWERS, build_audio_tower
 from llava_wb.model.towers import tower_name_for
 from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
