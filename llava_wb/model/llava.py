@@ -44,6 +44,7 @@ from llava_wb.model.audio import AUDIO_TOWERS, AudioTower
 from llava_wb.model.media import MediaMixin
 from llava_wb.model.projectors import build_projector
 from llava_wb.model.reducers import Grid, ReducerOutput, build_reducer
+from llava_wb.model.tokens import image_tokens
 from llava_wb.model.towers import TOWERS, VisionTower
 
 PLURAL = {"image": "images", "video": "videos", "audio": "audio clips"}
@@ -187,8 +188,8 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
 
     @property
     def tokens_per_image(self) -> int:
-        """LLM tokens (= ``<image>`` placeholder ids) per image: the only place this is derived."""
-        return self.vision_tower.num_prefix_tokens + self.reducer.output_len(self.image_grid)
+        """LLM tokens (= ``<image>`` placeholder ids) per image (``llava_wb.model.tokens.image_tokens``)."""
+        return image_tokens(self.vision_tower.grid, self.reducer, self.vision_tower.num_prefix_tokens)
 
     @property
     def video_reducer(self) -> torch.nn.Module:
