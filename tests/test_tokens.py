@@ -24,8 +24,8 @@ REDUCER_CASES: dict[str, list[dict[str, Any]]] = {
     "instruct_resample": [{"tokens": 5}, {"ratio": 0.5, "mode": "learned", "dim": 8}],
 }
 AUDIO_CASES: dict[str, list[dict[str, Any]]] = {
-    "whisper": [{"config": dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                                max_source_positions=50, num_mel_bins=80), "tokens_per_second": tps}
+    "whisper": [{"config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                            "max_source_positions": 50, "num_mel_bins": 80}, "tokens_per_second": tps}
                 for tps in (50, 10, 5)],
 }
 FRAMES = 4

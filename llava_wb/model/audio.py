@@ -63,7 +63,7 @@ class AudioTower(nn.Module):
         if frames % round(pool):
             raise ValueError(f"the audio tower's {frames} frames per clip are not a multiple of "
                              f"the pooling factor {round(pool)} (tokens_per_second={tokens_per_second})")
-        return int(round(pool))
+        return round(pool)
 
     @classmethod
     def clip_tokens(cls, config: PreTrainedConfig, tokens_per_second: float) -> int:

@@ -21,8 +21,9 @@ with its own parts, and its ``media_tokens`` is what the loader expands placehol
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llava_wb.model.config import ModelConfig
