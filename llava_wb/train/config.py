@@ -28,7 +28,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, StrictBool, field_validator
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    StrictBool,
+    field_validator,
+)
 
 from llava_wb.data.config import DataConfig
 from llava_wb.model.config import ModelConfig
@@ -203,7 +211,7 @@ def apply_override(raw: DictConfig, item: str) -> None:
     value = OmegaConf.from_dotlist([f"v={text}"])["v"] if text.strip() else None
     try:
         OmegaConf.update(raw, key, value, merge=False)
-    except Exception as exc:  # OmegaConf's own errors: an index past a list's end, a key into a value
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:  # e.g. an index past a list's end
         raise ConfigError(f"override {key!r}: {str(exc).splitlines()[0]}") from None
 
 
