@@ -208,3 +208,13 @@ def test_tokenizer_without_media_tokens_or_pad_gets_them(ws, tmp_path):
     tok = load_tokenizer(load_config(cfg))
     ids = [special_token_id(tok, t) for t in ("<image>", "<video>", "<audio>")]
     assert len(set(ids)) == 3 and min(ids) >= 7 and tok.pad_token == "<unk>"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads_and_round_trips(path, monkeypatch):
+    """Every YAML in configs/ loads as it is (base:, ${VAR:-default}, 1.0e-3) and its resolved form reads back."""
+    for name in ("CLIP_PATH", "VICUNA_PATH", "PRETRAIN_SHARDS", "FINETUNE_SHARDS"):
+        monkeypatch.setenv(name, f"/ckpt/{name.lower()}")
+    cfg = load_config(path)
+    assert cfg.train.learning_rate > 0 and cfg.model.llm.config.get("model_type") or cfg.model.llm.path
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg

@@ -29,6 +29,8 @@ from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync
 log = logging.getLogger("llava_wb.train")
 RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "warmup_heads.safetensors")
 # Changing these between a run and its resumption keeps the continuation exact.
+# Fields of ``model`` that a ``train.init_from`` bundle fixes (its saved ``ModelConfig``): the run's must agree.
+INIT_FROM_FIXED = ("vision.type", "vision.feature_layer", "vision.select", "projector.type", "reducer.type")
 RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
                "train.save_total_limit", "train.report_to", "train.run_name"}
 
@@ -181,13 +183,11 @@ def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:
     path = resolve_init_from(cfg.train.init_from)
     model = LlavaWBForCausalLM.from_pretrained(path, local_files_only=True)
     c, m = model.config, cfg.model
-    for field, have, want in (("model.vision.type", c.vision_tower_type, m.vision.type),
-                              ("model.vision.feature_layer", c.vision_feature_layer, m.vision.feature_layer),
-                              ("model.vision.select", c.vision_feature_select, m.vision.select),
-                              ("model.projector.type", c.projector_type, m.projector.type),
-                              ("model.reducer.type", c.reducer_type, m.reducer.type)):
-        if have != want:
-            raise ConfigError(f"train.init_from: {path} was saved with {field}={have!r}, this config says {want!r}")
+    saved, want = c.parts.to_dict(), m.to_dict()
+    for field in INIT_FROM_FIXED:
+        have, asked = _at(saved, field), _at(want, field)
+        if have != asked:
+            raise ConfigError(f"train.init_from: {path} was saved with model.{field}={have!r}, this config says {asked!r}")
     if special_token_id(tokenizer, m.image_token) != c.image_token_id:
         raise ConfigError(f"tokenizer: {m.image_token!r} has id {special_token_id(tokenizer, m.image_token)} but "
                           f"the train.init_from model was built with image_token_id {c.image_token_id}")
@@ -238,6 +238,12 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
             rows = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get(key, 0) < limit + (key == "step")]
             path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def _at(d: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
 
 
 def _changed_fields(old: Any, new: Any, where: str = "") -> list[str]:
