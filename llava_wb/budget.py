@@ -22,8 +22,9 @@ and ``benchmarks/bench_merge.py`` use these; the formulas are the usual dense-tr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # LLaVA-1.5-7B: CLIP ViT-L/14-336 (feature layer -2 = 23 of 24 layers) + Vicuna-7B.
 CLIP_L14_336 = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,

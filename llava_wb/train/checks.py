@@ -76,9 +76,7 @@ def check_run_config(cfg: RunConfig) -> ConfigFacts:
 def _check_names(cfg: RunConfig) -> None:
     import llava_wb.data.templates  # noqa: F401  (registers the built-in templates)
     from llava_wb.data.conversation import TEMPLATES
-    from llava_wb.model import PROJECTORS, build_projector
-    from llava_wb.model import build_reducer
-    from llava_wb.model import TOWERS
+    from llava_wb.model import PROJECTORS, TOWERS, build_projector, build_reducer
 
     m = cfg.model
     _lookup(lambda: TOWERS.get(m.vision.type), "model.vision.type")
@@ -94,7 +92,7 @@ def _check_names(cfg: RunConfig) -> None:
     _lookup(lambda: TEMPLATES.get(cfg.data.template), "data.template")
     for i, source in enumerate(cfg.data.sources):
         if source.template is not None:
-            _lookup(lambda: TEMPLATES.get(source.template), f"data.sources[{i}].template")
+            _lookup(lambda name=source.template: TEMPLATES.get(name), f"data.sources[{i}].template")
     from transformers import SchedulerType
 
     known = [s.value for s in SchedulerType]

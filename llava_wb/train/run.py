@@ -304,7 +304,12 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
 def _make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, feed: Any) -> Any:
     from transformers.integrations import TensorBoardCallback
 
-    from llava_wb.train.trainer import GroupLRCallback, JsonlMetricsCallback, LlavaTrainer, StopAfterCallback
+    from llava_wb.train.trainer import (
+        GroupLRCallback,
+        JsonlMetricsCallback,
+        LlavaTrainer,
+        StopAfterCallback,
+    )
 
     out = Path(cfg.train.output_dir)
     trainer = LlavaTrainer(model=model, args=args, processing_class=tokenizer, feed=feed, train_cfg=cfg.train,
