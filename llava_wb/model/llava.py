@@ -34,14 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
+from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_wb.data.conversation import IGNORE_INDEX
