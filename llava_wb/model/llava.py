@@ -1,8 +1,9 @@
 """The LLaVA model: vision tower -> token reducer -> projector -> spliced into a causal LLM
 (plus videos through the same tower and an optional audio tower, ``llava_wb.model.media``).
 
-``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision
-and text sub-configs plus tower, reducer and projector settings and ``image_token_id``), so
+``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision,
+text and audio sub-configs, the run's ``ModelConfig`` as one field ``model_config``, and the
+placeholder ids), so
 ``save_pretrained(dir)`` / ``LlavaWBForCausalLM.from_pretrained(dir)`` (or ``AutoModelForCausalLM``
 once ``llava_wb.model`` is imported) give one self-describing folder. ``llava_wb.model.bundle``
 adds the tokenizer to that folder.
@@ -12,9 +13,10 @@ Splicing: every ``<image>`` in the text was expanded to ``tokens_per_image`` cop
 sample order (``pixel_values [N_img, 3, S, S]``), are encoded to ``[N_img, tokens_per_image, D]``
 and written into those positions with one ``masked_scatter`` (row-major order = sample order, then
 position order), so any mix of samples with zero, one or several images works without a Python
-loop over samples. ``tokens_per_image`` is derived in one place (the property) and checked against
-the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at
-image positions are forced to -100; position ids come from the attention mask (left padding).
+loop over samples. ``tokens_per_image`` is derived in one place (``llava_wb.model.tokens``, which
+the config checks and the budget use too) and checked against the placeholders of every batch: a
+mismatch raises ``ValueError`` naming both numbers. Labels at image positions are forced to -100;
+position ids come from the attention mask (left padding).
 
 Videos (``video_values [N_vid, T, 3, S, S]``, ``<video>`` expanded to ``tokens_per_video``) and
 audio (``audio_values [N_aud, n_mels, frames]``, ``<audio>`` to ``tokens_per_audio``) are spliced
