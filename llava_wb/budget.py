@@ -3,14 +3,15 @@
 From the tower's config (resolution, patch size, width, depth), frames per sample, the reducer
 (name + options, the same as ``model.reducer``) and the LLM's config, ``estimate`` gives:
 
-- visual tokens per sample (the reducer's ``output_len``, the number the model itself uses);
+- visual tokens per sample (``llava_wb.model.tokens``, the functions the model itself uses);
 - sequence length (visual + text tokens);
 - LLM FLOPs per sample: forward (``2 x matmul parameters x tokens`` + causal attention scores
   ``2 x layers x seq^2 x hidden`` + the LM head) and training (``3 x`` forward);
 - KV-cache bytes per sample (``2 x layers x seq x kv_heads x head_dim x bytes``);
 - vision tower FLOPs per sample (lower with ``placement: tower``: the last layers see fewer tokens);
   a clip of ``frames`` frames runs the tower once per frame, and its reducer cuts the ``(frames, H, W)``
-  grid, plus one separator per time slice (``separators``, as ``model.video.separators``);
+  grid, plus one separator per time slice (``separators``, as ``model.video.separators``; a clip
+  keeps no CLS token, as in the model);
 - audio: ``audio_seconds`` of audio as whole clips of the audio tower's window, each pooled to
   ``tokens_per_second`` (``model.audio``), and the audio encoder's FLOPs.
 
@@ -21,8 +22,9 @@ and ``benchmarks/bench_merge.py`` use these; the formulas are the usual dense-tr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # LLaVA-1.5-7B: CLIP ViT-L/14-336 (feature layer -2 = 23 of 24 layers) + Vicuna-7B.
 CLIP_L14_336 = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
@@ -51,6 +53,16 @@ class Budget:
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
+
+class _Attrs:
+    """A mapping read as attributes (what the audio tower classes take: a transformers config)."""
+
+    def __init__(self, cfg: Any):
+        self._cfg = cfg
+
+    def __getattr__(self, key: str) -> Any:
+        return _get(self._cfg, key)
 
 
 def llm_forward_flops(cfg: Any, seq: int) -> float:
@@ -94,30 +106,37 @@ def estimate(name: str, tower: Any, llm: Any, reducer: str = "identity", options
              kv_bytes: int = 2, separators: bool = False, audio_seconds: float = 0.0, audio: Any = None) -> Budget:
     """The budget of one configuration; ``tower`` needs image/patch size, width, depth (and
     ``feature_layer``, default -2); ``cls`` counts a kept CLS token per image; ``images`` items of
-    ``frames`` frames each; ``audio`` (a Whisper encoder config plus ``tokens_per_second``, e.g.
-    ``WHISPER_LARGE_ENCODER``) with ``audio_seconds`` > 0 adds the audio tokens."""
+    ``frames`` frames each; ``audio`` (an audio encoder config plus ``tokens_per_second`` and
+    optionally its ``type``, default ``whisper``, e.g. ``WHISPER_LARGE_ENCODER``) with
+    ``audio_seconds`` > 0 adds the audio tokens."""
     import math
 
-    from llava_wb.model.media import time_slices
     from llava_wb.model.reducers import build_reducer
+    from llava_wb.model.tokens import image_tokens, patch_grid, video_tokens
 
-    side = _get(tower, "image_size") // _get(tower, "patch_size")
-    grid = (frames, side, side)
+    grid = patch_grid(tower)
     red = build_reducer(reducer, dict(options or {}))
-    slices = time_slices(frames, red)[1] if separators and frames > 1 else 0
-    per_item = red.output_len(grid) + int(cls) + slices
+    if frames == 1:
+        per_item = image_tokens(grid, red, prefix=int(cls))
+    else:  # a clip: patches only (the model drops a CLS token from every frame)
+        per_item = video_tokens(frames, grid, red, separators)
     visual = per_item * images
     layers = _get(tower, "num_hidden_layers")
     run = _get(tower, "feature_layer", -2) % (layers + 1)
-    patches = side * side + 1  # per frame, + CLS (computed by the tower even when dropped)
+    patches = grid[0] * grid[1] + 1  # per frame, + CLS (computed by the tower even when dropped)
     per_layer = [patches] * run
     if getattr(red, "placement", "after") == "tower" and frames == 1:
-        per_layer = [patches] * (run - red.layers) + [red.output_len(grid) + 1] * red.layers
+        merged = image_tokens(grid, red, prefix=1)  # + CLS, which the tower's layers always carry
+        per_layer = [patches] * (run - red.layers) + [merged] * red.layers
     audio_tokens, audio_flops = 0, 0.0
     if audio is not None and audio_seconds > 0:
-        window = _get(audio, "max_source_positions") / 50.0
+        from llava_wb.model.audio import AUDIO_TOWERS
+        from llava_wb.model.tokens import audio_tokens as clip_tokens
+
+        tower_cls = AUDIO_TOWERS.get(_get(audio, "type", "whisper"))
+        window = tower_cls.frames_of(_Attrs(audio)) / tower_cls.frames_per_second
         clips = math.ceil(audio_seconds / window - 1e-9)
-        audio_tokens = clips * int(round(window * _get(audio, "tokens_per_second", 25)))
+        audio_tokens = clips * clip_tokens(tower_cls, _Attrs(audio), _get(audio, "tokens_per_second", 25))
         audio_flops = clips * audio_tower_flops(audio)
     seq = visual + audio_tokens + text_tokens
     fwd = llm_forward_flops(llm, seq)

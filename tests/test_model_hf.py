@@ -46,7 +46,7 @@ def test_save_load_round_trip(tok: Any, tmp_path: Path, llm: dict[str, Any]) -> 
     names = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "llava_wb" and config["vision_feature_select"] == "cls_patch"
+    assert config["model_type"] == "llava_wb" and config["model_config"]["vision"]["select"] == "cls_patch"
     assert config["text_config"]["vocab_size"] == len(tok) and config["image_token_id"] == model.config.image_token_id
     loaded, tok2 = load_bundle(tmp_path)
     assert tok2.convert_tokens_to_ids("<image>") == model.config.image_token_id

@@ -208,3 +208,39 @@ def test_tokenizer_without_media_tokens_or_pad_gets_them(ws, tmp_path):
     tok = load_tokenizer(load_config(cfg))
     ids = [special_token_id(tok, t) for t in ("<image>", "<video>", "<audio>")]
     assert len(set(ids)) == 3 and min(ids) >= 7 and tok.pad_token == "<unk>"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads_and_round_trips(path, monkeypatch):
+    """Every YAML in configs/ loads as it is (base:, ${VAR:-default}, 1.0e-3) and its resolved form reads back."""
+    for name in ("CLIP_PATH", "VICUNA_PATH", "PRETRAIN_SHARDS", "FINETUNE_SHARDS"):
+        monkeypatch.setenv(name, f"/ckpt/{name.lower()}")
+    cfg = load_config(path)
+    assert cfg.train.learning_rate > 0 and cfg.model.llm.config.get("model_type") or cfg.model.llm.path
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("data.sources=[{path: a, weight: 0}]", r"data\.sources\[0\]\.weight: Input should be greater than 0 \(got 0\)"),
+    ("data.image.aspect=squash", r"data\.image\.aspect: Input should be 'pad' or 'resize' \(got 'squash'\)"),
+    ("model.video.frames=0", r"model\.video\.frames"),
+    ("model.vision.freeze=maybe", r"model\.vision\.freeze"),
+    ("model.audio={config: {}, tokens_per_second: 0}", r"model\.audio\.tokens_per_second"),
+    ("model.audio.projector.typo=1", r"unknown field\(s\) model\.audio\.projector\.typo; known: options, type"),
+    ("train.learning_rate=abc", r"train\.learning_rate"),
+    ("train.warmup_ratio=1.5", r"train\.warmup_ratio"),
+    ("data.sources.7.path=x", r"override 'data\.sources\.7\.path'"),
+    ("train.grad_accum=2", r"train\.global_batch_size or train\.grad_accum, not both"),
+])
+def test_type_and_bound_errors_name_the_field(override, pattern):
+    overrides = [override] + (["train.global_batch_size=8"] if "grad_accum" in override else [])
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(ROOT / "configs" / "demo.yaml", overrides)
+
+
+def test_yaml_1_1_scientific_notation_and_list_index_overrides(tmp_path):
+    """``1e-3`` (no dot) is a string in YAML 1.1; the loader reads it as a number, in files and overrides."""
+    (tmp_path / "child.yaml").write_text(f"base: {ROOT / 'configs' / 'demo.yaml'}\ntrain: {{learning_rate: 1e-3}}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["model.llm.config.rope_theta=1e4", "data.sources.1.weight=2"])
+    assert cfg.train.learning_rate == 1e-3 and cfg.model.llm.config["rope_theta"] == 1e4
+    assert [s.weight for s in cfg.data.sources] == [4.0, 2.0]

@@ -32,19 +32,44 @@ class AudioTower(nn.Module):
     """Base class (see the module docstring)."""
 
     frames_per_second: ClassVar[float] = 50.0  # encoder output frames per second of audio
+    # Whether a batch calls the tower or not depends on its samples, so the calls vary per rank
+    # (ZeRO-3 needs the same module calls on every rank).
+    calls_vary_per_rank: ClassVar[bool] = True
 
     def __init__(self, model: PreTrainedModel, tokens_per_second: float):
         super().__init__()
         self.model = model
-        pool = self.frames_per_second / float(tokens_per_second)
+        self.pool = self.pool_for(self.config, tokens_per_second)
+        self.tokens_per_second = float(tokens_per_second)
+
+    @classmethod
+    def config_class(cls) -> type[PreTrainedConfig]:
+        """The transformers config class of the encoder (read without building weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def frames_of(cls, config: PreTrainedConfig) -> int:
+        """Encoder output frames per clip for ``config``."""
+        raise NotImplementedError
+
+    @classmethod
+    def pool_for(cls, config: PreTrainedConfig, tokens_per_second: float) -> int:
+        """The pooling factor that takes the encoder's frames to ``tokens_per_second``."""
+        pool = cls.frames_per_second / float(tokens_per_second)
         if abs(pool - round(pool)) > 1e-6 or round(pool) < 1:
             raise ValueError(f"audio tokens_per_second={tokens_per_second} must divide the encoder's "
-                             f"{self.frames_per_second:g} frames per second (e.g. 50, 25, 12.5, 10, 5)")
-        self.pool = int(round(pool))
-        self.tokens_per_second = float(tokens_per_second)
-        if self.encoder_frames % self.pool:
-            raise ValueError(f"the audio tower's {self.encoder_frames} frames per clip are not a multiple of "
-                             f"the pooling factor {self.pool} (tokens_per_second={tokens_per_second})")
+                             f"{cls.frames_per_second:g} frames per second (e.g. 50, 25, 12.5, 10, 5)")
+        frames = cls.frames_of(config)
+        if frames % round(pool):
+            raise ValueError(f"the audio tower's {frames} frames per clip are not a multiple of "
+                             f"the pooling factor {round(pool)} (tokens_per_second={tokens_per_second})")
+        return round(pool)
+
+    @classmethod
+    def clip_tokens(cls, config: PreTrainedConfig, tokens_per_second: float) -> int:
+        """LLM tokens (= ``<audio>`` placeholder ids) per clip of this tower's window: derived only
+        here (``llava_wb.model.tokens`` and ``tokens_per_clip`` call it)."""
+        return cls.frames_of(config) // cls.pool_for(config, tokens_per_second)
 
     @property
     def config(self) -> PreTrainedConfig:
@@ -53,7 +78,7 @@ class AudioTower(nn.Module):
     @property
     def encoder_frames(self) -> int:
         """Encoder output frames per clip."""
-        raise NotImplementedError
+        return self.frames_of(self.config)
 
     @property
     def input_frames(self) -> int:
@@ -75,8 +100,8 @@ class AudioTower(nn.Module):
 
     @property
     def tokens_per_clip(self) -> int:
-        """LLM tokens (= ``<audio>`` placeholder ids) per audio clip: derived only here."""
-        return self.encoder_frames // self.pool
+        """LLM tokens (= ``<audio>`` placeholder ids) per audio clip (``clip_tokens``)."""
+        return self.clip_tokens(self.config, self.tokens_per_second)
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         """``[N, n_mels, input_frames]`` -> encoder frames ``[N, encoder_frames, D]``."""
@@ -124,9 +149,15 @@ class WhisperAudioTower(AudioTower):
             encoder = WhisperModel.from_pretrained(path, config=config, local_files_only=True).get_encoder()
         return cls(encoder, tokens_per_second)
 
-    @property
-    def encoder_frames(self) -> int:
-        return int(self.model.config.max_source_positions)
+    @classmethod
+    def config_class(cls) -> type[PreTrainedConfig]:
+        from transformers import WhisperConfig
+
+        return WhisperConfig
+
+    @classmethod
+    def frames_of(cls, config: PreTrainedConfig) -> int:
+        return int(config.max_source_positions)
 
     @property
     def input_frames(self) -> int:

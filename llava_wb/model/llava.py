@@ -1,8 +1,9 @@
 """The LLaVA model: vision tower -> token reducer -> projector -> spliced into a causal LLM
 (plus videos through the same tower and an optional audio tower, ``llava_wb.model.media``).
 
-``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision
-and text sub-configs plus tower, reducer and projector settings and ``image_token_id``), so
+``LlavaWBForCausalLM`` is a transformers ``PreTrainedModel`` with its own ``LlavaWBConfig`` (vision,
+text and audio sub-configs, the run's ``ModelConfig`` as one field ``model_config``, and the
+placeholder ids), so
 ``save_pretrained(dir)`` / ``LlavaWBForCausalLM.from_pretrained(dir)`` (or ``AutoModelForCausalLM``
 once ``llava_wb.model`` is imported) give one self-describing folder. ``llava_wb.model.bundle``
 adds the tokenizer to that folder.
@@ -12,9 +13,10 @@ Splicing: every ``<image>`` in the text was expanded to ``tokens_per_image`` cop
 sample order (``pixel_values [N_img, 3, S, S]``), are encoded to ``[N_img, tokens_per_image, D]``
 and written into those positions with one ``masked_scatter`` (row-major order = sample order, then
 position order), so any mix of samples with zero, one or several images works without a Python
-loop over samples. ``tokens_per_image`` is derived in one place (the property) and checked against
-the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at
-image positions are forced to -100; position ids come from the attention mask (left padding).
+loop over samples. ``tokens_per_image`` is derived in one place (``llava_wb.model.tokens``, which
+the config checks and the budget use too) and checked against the placeholders of every batch: a
+mismatch raises ``ValueError`` naming both numbers. Labels at image positions are forced to -100;
+position ids come from the attention mask (left padding).
 
 Videos (``video_values [N_vid, T, 3, S, S]``, ``<video>`` expanded to ``tokens_per_video``) and
 audio (``audio_values [N_aud, n_mels, frames]``, ``<audio>`` to ``tokens_per_audio``) are spliced
@@ -41,9 +43,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_wb.constants import IGNORE_INDEX
 from llava_wb.model.audio import AUDIO_TOWERS, AudioTower
+from llava_wb.model.config import AudioModelConfig, ModelConfig
 from llava_wb.model.media import MediaMixin
 from llava_wb.model.projectors import build_projector
 from llava_wb.model.reducers import Grid, ReducerOutput, build_reducer
+from llava_wb.model.tokens import image_tokens
 from llava_wb.model.towers import TOWERS, VisionTower
 
 PLURAL = {"image": "images", "video": "videos", "audio": "audio clips"}
@@ -63,26 +67,18 @@ class LlavaWBConfig(PreTrainedConfig):
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    vision_tower_type: str = "clip"
-    vision_feature_layer: int = -2
-    vision_feature_select: str = "patch"
-    reducer_type: str = "identity"
-    reducer_options: dict | None = None
-    projector_type: str = "mlp2x_gelu"
-    projector_options: dict | None = None
-    image_token_id: int | None = None
-    video_frames: int = 8
-    video_separators: bool = True
-    video_reducer_type: str | None = None  # None: the image reducer
-    video_reducer_options: dict | None = None
-    video_token_id: int | None = None
     audio_config: dict | PreTrainedConfig | None = None  # None: no audio tower
-    audio_tower_type: str = "whisper"
-    audio_tokens_per_second: float = 25.0
-    audio_projector_type: str = "mlp2x_gelu"
-    audio_projector_options: dict | None = None
+    # The run's ``ModelConfig.to_dict()`` as one field: tower, reducers, projectors, video, audio settings.
+    model_config: dict | None = None
+    image_token_id: int | None = None
+    video_token_id: int | None = None
     audio_token_id: int | None = None
     tie_word_embeddings: bool = False
+
+    @property
+    def parts(self) -> ModelConfig:
+        """``model_config`` as a typed ``ModelConfig`` (defaults where a field is absent)."""
+        return ModelConfig.from_dict({"llm": {"config": {"model_type": "llama"}}, **(self.model_config or {})})
 
     def __post_init__(self, **kwargs: Any) -> None:
         # transformers sets ``attn_implementation`` (None unless given) on every sub-config; keep
@@ -97,6 +93,47 @@ class LlavaWBConfig(PreTrainedConfig):
             for key, impl in kept.items():
                 if impl is not None:
                     getattr(self, key)._attn_implementation_internal = impl
+
+
+# Read/write views of ``model_config`` under the names of the flat fields that bundles saved before it
+# carry in their config.json (loading one sets them, which fills ``model_config``) and that
+# ``hf_llava`` and the media mixin read.
+_FLAT_FIELDS = {
+    "vision_tower_type": ("vision", "type"), "vision_feature_layer": ("vision", "feature_layer"),
+    "vision_feature_select": ("vision", "select"), "reducer_type": ("reducer", "type"),
+    "reducer_options": ("reducer", "options"), "projector_type": ("projector", "type"),
+    "projector_options": ("projector", "options"), "video_frames": ("video", "frames"),
+    "video_separators": ("video", "separators"), "video_reducer_type": ("video", "reducer", "type"),
+    "video_reducer_options": ("video", "reducer", "options"), "audio_tower_type": ("audio", "type"),
+    "audio_tokens_per_second": ("audio", "tokens_per_second"), "audio_projector_type": ("audio", "projector", "type"),
+    "audio_projector_options": ("audio", "projector", "options"),
+}
+
+
+def _flat_view(path: tuple[str, ...]) -> property:
+    def get(self: LlavaWBConfig) -> Any:
+        for source in (self.model_config or {}, None):  # the stored dict, else the defaults
+            node: Any = self.parts.to_dict() if source is None else source
+            for key in path:
+                node = node.get(key, KeyError) if isinstance(node, dict) else None if node is None else KeyError
+            if node is not KeyError:
+                return node
+        return None
+
+    def set_(self: LlavaWBConfig, value: Any) -> None:
+        if value is None and len(path) == 3:  # e.g. video_reducer_type=None: no video reducer
+            return
+        node = self.model_config = dict(self.model_config or {})
+        for key in path[:-1]:
+            node[key] = dict(node.get(key) or {})
+            node = node[key]
+        node[path[-1]] = value
+
+    return property(get, set_)
+
+
+for _name, _path in _FLAT_FIELDS.items():
+    setattr(LlavaWBConfig, _name, _flat_view(_path))
 
 
 @dataclass
@@ -129,32 +166,34 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         audio_tower: AudioTower | None = None,
     ):
         super().__init__(config)
+        m = config.parts
         if vision_tower is None:
-            vision_tower = TOWERS.get(config.vision_tower_type).from_config(
-                config.vision_config, feature_layer=config.vision_feature_layer, select=config.vision_feature_select
+            vision_tower = TOWERS.get(m.vision.type).from_config(
+                config.vision_config, feature_layer=m.vision.feature_layer, select=m.vision.select
             )
-        elif (vision_tower.feature_layer, vision_tower.select) != (config.vision_feature_layer, config.vision_feature_select):
+        elif (vision_tower.feature_layer, vision_tower.select) != (m.vision.feature_layer, m.vision.select):
             raise ValueError("the given vision tower's feature_layer/select differ from the config")
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.vision_tower = vision_tower
-        self.reducer = build_reducer(config.reducer_type, config.reducer_options)
+        self.reducer = build_reducer(m.reducer.type, m.reducer.options)
         self.projector = build_projector(
-            config.projector_type, vision_tower.hidden_size, language_model.config.hidden_size, config.projector_options
+            m.projector.type, vision_tower.hidden_size, language_model.config.hidden_size, m.projector.options
         )
         self.language_model = language_model
         d_llm = language_model.config.hidden_size
         # None: videos use the image reducer (a property, so no module is registered twice)
-        self.video_reducer_module = (None if config.video_reducer_type is None else
-                                     build_reducer(config.video_reducer_type, config.video_reducer_options))
+        self.video_reducer_module = (None if m.video.reducer is None else
+                                     build_reducer(m.video.reducer.type, m.video.reducer.options))
         if self.video_reducer_module is not None and self.video_reducer_module.placement != "after":
             raise ValueError("the video reducer must merge after the tower (placement 'after')")
-        self.frame_separator = nn.Embedding(1, d_llm) if config.video_separators else None
+        self.frame_separator = nn.Embedding(1, d_llm) if m.video.separators else None
+        audio = m.audio or AudioModelConfig()
         if audio_tower is None and config.audio_config is not None:
-            audio_tower = AUDIO_TOWERS.get(config.audio_tower_type).from_config(config.audio_config, config.audio_tokens_per_second)
+            audio_tower = AUDIO_TOWERS.get(audio.type).from_config(config.audio_config, audio.tokens_per_second)
         self.audio_tower = audio_tower
         self.audio_projector = None if audio_tower is None else build_projector(
-            config.audio_projector_type, audio_tower.hidden_size, d_llm, config.audio_projector_options)
+            audio.projector.type, audio_tower.hidden_size, d_llm, audio.projector.options)
         # One source of truth: resizing the LLM's embeddings updates the saved config too.
         config.vision_config = vision_tower.config
         config.text_config = language_model.config
@@ -187,8 +226,8 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
 
     @property
     def tokens_per_image(self) -> int:
-        """LLM tokens (= ``<image>`` placeholder ids) per image: the only place this is derived."""
-        return self.vision_tower.num_prefix_tokens + self.reducer.output_len(self.image_grid)
+        """LLM tokens (= ``<image>`` placeholder ids) per image (``llava_wb.model.tokens.image_tokens``)."""
+        return image_tokens(self.vision_tower.grid, self.reducer, self.vision_tower.num_prefix_tokens)
 
     @property
     def video_reducer(self) -> torch.nn.Module:

@@ -25,13 +25,7 @@ import torch
 from torch import nn
 
 from llava_wb.data.config import DataConfig, ImageConfig, MediaSettings
-
-
-def time_slices(frames: int, reducer: nn.Module) -> tuple[int, int]:
-    """``(frames per slice, number of slices)`` of a ``frames``-long clip for ``reducer``."""
-    window = getattr(reducer, "window", (1, 1, 1))
-    st = max(1, min(int(window[0]), frames))
-    return st, -(-frames // st)
+from llava_wb.model.tokens import time_slices, video_tokens
 
 
 def insert_separators(tokens: torch.Tensor, slice_of: torch.Tensor, num_slices: int, separator: torch.Tensor) -> torch.Tensor:
@@ -64,8 +58,9 @@ class MediaMixin:
 
     @property
     def tokens_per_video(self) -> int:
-        """LLM tokens (= ``<video>`` placeholder ids) per clip: the only place this is derived."""
-        return self.video_reducer.output_len(self.video_grid) + self.video_slices
+        """LLM tokens (= ``<video>`` placeholder ids) per clip (``llava_wb.model.tokens.video_tokens``)."""
+        t, h, w = self.video_grid
+        return video_tokens(t, (h, w), self.video_reducer, bool(self.config.video_separators))
 
     def encode_videos(self, video_values: torch.Tensor, instruction: dict[str, Any] | None = None) -> torch.Tensor:
         """``video_values [N, T, 3, S, S]`` -> LLM embeddings ``[N, tokens_per_video, D_llm]``

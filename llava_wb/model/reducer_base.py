@@ -66,6 +66,7 @@ class TokenReducer(nn.Module):
     preserves_order = True  # output positions strictly increase (tome_sd: False)
     placement = "after"
     needs_instruction = False  # True: ``forward`` takes the instruction (``instruct_resample``)
+    calls_vary_per_rank = False  # True: its module calls depend on the batch (ZeRO-3 cannot gather them)
 
     def __init__(self, position_ids: str = "contiguous", size_embedding: bool = False):
         super().__init__()

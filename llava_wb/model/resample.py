@@ -137,6 +137,7 @@ class InstructResampler(TokenReducer):
     learned scorer's width; its input sizes are set by the model with ``bind``)."""
 
     needs_instruction = True
+    calls_vary_per_rank = True  # what it calls depends on each rank's batch (the instructions it reads)
 
     def __init__(self, ratio: float | None = None, tokens: int | None = None, mode: str = "zero",
                  novelty: float = 0.5, saliency: float = 1.0, relevance: float = 1.0, dim: int = 64,

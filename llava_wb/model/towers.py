@@ -158,8 +158,9 @@ class VisionTower(nn.Module):
     @property
     def grid(self) -> tuple[int, int]:
         """Patch rows and columns of one image."""
-        side = self.image_size // self.patch_size
-        return (side, side)
+        from llava_wb.model.tokens import patch_grid
+
+        return patch_grid(self.config)
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -6,7 +6,7 @@ Use from Python (one process, e.g. a notebook)::
     result = train(load_config("configs/demo.yaml", ["train.max_steps=20"]))
 
 or from the shell: ``python -m llava_wb.train CONFIG [dotted.key=value ...]`` (also under
-``torchrun`` and the ``deepspeed`` launcher). Modules: ``config`` (dataclasses, YAML, overrides),
+``torchrun`` and the ``deepspeed`` launcher). Modules: ``config`` (pydantic sections, YAML, overrides),
 ``checks`` (validation before any work), ``stages`` (what trains, LoRA, learning-rate groups),
 ``trainer`` (the HF Trainer bent to the streaming loader, logging callbacks), ``checkpoints``
 (loader position, completeness marker, rotation), ``run`` (``train``), ``cli``.

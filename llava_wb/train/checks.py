@@ -1,15 +1,16 @@
 """Checks of a ``RunConfig`` that run before any work: names, sizes, paths.
 
 ``check_run_config`` looks every name up in its registry (stage, vision tower, projector, token
-reducer, conversation template), reads only the *config* of a local vision checkpoint (no
-weights) to predict the visual tokens per image, and fails with ``ConfigError`` naming the field:
+reducer, conversation template), derives the placeholder tokens per image / clip from the configs
+alone (``llava_wb.model.tokens.media_token_counts``, no weights), and fails with ``ConfigError``
+naming the field:
 
 - ``data.max_length`` must leave room for text after one image's ``tokens_per_image`` placeholders;
 - ``data.image.size`` must be the tower's input size, or features and placeholders disagree;
 - the paths it will read (tokenizer, ``init_from``, DeepSpeed config, checkpoints) must exist.
 
-The model later derives ``tokens_per_image`` itself; ``llava_wb.train.run`` asserts that the
-prediction here agrees.
+The built model's ``media_tokens`` come from the same functions; ``llava_wb.train.run`` asserts
+that a ``train.init_from`` bundle agrees with the config.
 """
 
 from __future__ import annotations
@@ -75,19 +76,23 @@ def check_run_config(cfg: RunConfig) -> ConfigFacts:
 def _check_names(cfg: RunConfig) -> None:
     import llava_wb.data.templates  # noqa: F401  (registers the built-in templates)
     from llava_wb.data.conversation import TEMPLATES
-    from llava_wb.model import PROJECTORS, build_projector
-    from llava_wb.model import build_reducer
-    from llava_wb.model import TOWERS
+    from llava_wb.model import PROJECTORS, TOWERS, build_projector, build_reducer
 
     m = cfg.model
     _lookup(lambda: TOWERS.get(m.vision.type), "model.vision.type")
     _lookup(lambda: PROJECTORS.get(m.projector.type), "model.projector.type")
     _lookup(lambda: build_reducer(m.reducer.type, m.reducer.options), "model.reducer")
     _lookup(lambda: build_projector(m.projector.type, 1, 1, m.projector.options), "model.projector.options")
+    if m.video.reducer is not None:
+        _lookup(lambda: build_reducer(m.video.reducer.type, m.video.reducer.options), "model.video.reducer")
+    if m.audio is not None:
+        from llava_wb.model.audio import AUDIO_TOWERS
+
+        _lookup(lambda: AUDIO_TOWERS.get(m.audio.type), "model.audio.type")
     _lookup(lambda: TEMPLATES.get(cfg.data.template), "data.template")
     for i, source in enumerate(cfg.data.sources):
         if source.template is not None:
-            _lookup(lambda: TEMPLATES.get(source.template), f"data.sources[{i}].template")
+            _lookup(lambda name=source.template: TEMPLATES.get(name), f"data.sources[{i}].template")
     from transformers import SchedulerType
 
     known = [s.value for s in SchedulerType]
@@ -96,85 +101,43 @@ def _check_names(cfg: RunConfig) -> None:
 
 
 def _check_zero3(cfg: RunConfig) -> None:
-    """ZeRO-3 gathers each module's weights at every call, on every rank in the same order: an audio
-    tower or an instruction-aware reducer make the call sequence depend on each rank's batch."""
+    """ZeRO-3 gathers each module's weights at every call, on every rank in the same order: a part
+    whose class says ``calls_vary_per_rank`` (an audio tower, an instruction-aware reducer) makes the
+    call sequence depend on each rank's batch."""
     import json
+
+    from llava_wb.model.audio import AUDIO_TOWERS
+    from llava_wb.model.reducers import REDUCERS
 
     path = cfg.train.deepspeed
     if not path or not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
         stage = (json.load(f).get("zero_optimization") or {}).get("stage")
-    reducers = [cfg.model.reducer.type] + ([cfg.model.video.reducer.type] if cfg.model.video.reducer else [])
-    if stage == 3 and (cfg.model.audio is not None or "instruct_resample" in reducers):
-        raise ConfigError(f"train.deepspeed: {path} is ZeRO-3, which is not supported with model.audio or "
-                          "instruct_resample yet (their module calls vary per rank); use ZeRO-2")
+    m = cfg.model
+    parts = {"model.reducer": REDUCERS.get(m.reducer.type)}
+    if m.video.reducer is not None:
+        parts["model.video.reducer"] = REDUCERS.get(m.video.reducer.type)
+    if m.audio is not None:
+        parts["model.audio"] = AUDIO_TOWERS.get(m.audio.type)
+    varying = [f"{field} ({cls.__name__})" for field, cls in parts.items() if cls.calls_vary_per_rank]
+    if stage == 3 and varying:
+        raise ConfigError(f"train.deepspeed: {path} is ZeRO-3, which is not supported with {', '.join(varying)} "
+                          "yet (their module calls vary per rank); use ZeRO-2")
 
 
 def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
-    """Visual tokens per image from the tower's config and the reducer, without building weights."""
-    from llava_wb.model import build_reducer
-    from llava_wb.model import TOWERS
+    """Placeholder tokens per image / clip from the configs alone (``llava_wb.model.tokens``)."""
+    from llava_wb.model.tokens import TokenCountError, media_token_counts
 
-    v = cfg.model.vision
-    tower_cls = TOWERS.get(v.type)
-    vision_config = _vision_config(tower_cls, v.path, v.config)
-    image_size, patch = int(vision_config.image_size), int(vision_config.patch_size)
-    if image_size % patch:
-        raise ConfigError(f"model.vision: image_size {image_size} is not a multiple of patch_size {patch}")
-    side = image_size // patch
-    if v.select == "cls_patch" and not tower_cls.has_cls:
-        raise ConfigError(f"model.vision.select: {v.type!r} has no CLS token; use 'patch'")
-    prefix = 1 if v.select == "cls_patch" else 0
-    reducer = _lookup(lambda: build_reducer(cfg.model.reducer.type, cfg.model.reducer.options), "model.reducer")
     try:
-        tokens = prefix + reducer.output_len((1, side, side))
-    except ValueError as exc:
-        raise ConfigError(f"model.reducer: {exc} (tower grid {side}x{side})") from None
-    video = cfg.model.video
-    if video.reducer is not None:
-        reducer = _lookup(lambda: build_reducer(video.reducer.type, video.reducer.options), "model.video.reducer")
-    from llava_wb.model.media import time_slices
-
-    slices = time_slices(video.frames, reducer)[1] if video.separators else 0
-    return ConfigFacts(tokens_per_image=int(tokens), image_size=image_size,
-                       tokens_per_video=int(reducer.output_len((video.frames, side, side)) + slices),
-                       tokens_per_audio=_audio_tokens(cfg))
-
-
-def _audio_tokens(cfg: RunConfig) -> int | None:
-    """Audio tokens per clip from the audio tower's config (a local checkpoint's config.json, or
-    ``model.audio.config`` over the transformers defaults), without building weights."""
-    a = cfg.model.audio
-    if a is None:
-        return None
-    if a.type != "whisper":
-        return None  # another registered kind: no config-level prediction, the trainer checks the rest
-    from transformers import WhisperConfig
-
-    if a.path is not None:
-        if not os.path.isfile(os.path.join(a.path, "config.json")):
-            raise ConfigError(f"model.audio.path: {a.path} has no config.json (a local Whisper checkpoint folder)")
-        config = WhisperConfig.from_pretrained(a.path, local_files_only=True, **a.config)
-    else:
-        config = WhisperConfig(**a.config)
-    pool = 50.0 / float(a.tokens_per_second)
-    if abs(pool - round(pool)) > 1e-6 or config.max_source_positions % round(pool):
-        raise ConfigError(f"model.audio.tokens_per_second={a.tokens_per_second} must divide 50 and the tower's "
-                          f"{config.max_source_positions} frames per clip")
-    return int(config.max_source_positions // round(pool))
-
-
-def _vision_config(tower_cls: Any, path: str | None, overrides: dict[str, Any]) -> Any:
-    config_cls = tower_cls.model_class().config_class
-    if path is None:
-        try:
-            return config_cls(**overrides)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.vision.config: {exc}") from None
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"model.vision.path: {path!r} is not a local checkpoint folder (no config.json)")
-    return config_cls.from_pretrained(path, local_files_only=True, **overrides)
+        counts = media_token_counts(cfg.model)
+    except TokenCountError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnknownNameError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    return ConfigFacts(tokens_per_image=counts.image, image_size=counts.image_size, tokens_per_video=counts.video,
+                       tokens_per_audio=counts.audio)
 
 
 def _check_paths(cfg: RunConfig) -> None:

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             facts = check_run_config(cfg)
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            print(f"# ok: tokens_per_image={facts.tokens_per_image} image_size={facts.image_size}")
+            print(f"# ok: tokens_per_image={facts.tokens_per_image} image_size={facts.image_size} "
+                  f"media_tokens={facts.media_tokens}")
             return 0
         from llava_wb.train.run import train
 

@@ -29,6 +29,8 @@ from llava_wb.train.run_folder import (  # noqa: F401  (prepare_run_folder: re-e
 )
 
 log = logging.getLogger("llava_wb.train")
+# Fields of ``model`` that a ``train.init_from`` bundle fixes (its saved ``ModelConfig``): the run's must agree.
+INIT_FROM_FIXED = ("vision.type", "vision.feature_layer", "vision.select", "projector.type", "reducer.type")
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
@@ -179,13 +181,11 @@ def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:
     path = resolve_init_from(cfg.train.init_from)
     model = LlavaWBForCausalLM.from_pretrained(path, local_files_only=True)
     c, m = model.config, cfg.model
-    for field, have, want in (("model.vision.type", c.vision_tower_type, m.vision.type),
-                              ("model.vision.feature_layer", c.vision_feature_layer, m.vision.feature_layer),
-                              ("model.vision.select", c.vision_feature_select, m.vision.select),
-                              ("model.projector.type", c.projector_type, m.projector.type),
-                              ("model.reducer.type", c.reducer_type, m.reducer.type)):
-        if have != want:
-            raise ConfigError(f"train.init_from: {path} was saved with {field}={have!r}, this config says {want!r}")
+    saved, want = c.parts.to_dict(), m.to_dict()
+    for field in INIT_FROM_FIXED:
+        have, asked = _at(saved, field), _at(want, field)
+        if have != asked:
+            raise ConfigError(f"train.init_from: {path} was saved with model.{field}={have!r}, this config says {asked!r}")
     if special_token_id(tokenizer, m.image_token) != c.image_token_id:
         raise ConfigError(f"tokenizer: {m.image_token!r} has id {special_token_id(tokenizer, m.image_token)} but "
                           f"the train.init_from model was built with image_token_id {c.image_token_id}")
@@ -204,6 +204,12 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
             rows = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get(key, 0) < limit + (key == "step")]
             path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def _at(d: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
 
 
 def _grad_accum(cfg: RunConfig, world: int) -> int:
@@ -249,7 +255,12 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
 def _make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, feed: Any) -> Any:
     from transformers.integrations import TensorBoardCallback
 
-    from llava_wb.train.trainer import GroupLRCallback, JsonlMetricsCallback, LlavaTrainer, StopAfterCallback
+    from llava_wb.train.trainer import (
+        GroupLRCallback,
+        JsonlMetricsCallback,
+        LlavaTrainer,
+        StopAfterCallback,
+    )
 
     out = Path(cfg.train.output_dir)
     trainer = LlavaTrainer(model=model, args=args, processing_class=tokenizer, feed=feed, train_cfg=cfg.train,
