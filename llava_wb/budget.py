@@ -112,7 +112,8 @@ def estimate(name: str, tower: Any, llm: Any, reducer: str = "identity", options
     import math
 
     from llava_wb.model.reducers import build_reducer
-    from llava_wb.model.tokens import image_tokens, patch_grid, video_tokens
+    from llava_wb.model.tokens import image_tokens, video_tokens
+    from llava_wb.model.towers import patch_grid
 
     grid = patch_grid(tower)
     red = build_reducer(reducer, dict(options or {}))

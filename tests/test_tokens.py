@@ -13,7 +13,8 @@ from tiny import TINY_LLAMA, TINY_VISION
 from llava_wb.model import ModelConfig, build_model
 from llava_wb.model.audio import AUDIO_TOWERS
 from llava_wb.model.reducers import REDUCERS
-from llava_wb.model.tokens import TokenCountError, TokenCounts, media_token_counts
+from llava_wb.model.build import media_token_counts
+from llava_wb.model.tokens import TokenCountError, TokenCounts
 
 # Options per registered reducer; a new registry entry fails test_every_reducer_is_covered until it is added.
 REDUCER_CASES: dict[str, list[dict[str, Any]]] = {

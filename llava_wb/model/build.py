@@ -6,12 +6,15 @@ and projector options without loading any weights, so a bad config fails before 
 tokenizer (a config-built LLM gets ``vocab_size = len(tokenizer)`` unless set; a loaded one grows
 when the tokenizer has more tokens), copies the tokenizer's pad/bos/eos ids into the text config
 (so generation knows them after a reload) and sets ``image_token_id`` from the tokenizer.
-``set_trainable`` freezes and unfreezes the parts per training stage.
+``set_trainable`` freezes and unfreezes the parts per training stage. ``media_token_counts`` says
+how many LLM tokens an image, a clip and an audio clip of a ``ModelConfig`` take, from configs
+alone (the arithmetic is ``llava_wb.model.tokens``'s, the same the built model uses).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +25,9 @@ from llava_wb.model.config import LLMConfig, ModelConfig
 from llava_wb.model.llava import LlavaWBConfig, LlavaWBForCausalLM
 from llava_wb.model.projectors import PROJECTORS, build_projector
 from llava_wb.model.reducers import build_reducer
-from llava_wb.model.towers import TOWERS, build_tower
+from llava_wb.model.tokens import TokenCountError, TokenCounts, audio_tokens, image_tokens, video_tokens
+from llava_wb.model.towers import TOWERS, build_tower, patch_grid
+from llava_wb.registry import UnknownNameError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -126,3 +131,60 @@ def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, ll
     parts = {"tower": model.vision_tower, "reducer": model.reducer, "projector": model.projector, "llm": model.language_model,
              "media": torch.nn.ModuleList(media), "audio_tower": model.audio_tower or torch.nn.ModuleList()}
     return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
+
+
+def media_token_counts(model_config: ModelConfig) -> TokenCounts:
+    """Token counts of ``model_config`` from configs only (a local checkpoint's ``config.json``, or
+    the ``config`` overrides over the transformers defaults); no weights. Raises
+    ``TokenCountError`` naming the field (``UnknownNameError`` for an unregistered name)."""
+    m = model_config
+    tower_cls = TOWERS.get(m.vision.type)
+    vision = _read_config(tower_cls.model_class().config_class, m.vision.path, m.vision.config, "model.vision")
+    try:
+        grid = patch_grid(vision, strict=True)
+    except ValueError as exc:
+        raise TokenCountError("model.vision", str(exc)) from None
+    if m.vision.select == "cls_patch" and not tower_cls.has_cls:
+        raise TokenCountError("model.vision.select", f"{m.vision.type!r} has no CLS token; use 'patch'")
+    prefix = 1 if m.vision.select == "cls_patch" else 0
+    reducer = _reducer(build_reducer, m.reducer.type, m.reducer.options, "model.reducer")
+    try:
+        image = image_tokens(grid, reducer, prefix)
+    except ValueError as exc:
+        raise TokenCountError("model.reducer", f"{exc} (tower grid {grid[0]}x{grid[1]})") from None
+    if m.video.reducer is not None:
+        reducer = _reducer(build_reducer, m.video.reducer.type, m.video.reducer.options, "model.video.reducer")
+    try:
+        video = video_tokens(m.video.frames, grid, reducer, m.video.separators)
+    except ValueError as exc:
+        raise TokenCountError("model.video", f"{exc} (clip grid {m.video.frames}x{grid[0]}x{grid[1]})") from None
+    audio = None
+    if m.audio is not None:
+        audio_cls = AUDIO_TOWERS.get(m.audio.type)
+        config = _read_config(audio_cls.config_class(), m.audio.path, m.audio.config, "model.audio")
+        try:
+            audio = audio_tokens(audio_cls, config, m.audio.tokens_per_second)
+        except ValueError as exc:
+            raise TokenCountError("model.audio.tokens_per_second", str(exc)) from None
+    return TokenCounts(image=image, video=video, audio=audio, image_size=int(vision["image_size"] if isinstance(vision, dict) else vision.image_size))
+
+
+def _reducer(build: Any, name: str, options: dict[str, Any], field: str) -> Any:
+    try:
+        return build(name, options)
+    except UnknownNameError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise TokenCountError(field, str(exc)) from None
+
+
+def _read_config(config_cls: Any, path: str | None, overrides: dict[str, Any], field: str) -> Any:
+    """A transformers config: ``overrides`` over the defaults, or a local checkpoint's config.json."""
+    if path is None:
+        try:
+            return config_cls(**overrides)
+        except (TypeError, ValueError) as exc:
+            raise TokenCountError(f"{field}.config", str(exc)) from None
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise TokenCountError(f"{field}.path", f"{path!r} is not a local checkpoint folder (no config.json)")
+    return config_cls.from_pretrained(path, local_files_only=True, **overrides)

@@ -30,6 +30,7 @@ Towers build from a config (``build_tower(name, config=...)``) or from a local c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -48,6 +49,16 @@ from llava_wb.registry import Registry
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
+
+def patch_grid(config: Any, strict: bool = False) -> tuple[int, int]:
+    """Patch rows and columns of one image for a vision config (object or mapping with
+    ``image_size`` and ``patch_size``); ``strict``: raise ``ValueError`` unless the patches tile it."""
+    get = config.get if isinstance(config, Mapping) else lambda key: getattr(config, key)
+    size, patch = int(get("image_size")), int(get("patch_size"))
+    if strict and size % patch:
+        raise ValueError(f"image_size {size} is not a multiple of patch_size {patch}")
+    return (size // patch, size // patch)
+
 
 class VisionTower(nn.Module):
     """Base class of the vision towers (see the module docstring)."""
@@ -158,8 +169,6 @@ class VisionTower(nn.Module):
     @property
     def grid(self) -> tuple[int, int]:
         """Patch rows and columns of one image."""
-        from llava_wb.model.tokens import patch_grid
-
         return patch_grid(self.config)
 
     @property

@@ -128,7 +128,8 @@ def _check_zero3(cfg: RunConfig) -> None:
 
 def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
     """Placeholder tokens per image / clip from the configs alone (``llava_wb.model.tokens``)."""
-    from llava_wb.model.tokens import TokenCountError, media_token_counts
+    from llava_wb.model.build import media_token_counts
+    from llava_wb.model.tokens import TokenCountError
 
     try:
         counts = media_token_counts(cfg.model)
