@@ -27,7 +27,8 @@ from llava_wb.train.config import ConfigError, RunConfig
 from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync
 
 log = logging.getLogger("llava_wb.train")
-RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "warmup_heads.safetensors")
+RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "final.partial",
+             "warmup_heads.safetensors")
 # Changing these between a run and its resumption keeps the continuation exact.
 RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
                "train.save_total_limit", "train.report_to", "train.run_name"}
@@ -115,8 +116,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     final_dir = out / "final" if step >= max_steps else None
     if final_dir is not None and done_steps < max_steps:
         save_final(trainer, model, tokenizer, final_dir)
-    elif final_dir is not None and not (final_dir / "config.json").is_file():
-        # resumed a run that had finished training but died before writing final/
+    elif final_dir is not None and not final_dir.is_dir():
+        # resumed a run that had finished training but died before final/ appeared (it appears by rename)
         ckpt.load_model_weights(model, resume_from)  # type: ignore[arg-type]
         save_final(trainer, model, tokenizer, final_dir)
     result = {"output_dir": str(out), "final_dir": str(final_dir) if final_dir else None, "global_step": step,
@@ -154,19 +155,28 @@ def load_tokenizer(cfg: RunConfig) -> Any:
 
 
 def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> None:
-    """Model (LoRA merged) + tokenizer in one folder; under ZeRO-3 the weights are gathered first."""
+    """Model (LoRA merged) + tokenizer in one folder; under ZeRO-3 the weights are gathered first.
+    Written into ``final.partial/`` and renamed: ``final/`` exists only once it is complete."""
     from llava_wb.model import save_bundle
     from llava_wb.train.stages import merge_lora
 
-    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if ds is not None and ds.zero_stage == 3:
-        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
-        if trainer.args.process_index == 0:
-            model.save_pretrained(directory, state_dict=state_dict)
-            tokenizer.save_pretrained(directory)
-    elif trainer.args.process_index == 0:
-        merge_lora(model)
-        save_bundle(model, tokenizer, directory)
+    staging, rank0 = directory.with_name(directory.name + ".partial"), trainer.args.process_index == 0
+    if rank0:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    barrier()
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    with ckpt.disk_full_guard(staging, needed, "final model"):
+        ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if ds is not None and ds.zero_stage == 3:
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
+            if rank0:
+                model.save_pretrained(staging, state_dict=state_dict)
+                tokenizer.save_pretrained(staging)
+        elif rank0:
+            merge_lora(model)
+            save_bundle(model, tokenizer, staging)
+        if rank0:
+            ckpt.publish_folder(staging, directory)
     barrier()
 
 
@@ -199,7 +209,7 @@ def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:
 def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
     t = cfg.train
     if t.resume:
-        latest = ckpt.latest_checkpoint(out)
+        latest = ckpt.resume_checkpoint(out)  # verified against its marker; damaged newer ones are skipped
         if latest is None:
             log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", out)
         elif (out / "resolved_config.yaml").is_file():
@@ -235,9 +245,17 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
         logs.append((out / "metrics.jsonl", "step", step))
     for path, key, limit in logs:
         if path.is_file():
-            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get(key, 0) < limit + (key == "step")]
-            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+            rows = []
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except ValueError:  # a line torn by the kill that interrupted the run
+                    log.warning("%s line %d is not valid JSON (torn by an interrupted write?): dropped: %.80r",
+                                path, number, line)
+                    continue
+                if isinstance(row, dict) and row.get(key, 0) < limit + (key == "step"):
+                    rows.append(line)
+            ckpt.write_atomic(path, "".join(r + "\n" for r in rows))
 
 
 def _changed_fields(old: Any, new: Any, where: str = "") -> list[str]:
