@@ -165,7 +165,7 @@ def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> Non
         shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
     barrier()
     needed = sum(p.numel() * p.element_size() for p in model.parameters())
-    with ckpt.disk_full_guard(staging, needed, "final model"):
+    with ckpt.disk_full_guard(staging, needed, "saving the final model"):
         ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         if ds is not None and ds.zero_stage == 3:
             state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank

@@ -146,7 +146,7 @@ class LlavaTrainer(Trainer):
         if self.args.should_save:  # a resumed run may write again where a damaged checkpoint was
             ckpt.unmark(folder)
         self.accelerator.wait_for_everyone()
-        with ckpt.disk_full_guard(folder, self._checkpoint_bytes(out), f"checkpoint {folder.name}"):
+        with ckpt.disk_full_guard(folder, self._checkpoint_bytes(out), f"saving {folder.name}"):
             ckpt.write_loader_state(folder, self.args.process_index, self.feed.state_dict())
             super()._save_checkpoint(model, trial)
             self.accelerator.wait_for_everyone()

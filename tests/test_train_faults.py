@@ -1,0 +1,153 @@
+"""Training fault matrix: damaged checkpoints, a kill inside the final save, torn logs, a full disk.
+
+Each test breaks a run the way a crash, a bad disk or a full file system would, then resumes (or
+saves) and checks the outcome: resumed exactly from the newest checkpoint that verifies, a final
+model that loads, or a clear error naming the file. Kills are real SIGKILLs at a fixed point
+(``crash_hook.py``); the full disk is a real tmpfs of a few hundred KiB in a private mount
+namespace (skipped where mounting is not permitted). The DeepSpeed case is in ``test_train_dist``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import (ROOT, assert_same_run, make_workspace, resume_config, subprocess_env, tiny_config,
+                            train_cmd, write_config)
+
+from llava_wb.train import load_config, train
+
+STEPS = 6
+HOOK = str(Path(__file__).with_name("crash_hook.py"))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("train_faults"), n=48, shard_size=16)
+
+
+@pytest.fixture(scope="module")
+def reference(ws, tmp_path_factory):
+    """An uninterrupted run of the resume config."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(load_config(resume_config(ws, out, STEPS)))
+    return out
+
+
+def stopped_at_4(ws, out):
+    """A run stopped after step 4: complete checkpoints 2 and 4."""
+    first = train(load_config(resume_config(ws, out, STEPS, stop_after=4)))
+    assert first["global_step"] == 4 and (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def overwrite(path: Path) -> None:  # same size, other bytes: only the checksum can tell
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name,damage", [("optimizer.pt", delete), ("scheduler.pt", delete),
+                                         ("model.safetensors", truncate), ("rng_state.pth", overwrite),
+                                         ("trainer_state.json", overwrite)])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_exactly(ws, reference, tmp_path, caplog, name,
+                                                                          damage):
+    out = tmp_path / "cut"
+    stopped_at_4(ws, out)
+    damage(out / "checkpoint-4" / name)
+    with caplog.at_level(logging.WARNING, logger="llava_wb.train"):
+        result = train(load_config(resume_config(ws, out, STEPS, resume=True)))
+    assert result["resumed_from"].endswith("checkpoint-2") and result["global_step"] == STEPS
+    warned = [r.getMessage() for r in caplog.records if "cannot be resumed from" in r.getMessage()]
+    assert len(warned) == 1 and "checkpoint-4" in warned[0] and name in warned[0], warned
+    assert_same_run(reference, out, STEPS)  # steps 3-6 redone from checkpoint-2: identical to the uninterrupted run
+
+
+def test_no_checkpoint_verifies_is_a_clear_error(ws, tmp_path):
+    from llava_wb.train import checkpoints as ckpt
+
+    out = tmp_path / "cut"
+    stopped_at_4(ws, out)
+    delete(out / "checkpoint-4" / "optimizer.pt")
+    truncate(out / "checkpoint-2" / "scheduler.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint-4: optimizer\.pt is missing.*checkpoint-2: "
+                                                   r"scheduler\.pt has \d+ bytes, the marker says \d+"):
+        train(load_config(resume_config(ws, out, STEPS, resume=True)))
+
+
+def test_torn_last_log_lines_are_dropped_with_a_warning(ws, reference, tmp_path, caplog):
+    out = tmp_path / "cut"
+    stopped_at_4(ws, out)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # the kill landed inside a write
+    with open(out / "sample_ids" / "rank0.jsonl", "a") as f:
+        f.write('{"batch": 8, "epo')
+    with caplog.at_level(logging.WARNING, logger="llava_wb.train"):
+        result = train(load_config(resume_config(ws, out, STEPS, resume=True)))
+    assert result["resumed_from"].endswith("checkpoint-4")
+    torn = [r.getMessage() for r in caplog.records if "not valid JSON" in r.getMessage()]
+    assert len(torn) == 2 and any("metrics.jsonl" in m for m in torn) and any("rank0.jsonl" in m for m in torn)
+    assert_same_run(reference, out, STEPS)
+
+
+def test_sigkill_inside_the_final_save_leaves_no_final_and_resume_completes_it(ws, tmp_path):
+    from llava_wb.model import load_bundle
+
+    out = tmp_path / "run"
+    cfg = tiny_config(ws, out, max_steps=4, save_steps=2, report_to="none")
+    path = write_config(tmp_path / "run.yaml", cfg)
+    # killed right before the final model's weights are written (config.json is already there)
+    proc = subprocess.run([sys.executable, HOOK, "transformers.modeling_utils:safe_save_file",
+                           r"/final[^/]*/model\.safetensors$", "--", str(path), "-q"], env=subprocess_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (out / "checkpoint-4" / "complete.json").is_file()
+    assert not (out / "final").exists()  # a half-written final model never carries the name
+    result = train(load_config(cfg, ["train.resume=true"]))
+    assert result["finished"] and result["global_step"] == 4 and not (out / "final.partial").exists()
+    model, _ = load_bundle(out / "final")
+    final, saved = load_file(str(out / "final" / "model.safetensors")), load_file(
+        str(out / "checkpoint-4" / "model.safetensors"))
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    if not shutil.which("unshare"):
+        return False
+    where.mkdir()
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{where}'"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_disk_full_save_names_the_path_and_the_space_needed(ws, reference, tmp_path):
+    """A real ENOSPC: the run folder is a tmpfs that holds the weights of a checkpoint but not its
+    optimizer state (today torch.save dies there with ``basic_ios::clear``)."""
+    out = tmp_path / "full"
+    if not _can_mount_tmpfs(out):
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (unshare -Urm + mount not permitted)")
+    sizes = {p.name: p.stat().st_size for p in (reference / f"checkpoint-{STEPS}").iterdir()}
+    limit = sizes["model.safetensors"] + sizes["optimizer.pt"] // 2 + 128 * 1024
+    cfg = write_config(tmp_path / "full.yaml", tiny_config(ws, out, max_steps=4, save_steps=2, report_to="none"))
+    script = f"mount -t tmpfs -o size={limit} tmpfs \"$0\" && exec \"$@\""
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(out), *train_cmd(cfg)], env=subprocess_env(),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "disk is full" in last and str(out / "checkpoint-2") in last, proc.stderr[-3000:]
+    assert "free on its file system" in last and "it needs about" in last
