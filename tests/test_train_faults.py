@@ -4,13 +4,13 @@ Each test breaks a run the way a crash, a bad disk or a full file system would, 
 saves) and checks the outcome: resumed exactly from the newest checkpoint that verifies, a final
 model that loads, or a clear error naming the file. Kills are real SIGKILLs at a fixed point
 (``crash_hook.py``); the full disk is a real tmpfs of a few hundred KiB in a private mount
-namespace (skipped where mounting is not permitted). The DeepSpeed case is in ``test_train_dist``.
+namespace (skipped where mounting is not permitted). Under DeepSpeed, which unpickles its checkpoint files
+(``weights_only=False``), a file that does not match its marker is refused before DeepSpeed opens it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import (ROOT, assert_same_run, make_workspace, resume_config, subprocess_env, tiny_config,
-                            train_cmd, write_config)
+from train_fixtures import (ROOT, assert_same_run, free_port, make_workspace, resume_config, run, subprocess_env,
+                            tiny_config, train_cmd, write_config)
 
 from llava_wb.train import load_config, train
 
@@ -114,13 +114,13 @@ def test_sigkill_inside_the_final_save_leaves_no_final_and_resume_completes_it(w
     # killed right before the final model's weights are written (config.json is already there)
     proc = subprocess.run([sys.executable, HOOK, "transformers.modeling_utils:safe_save_file",
                            r"/final[^/]*/model\.safetensors$", "--", str(path), "-q"], env=subprocess_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, start_new_session=True)
+                          capture_output=True, text=True, timeout=300, start_new_session=True, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (out / "checkpoint-4" / "complete.json").is_file()
     assert not (out / "final").exists()  # a half-written final model never carries the name
     result = train(load_config(cfg, ["train.resume=true"]))
     assert result["finished"] and result["global_step"] == 4 and not (out / "final.partial").exists()
-    model, _ = load_bundle(out / "final")
+    load_bundle(out / "final")  # loads: a complete bundle
     final, saved = load_file(str(out / "final" / "model.safetensors")), load_file(
         str(out / "checkpoint-4" / "model.safetensors"))
     assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
@@ -131,7 +131,7 @@ def _can_mount_tmpfs(where: Path) -> bool:
         return False
     where.mkdir()
     probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{where}'"],
-                           capture_output=True)
+                           capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -146,8 +146,41 @@ def test_disk_full_save_names_the_path_and_the_space_needed(ws, reference, tmp_p
     cfg = write_config(tmp_path / "full.yaml", tiny_config(ws, out, max_steps=4, save_steps=2, report_to="none"))
     script = f"mount -t tmpfs -o size={limit} tmpfs \"$0\" && exec \"$@\""
     proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(out), *train_cmd(cfg)], env=subprocess_env(),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "disk is full" in last and str(out / "checkpoint-2") in last, proc.stderr[-3000:]
     assert "free on its file system" in last and "it needs about" in last
+
+
+class _Planted:
+    """Unpickling this creates a file: stands for any code a pickle can run."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.slow
+def test_deepspeed_resume_refuses_a_file_that_does_not_match_the_marker_before_unpickling(ws, tmp_path):
+    launcher = Path(sys.executable).parent / "deepspeed"
+    if not launcher.exists():
+        pytest.skip("deepspeed launcher not installed")
+    out, planted = tmp_path / "ds", tmp_path / "PLANTED"
+    cfg = write_config(tmp_path / "ds.yaml", tiny_config(ws, out, max_steps=6, save_steps=2, stop_after=4,
+                                                         report_to="none", deepspeed="configs/deepspeed/zero2.json"))
+
+    def launch(*overrides: str) -> subprocess.CompletedProcess:
+        return run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "llava_wb.train",
+                    str(cfg), "-q", *overrides], timeout=600)
+
+    launch()
+    states = out / "checkpoint-4" / "global_step4" / "mp_rank_00_model_states.pt"
+    assert states.is_file() and (out / "checkpoint-2" / "complete.json").is_file()
+    torch.save({"module": _Planted(str(planted))}, states)  # what DeepSpeed would unpickle on resume
+    proc = launch("train.resume=true")
+    assert not planted.exists()  # DeepSpeed never opened the file
+    assert "global_step4/mp_rank_00_model_states.pt" in proc.stderr and "cannot be resumed from" in proc.stderr
+    assert '"resumed_from"' in proc.stdout and "checkpoint-2" in proc.stdout and '"finished": true' in proc.stdout

@@ -120,7 +120,7 @@ def verify(folder: str | Path) -> list[str]:
     folder = Path(folder)
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-        listed = marker["files"] if "files" in marker else None
+        listed = marker.get("files")
     except (OSError, ValueError, TypeError) as exc:
         return [f"{MARKER} is unreadable ({exc})"]
     if listed is None:
