@@ -150,7 +150,8 @@ def test_disk_full_save_names_the_path_and_the_space_needed(ws, reference, tmp_p
         pytest.skip("cannot mount a tmpfs in a private mount namespace here (unshare -Urm + mount not permitted)")
     sizes = {p.name: p.stat().st_size for p in (reference / f"checkpoint-{STEPS}").iterdir()}
     if where == "checkpoint":  # the weights fit, the optimizer state does not
-        limit, steps, failed = _pages(sizes["model.safetensors"]) + _pages(sizes["optimizer.pt"] // 2), 4, "checkpoint-2"
+        limit, steps, failed = _pages(sizes["model.safetensors"]) + _pages(sizes["optimizer.pt"] // 2), 4, \
+            "checkpoint-2"
     else:  # the one checkpoint (at the last step) fits, the final model after it does not
         limit, steps, failed = sum(_pages(n) for n in sizes.values()), 2, "final.partial"
     limit += 64 * 1024  # config, logs, loader state
