@@ -247,13 +247,16 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
         if path.is_file():
             rows = []
             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
                 try:
-                    row = json.loads(line) if line.strip() else None
+                    row = json.loads(line)
                 except ValueError:  # a line torn by the kill that interrupted the run
+                    row = None
+                if not isinstance(row, dict):
                     log.warning("%s line %d is not valid JSON (torn by an interrupted write?): dropped: %.80r",
                                 path, number, line)
-                    continue
-                if isinstance(row, dict) and row.get(key, 0) < limit + (key == "step"):
+                elif row.get(key, 0) < limit + (key == "step"):
                     rows.append(line)
             ckpt.write_atomic(path, "".join(r + "\n" for r in rows))
 
