@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import (ROOT, make_workspace, read_ids, read_metrics, run, subprocess_env, tiny_config,
-                            train_cmd, write_config)
+from train_fixtures import ROOT, make_workspace, resume_config, run, subprocess_env, train_cmd, write_config
+from train_fixtures import assert_same_run as same_run
 
 from llava_wb.train import load_config, train
 from llava_wb.train.checkpoints import latest_checkpoint
@@ -32,20 +32,11 @@ def ws(tmp_path_factory):
 
 
 def config(ws, out, steps=STEPS, **train_kw):
-    # grad_accum 2 and 2 loader workers: resumption must restore the micro-batch and worker order too
-    cfg = tiny_config(ws, out, max_steps=steps, save_steps=2, grad_accum=2, report_to="none", **train_kw)
-    cfg["data"]["num_workers"] = 2
-    return cfg
+    return resume_config(ws, out, steps, **train_kw)
 
 
 def assert_same_run(ref, got, tol=0.0, steps=STEPS):
-    a, b = read_metrics(ref), read_metrics(got)
-    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
-    for step in a:
-        for key in ("loss", "learning_rate", "grad_norm"):
-            assert abs(a[step][key] - b[step][key]) <= tol * max(1.0, abs(a[step][key])), (step, key, a[step], b[step])
-    assert read_ids(ref) == read_ids(got)
-    assert len(read_ids(ref)) == steps * 2  # two micro-batches per step
+    same_run(ref, got, steps, tol)
 
 
 def test_stop_after_then_resume_matches_uninterrupted(ws, tmp_path):

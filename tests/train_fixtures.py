@@ -76,6 +76,25 @@ def tiny_config(ws: dict[str, str], output_dir: Path | str, **train: Any) -> dic
     return cfg
 
 
+def resume_config(ws: dict[str, str], out: Path | str, steps: int, **train: Any) -> dict[str, Any]:
+    """The exact-resume test config: a checkpoint every 2 steps, grad_accum 2 and 2 loader workers
+    (resumption must restore the micro-batch and worker order too)."""
+    cfg = tiny_config(ws, out, max_steps=steps, save_steps=2, grad_accum=2, report_to="none", **train)
+    cfg["data"]["num_workers"] = 2
+    return cfg
+
+
+def assert_same_run(ref: Path | str, got: Path | str, steps: int, tol: float = 0.0) -> None:
+    """Same loss, learning rate and grad norm at every step, and the same batches in the same order."""
+    a, b = read_metrics(ref), read_metrics(got)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for step in a:
+        for key in ("loss", "learning_rate", "grad_norm"):
+            assert abs(a[step][key] - b[step][key]) <= tol * max(1.0, abs(a[step][key])), (step, key, a[step], b[step])
+    assert read_ids(ref) == read_ids(got)
+    assert len(read_ids(ref)) == steps * 2  # two micro-batches per step
+
+
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path

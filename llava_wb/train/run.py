@@ -115,8 +115,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     final_dir = out / "final" if step >= max_steps else None
     if final_dir is not None and done_steps < max_steps:
         save_final(trainer, model, tokenizer, final_dir)
-    elif final_dir is not None and not (final_dir / "config.json").is_file():
-        # resumed a run that had finished training but died before writing final/
+    elif final_dir is not None and not final_dir.is_dir():
+        # resumed a run that had finished training but died before final/ appeared (it appears by rename)
         ckpt.load_model_weights(model, resume_from)  # type: ignore[arg-type]
         save_final(trainer, model, tokenizer, final_dir)
     result = {"output_dir": str(out), "final_dir": str(final_dir) if final_dir else None, "global_step": step,
@@ -154,19 +154,28 @@ def load_tokenizer(cfg: RunConfig) -> Any:
 
 
 def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> None:
-    """Model (LoRA merged) + tokenizer in one folder; under ZeRO-3 the weights are gathered first."""
+    """Model (LoRA merged) + tokenizer in one folder; under ZeRO-3 the weights are gathered first.
+    Written into ``final.partial/`` and renamed: ``final/`` exists only once it is complete."""
     from llava_wb.model import save_bundle
     from llava_wb.train.stages import merge_lora
 
-    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if ds is not None and ds.zero_stage == 3:
-        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
-        if trainer.args.process_index == 0:
-            model.save_pretrained(directory, state_dict=state_dict)
-            tokenizer.save_pretrained(directory)
-    elif trainer.args.process_index == 0:
-        merge_lora(model)
-        save_bundle(model, tokenizer, directory)
+    staging, rank0 = directory.with_name(directory.name + ".partial"), trainer.args.process_index == 0
+    if rank0:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    barrier()
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    with ckpt.disk_full_guard(staging, needed, "saving the final model"):
+        ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if ds is not None and ds.zero_stage == 3:
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
+            if rank0:
+                model.save_pretrained(staging, state_dict=state_dict)
+                tokenizer.save_pretrained(staging)
+        elif rank0:
+            merge_lora(model)
+            save_bundle(model, tokenizer, staging)
+        if rank0:
+            ckpt.publish_folder(staging, directory)
     barrier()
 
 
@@ -201,9 +210,20 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
         logs.append((out / "metrics.jsonl", "step", step))
     for path, key, limit in logs:
         if path.is_file():
-            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get(key, 0) < limit + (key == "step")]
-            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+            rows = []
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line torn by the kill that interrupted the run
+                    row = None
+                if not isinstance(row, dict):
+                    log.warning("%s line %d is not valid JSON (torn by an interrupted write?): dropped: %.80r",
+                                path, number, line)
+                elif row.get(key, 0) < limit + (key == "step"):
+                    rows.append(line)
+            ckpt.write_atomic(path, "".join(r + "\n" for r in rows))
 
 
 def _at(d: dict[str, Any], dotted: str) -> Any:

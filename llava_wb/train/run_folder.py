@@ -17,7 +17,8 @@ from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.config import ConfigError, RunConfig
 
 log = logging.getLogger("llava_wb.train")
-RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "warmup_heads.safetensors")
+RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "final.partial",
+             "warmup_heads.safetensors")
 # Changing these between a run and its resumption keeps the continuation exact.
 RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
                "train.save_total_limit", "train.report_to", "train.run_name"}
@@ -26,7 +27,7 @@ RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.log
 def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
     t = cfg.train
     if t.resume:
-        latest = ckpt.latest_checkpoint(out)
+        latest = ckpt.resume_checkpoint(out)  # verified against its marker; damaged newer ones are skipped
         if latest is None:
             log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", out)
         elif (out / "resolved_config.yaml").is_file():

@@ -141,14 +141,28 @@ class LlavaTrainer(Trainer):
                 "visual_tokens_per_sample": visual / max(samples, 1.0), "data_wait_frac": wait / self.args.world_size}
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        folder = Path(self._get_output_dir(trial)) / f"{ckpt.PREFIX}{self.state.global_step}"
-        ckpt.write_loader_state(folder, self.args.process_index, self.feed.state_dict())
-        super()._save_checkpoint(model, trial)
+        out = Path(self._get_output_dir(trial))
+        folder = out / f"{ckpt.PREFIX}{self.state.global_step}"
+        if self.args.should_save:  # a resumed run may write again where a damaged checkpoint was
+            ckpt.unmark(folder)
         self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            ckpt.mark_complete(folder, self.state.global_step, self.args.world_size)
-            ckpt.rotate(self._get_output_dir(trial), self.keep_checkpoints)
+        with ckpt.disk_full_guard(folder, self._checkpoint_bytes(out), f"saving {folder.name}"):
+            ckpt.write_loader_state(folder, self.args.process_index, self.feed.state_dict())
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                ckpt.mark_complete(folder, self.state.global_step, self.args.world_size)
+                ckpt.rotate(out, self.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+
+    def _checkpoint_bytes(self, out: Path) -> int:
+        """Space a checkpoint needs: the size of the last one, else weights + two fp32 Adam states."""
+        done = ckpt.checkpoints(out)
+        if done and ckpt.checkpoint_bytes(done[-1]):
+            return ckpt.checkpoint_bytes(done[-1])
+        params = list(self.model.parameters())
+        return sum(p.numel() * p.element_size() for p in params) + sum(8 * p.numel() for p in params
+                                                                        if p.requires_grad)
 
 
 class GroupLRCallback(TrainerCallback):
