@@ -89,6 +89,12 @@ def test_no_checkpoint_verifies_is_a_clear_error(ws, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=r"checkpoint-4: optimizer\.pt is missing.*checkpoint-2: "
                                                    r"scheduler\.pt has \d+ bytes, the marker says \d+"):
         train(load_config(resume_config(ws, out, STEPS, resume=True)))
+    # from the command line: the same message, no traceback, exit status 3
+    config = write_config(tmp_path / "resume.yaml", resume_config(ws, out, STEPS, resume=True))
+    proc = subprocess.run(train_cmd(config), env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "checkpoint error: " in proc.stderr and "optimizer.pt is missing" in proc.stderr
 
 
 def test_torn_last_log_lines_are_dropped_with_a_warning(ws, reference, tmp_path, caplog):

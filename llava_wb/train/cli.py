@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from llava_wb.train.checks import check_run_config
+    from llava_wb.train.checkpoints import CheckpointError
     from llava_wb.train.config import ConfigError, load_config
 
     try:
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:  # no checkpoint verifies, or the disk filled while saving one
+        print(f"checkpoint error: {exc}", file=sys.stderr)
+        return 3
     if result["world_size"] == 1 or _rank() == 0:
         print(json.dumps(result, indent=1))
     return 0
