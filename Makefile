@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m llava_wb.demo --out runs/demo
+	$(PY) -m recipes.demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -67,7 +67,7 @@ def test_merge_notebook_with_a_tower_inside_placement(tmp_path):
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llava_wb.demo", "--out", str(tmp_path / "demo"), "--quick",
+    proc = subprocess.run([sys.executable, "-m", "recipes.demo", "--out", str(tmp_path / "demo"), "--quick",
                            "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
