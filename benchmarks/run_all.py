@@ -5,8 +5,8 @@
 ``make bench`` calls this. ``--quick`` and ``--out`` are passed on to every benchmark (each
 module's ``main`` takes an argv list, accepts ``--quick`` and ``--out`` and returns the paths it
 wrote, or ``None``). Without ``--out`` the tables go to ``benchmarks/results``, or with ``--quick``
-(tiny sizes, meaningless numbers) to ``runs/bench_quick`` (``common.results_dir``). A failing benchmark is reported and the others still run; the exit status
-is 1 if any failed.
+(tiny sizes, meaningless numbers) to ``runs/bench_quick`` (``common.results_dir``). A failing
+benchmark is reported and the others still run; the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
