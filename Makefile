@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m llava_wb.demo --out runs/demo
+	$(PY) -m recipes.demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -33,8 +33,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
+# JupyterLab refuses to start as root unless told --allow-root (containers often run as root).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks $$( [ $$(id -u) = 0 ] && echo --allow-root )
 
 clean:
 	rm -rf runs .cache .pytest_cache

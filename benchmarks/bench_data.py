@@ -34,7 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `make bench` and 
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import DEFAULT_CACHE, ROOT, Timing, TreeMemorySampler, machine_info, mib, repeat_timed
+from benchmarks.common import (DEFAULT_CACHE, ROOT, Timing, TreeMemorySampler, machine_info, repeat_timed,
+                               results_dir)
 from benchmarks.fixtures import (FULL, QUICK, Fixture, Sizes, baseline_dataset, baseline_loader, iterate,
                                  load_tokenizer, prepare, stream_loader)
 
@@ -249,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     sizes: Sizes = QUICK if args.quick else FULL
     if args.repeats:
         sizes = Sizes(**{**asdict(sizes), "repeats": args.repeats, "convert_repeats": args.repeats})
-    out = args.out or str(ROOT / ("runs/bench_quick" if args.quick else "benchmarks/results"))
+    out = results_dir(args.out, args.quick)
     started = time.perf_counter()
     _say(f"preparing inputs in {args.cache} ({sizes.n} records)")
     fx = prepare(sizes, args.cache, progress=args.progress)

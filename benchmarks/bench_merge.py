@@ -32,16 +32,16 @@ import argparse
 import collections
 import functools
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import RunCache, Section, claim, machine_info, run_plan, write_results
+from benchmarks.common import RunCache, Section, claim, machine_info, results_dir, run_plan, write_results
+from recipes import chain
+from recipes.chain import ChainPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "bench_cache" / "merge"
 QTYPES = ("colour", "shape", "position", "relation", "count")
 C_REDUCERS = {  # name -> model.reducer for part (c)
@@ -164,47 +164,40 @@ def prepare_data(cache: Path, quick: bool) -> Path:
     return run
 
 
-def train_stage(config: str, overrides: list[str]) -> dict[str, Any]:
-    from llava_wb.train import load_config, train
+# one loader worker, as when the results were first made (the demo configs have 2 since issue 5):
+# the worker count sets the order of the samples, so it keeps the cached runs comparable
+BENCH_OVERRIDES = ("train.overwrite=true", "train.report_to=none", "train.save_steps=100000", "data.num_workers=1")
 
-    # one loader worker, as when the results were first made (the demo configs have 2 since issue 5):
-    # the worker count sets the order of the samples, so it keeps the cached runs comparable
-    return train(load_config(ROOT / "configs" / config, ["train.overwrite=true", "train.report_to=none",
-                                                         "train.save_steps=100000", "data.num_workers=1",
-                                                         *overrides]))
+
+def train_stage(stage: str, paths: ChainPaths, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """One stage of ``recipes.chain`` in this process, with the benchmarks' settings."""
+    return chain.train_stage(stage, paths, [*BENCH_OVERRIDES, *overrides])
 
 
 def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps: dict[str, int]) -> dict[str, Any]:
     """Warm-up (cached per variant and seed) -> pretrain -> finetune -> held-out eval."""
-    from llava_wb.eval.__main__ import image_config_for
-    from llava_wb.eval.evaluate import evaluate
+    from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.model.bundle import load_bundle
 
-    os.environ["DEMO_RUN"] = str(data)
     vision = [] if variant == "pos" else ["model.vision.position_embeddings=false"]
-    tower = work / f"{variant}_seed{seed}" / "tower"
-    with claim(tower.with_name("tower.lock")):  # processes sharing the cache train it once
-        if not (tower / "result.json").is_file():
+    run = work / f"{variant}_seed{seed}" / reducer
+    paths = ChainPaths(data=data, tower=work / f"{variant}_seed{seed}" / "tower", pretrain=run / "pretrain",
+                       train=run / "train")
+    with claim(paths.tower.with_name("tower.lock")):  # processes sharing the cache train it once
+        if not (paths.tower / "result.json").is_file():
             warm = ["train.warmup.weights={row: 0, col: 0, count: 0.5}"] if variant == "nopos" else []
-            train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
-                                            f"train.max_steps={steps['tower']}", *vision, *warm])
+            train_stage("tower", paths, [f"train.seed={seed}", f"data.seed={seed}",
+                                         f"train.max_steps={steps['tower']}", *vision, *warm])
     red = C_REDUCERS[reducer]
     # images only: no audio tower, no video separators (the demo configs have both since issue 5)
-    common = ["model.audio=null", "model.video.separators=false",
-              f"model.vision.path={tower / 'final'}", f"model.reducer.type={red['type']}",
+    common = ["model.audio=null", "model.video.separators=false", f"model.reducer.type={red['type']}",
               f"model.reducer.options={json.dumps(red['options'])}", f"train.seed={seed}", f"data.seed={seed}", *vision]
-    run = work / f"{variant}_seed{seed}" / reducer
     t0 = time.perf_counter()
-    train_stage("demo_pretrain.yaml", [f"train.output_dir={run / 'pretrain'}", f"train.max_steps={steps['pretrain']}",
-                                       *common])
-    result = train_stage("demo.yaml", [f"train.output_dir={run / 'train'}", f"train.init_from={run / 'pretrain'}",
-                                       f"train.max_steps={steps['finetune']}", *common])
+    train_stage("pretrain", paths, [f"train.max_steps={steps['pretrain']}", *common])
+    result = train_stage("finetune", paths, [f"train.max_steps={steps['finetune']}", *common])
     seconds = time.perf_counter() - t0
-    model, tok = load_bundle(run / "train" / "final")
-    from llava_wb.train import load_config
-
-    template = load_config(ROOT / "configs" / "demo.yaml").data.template
-    ev = evaluate(model, tok, [str(data / "shards" / "heldout")], image=image_config_for(model), template=template,
+    model, tok = load_bundle(paths.train / "final")
+    ev = evaluate(model, tok, [str(paths.shards("heldout"))], image=image_config_for(model), template=chain.template(),
                   batch_size=64, progress=False)
     # training is chaotic in the float order: a rerun at another commit or thread count is another draw
     return {"per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type}, "overall": ev.overall["accuracy"],
@@ -294,7 +287,13 @@ def part_d(quick: bool, gpu_only: bool) -> tuple[Section, dict[str, Any]]:
 
     import torch
 
-    from benchmarks.train_shapes import CPU_MID, REALISTIC, TINY, make_batch, step_seconds
+    from benchmarks.train_shapes import (
+        CPU_MID,
+        REALISTIC,
+        TINY,
+        make_batch,
+        step_seconds,
+    )
     from llava_wb.model import ModelConfig, build_model
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
@@ -351,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--cache", default=str(CACHE))
     p.add_argument("--parts", default="a,b,c,d")
     p.add_argument("--gpu-only", action="store_true",
@@ -365,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--report-only", action="store_true", help="part (c): report the cached runs, train nothing")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
     code_commit()  # before any training: a commit made meanwhile is not the code these runs ran
     parts = set(args.parts.split(","))
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]

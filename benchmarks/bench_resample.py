@@ -38,18 +38,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import (RunCache, Section, claim, clip_tower, machine_info, median_seconds, run_plan,
-                               write_results)
+from benchmarks.common import (RunCache, Section, claim, clip_tower, machine_info, median_seconds, results_dir,
+                               run_plan, write_results)
 from benchmarks.needle_recall import load_metas, measure
+from recipes import chain
+from recipes.chain import ChainPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "bench_cache" / "resample"
 MIX = {"image": 0.5, "needle": 0.45, "text": 0.05}
 BUDGETS = ("1/4", "1/8", "1/16")
@@ -252,33 +252,31 @@ def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int
     reducer ``name`` at ``budget`` (cached in ``work``); returns the run folder and timings."""
     from benchmarks.bench_merge import train_stage
 
-    os.environ["DEMO_RUN"] = str(data)
     tower = work.parent / f"towers{'_quick' if work.name.endswith('quick') else ''}" / f"t{steps['tower']}_seed{seed}"
+    run = work / f"seed{seed}" / (name.replace(" ", "_") + ("" if budget is None else "_" + budget.replace("/", "-")))
+    paths = ChainPaths(data=data, tower=tower, pretrain=run / "pretrain", train=run / "train")
     with claim(tower.with_name(tower.name + ".lock")):  # processes sharing the cache train it once
         if not (tower / "result.json").is_file():
-            train_stage("demo_tower.yaml", [f"train.output_dir={tower}", f"train.seed={seed}", f"data.seed={seed}",
-                                            f"train.max_steps={steps['tower']}", *WARMUP])
+            train_stage("tower", paths, [f"train.seed={seed}", f"data.seed={seed}", f"train.max_steps={steps['tower']}",
+                                         *WARMUP])
     tower_seconds = json.loads((tower / "result.json").read_text())["seconds"]
     kind, options = reducer_spec(name, 64 if budget is None else int(round(64 * fraction(budget))))
-    run = work / f"seed{seed}" / (name.replace(" ", "_") + ("" if budget is None else "_" + budget.replace("/", "-")))
     done = run / "done.json"
     with claim(run.with_name(run.name + ".lock")):
-        _train_run(run, done, tower, kind, options, seed, steps)
+        _train_run(paths, done, kind, options, seed, steps)
     return {"run": str(run), "tower_seconds": tower_seconds, **json.loads(done.read_text())}
 
 
-def _train_run(run: Path, done: Path, tower: Path, kind: str, options: dict[str, Any], seed: int,
+def _train_run(paths: ChainPaths, done: Path, kind: str, options: dict[str, Any], seed: int,
                steps: dict[str, int]) -> None:
     from benchmarks.bench_merge import train_stage
 
     if not done.is_file():
-        common = [*IMAGES_ONLY, f"model.vision.path={tower / 'final'}", f"model.reducer.type={kind}",
-                  f"model.reducer.options={json.dumps(options)}", f"train.seed={seed}", f"data.seed={seed}"]
+        common = [*IMAGES_ONLY, f"model.reducer.type={kind}", f"model.reducer.options={json.dumps(options)}",
+                  f"train.seed={seed}", f"data.seed={seed}"]
         t0 = time.perf_counter()
-        train_stage("demo_pretrain.yaml", [f"train.output_dir={run / 'pretrain'}", f"train.max_steps={steps['pretrain']}",
-                                           *common])
-        result = train_stage("demo.yaml", [f"train.output_dir={run / 'train'}", f"train.init_from={run / 'pretrain'}",
-                                           f"train.max_steps={steps['finetune']}", *common])
+        train_stage("pretrain", paths, [f"train.max_steps={steps['pretrain']}", *common])
+        result = train_stage("finetune", paths, [f"train.max_steps={steps['finetune']}", *common])
         done.write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1),
                                     "tokens_per_image": result["tokens_per_image"], "steps": steps}))
 
@@ -286,9 +284,7 @@ def _train_run(run: Path, done: Path, tower: Path, kind: str, options: dict[str,
 # ----------------------------------------------------------------------------- recall and accuracy
 def template() -> str:
     """The demo's conversation template (what the trained models were tuned with)."""
-    from llava_wb.train import load_config
-
-    return load_config(ROOT / "configs" / "demo.yaml").data.template
+    return chain.template()
 
 
 def measure_needles(model: Any, tok: Any, data: Path, metas: dict[str, Any],
@@ -529,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_resample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--cache", default=str(CACHE))
     p.add_argument("--parts", default="a,b,c,d",
                    help="a: time, b: recall, c: accuracy (swapped; --train-grid: trained), d: recall in long clips")
@@ -549,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
                    help="reducers of --train-grid (also: 'local_merge 8x8', 'instruct_resample learned')")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
     parts = set(args.parts.split(","))
     if not parts or parts - {"a", "b", "c", "d"}:
         p.error(f"--parts takes a comma-separated subset of a,b,c,d; got {args.parts!r}")

@@ -37,7 +37,8 @@ from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import DEFAULT_CACHE, ROOT, CpuMeter, Section, machine_info, machine_line, write_results
+from benchmarks.common import (DEFAULT_CACHE, ROOT, CpuMeter, Section, machine_info, machine_line, results_dir,
+                               write_results)
 from benchmarks.train_shapes import gpu_section, kept_note, measure_gpu
 
 NAME = "train"
@@ -132,12 +133,14 @@ def summarize(steps: list[dict[str, float]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- (1) CPU, demo config
-def prepare_demo(quick: bool, cache: str) -> tuple[str, str]:
-    """Synthetic instruct shards (demo generator defaults: 64 px PNG) and their tokenizer, cached."""
+def prepare_demo(quick: bool, cache: str) -> tuple[str, str, str]:
+    """Synthetic instruct shards (demo generator defaults: 64 px PNG), their tokenizer and an untrained
+    tower of the demo's shape, cached (nothing read from ``runs/demo``)."""
     from benchmarks.fixtures import _cached
     from data_tools.convert_to_wds import convert
     from data_tools.make_synthetic import GENERATOR_VERSION, generate
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+    from recipes.chain import save_untrained_tower
 
     n, shard = (160, 40) if quick else (2400, 300)
     params = {"n": n, "shard": shard, "generator": GENERATOR_VERSION, "seed": 0}
@@ -152,7 +155,9 @@ def prepare_demo(quick: bool, cache: str) -> tuple[str, str]:
         return {"records": n}
 
     _cached(root, params, build)
-    return str(root / "shards"), str(root / "tokenizer")
+    tower = Path(cache) / "demo-tower-untrained"  # the demo tower's shape; its weights do not change a step's time
+    _cached(tower, {"config": "demo_tower.yaml", "seed": 0}, lambda folder: {"path": str(save_untrained_tower(folder))})
+    return str(root / "shards"), str(root / "tokenizer"), str(tower)
 
 
 def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, threads: list[int]) -> dict[str, Any]:
@@ -165,8 +170,9 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
     from llava_wb.train.config import load_config
     from llava_wb.train.stages import apply_stage, param_groups
 
-    shards, tok_dir = prepare_demo(quick, cache)
-    cfg = load_config(config, [f"tokenizer={tok_dir}", f"data.sources=[{shards}]"])
+    shards, tok_dir, tower = prepare_demo(quick, cache)
+    cfg = load_config(config, [f"tokenizer={tok_dir}", f"data.sources=[{shards}]", f"model.vision.path={tower}",
+                               "train.init_from=null"])
     tok = load_tokenizer(tok_dir)
     out: dict[str, Any] = {"run": True, "measured_on": machine_line(machine_info()), "config": config,
                            "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "warmup": warmup,
@@ -276,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     args = build_parser().parse_args(argv)
-    out = args.out or str(ROOT / ("runs/bench_quick" if args.quick else "benchmarks/results"))
+    out = results_dir(args.out, args.quick)
     started, machine = time.perf_counter(), machine_info()
     raw: dict[str, Any] = {"quick": args.quick}
     previous = Path(out) / f"{NAME}.json"

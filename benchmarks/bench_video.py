@@ -20,11 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import Section, machine_info, write_results
+from benchmarks.common import Section, machine_info, results_dir, write_results
 from benchmarks.train_shapes import CPU_MID, step_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CLIP_REDUCERS = {
     "identity": ("identity", {}),
     "avgpool 2x2x2": ("avgpool", {"window": [2, 2, 2]}),
@@ -141,11 +140,12 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_video", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and clips (smoke test; numbers meaningless)")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--parts", default="a,b,c")
     p.add_argument("--gpu-only", action="store_true", help="part (c) on the GPU only (device runs); writes video_gpu.md")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all)")
     args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
     parts = set(args.parts.split(","))
     sections, raw = [], {"quick": args.quick}
     if args.gpu_only:

@@ -35,6 +35,14 @@ from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "runs" / "bench_cache"
+RESULTS = ROOT / "benchmarks" / "results"  # the committed, measured tables
+QUICK_RESULTS = ROOT / "runs" / "bench_quick"  # --quick: smoke-test numbers, never beside the measured ones
+
+
+def results_dir(out: str | os.PathLike | None, quick: bool) -> str:
+    """Where a benchmark writes: ``out`` when given, else ``runs/bench_quick`` for ``--quick`` (its
+    numbers mean nothing) and ``benchmarks/results`` otherwise."""
+    return str(out) if out else str(QUICK_RESULTS if quick else RESULTS)
 
 
 # ----------------------------------------------------------------------------- machine

@@ -55,8 +55,7 @@ def measure(model: Any, tok: Any, shards: str | Path, metas: dict[str, Any], swa
     clips the video reducer)."""
     import torch
 
-    from llava_wb.eval.__main__ import image_config_for
-    from llava_wb.eval.evaluate import evaluate
+    from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.model.reducers import build_reducer
 
     if kind not in KINDS:

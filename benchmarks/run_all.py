@@ -4,8 +4,9 @@
 
 ``make bench`` calls this. ``--quick`` and ``--out`` are passed on to every benchmark (each
 module's ``main`` takes an argv list, accepts ``--quick`` and ``--out`` and returns the paths it
-wrote, or ``None``). A failing benchmark is reported and the others still run; the exit status
-is 1 if any failed.
+wrote, or ``None``). Without ``--out`` the tables go to ``benchmarks/results``, or with ``--quick``
+(tiny sizes, meaningless numbers) to ``runs/bench_quick`` (``common.results_dir``). A failing
+benchmark is reported and the others still run; the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def discover() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; numbers meaningless)")
-    p.add_argument("--out", default=None, help="results folder for every benchmark (default: each one's own)")
+    p.add_argument("--out", default=None, help="results folder for every benchmark (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--only", default="", help="comma-separated names to run, e.g. 'data' for bench_data")
     args = p.parse_args(argv)
     names = discover()

@@ -39,10 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import Section, machine_info, repeat_timed, write_results
+from benchmarks.common import Section, machine_info, repeat_timed, results_dir, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "bench_cache" / "video_decoders"
 ENV060 = ROOT / "runs" / "bench_envs" / "decord060"
 COUNTS = (8, 16, 32)
@@ -343,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str] | None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.video_decoders", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="two short clips, 8/16 frames, one run (smoke test)")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 9, quick 1)")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -351,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str] | None:
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--counts", default=",".join(map(str, COUNTS)), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
     if args.worker:
         _worker(args)
         return None

@@ -30,7 +30,7 @@ WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
-    from llava_wb.demo import stream_records
+    from recipes.demo import stream_records
 
     base = tmp_path_factory.mktemp("av")
     data = generate(base / "data", n_pretrain=0, n_instruct=48, n_heldout=24, mix=MIX, progress=False,

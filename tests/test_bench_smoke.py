@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +80,18 @@ def test_bench_merge_quick_writes_every_part(tmp_path):
     (cpu,) = raw["d"]["runs"]  # no GPU in CI: the CPU row only, one step time per reducer
     assert set(cpu["results"]) == {"identity", "local_merge r=0.75", "avgpool 2x2"}
     assert cpu["results"]["identity"]["visual_tokens"] == 4 * cpu["results"]["local_merge r=0.75"]["visual_tokens"]
+
+
+def test_quick_runs_write_under_runs_never_into_the_committed_results(tmp_path, monkeypatch):
+    """``--quick`` numbers mean nothing: without ``--out`` they go to ``runs/bench_quick``, and the
+    measured tables in ``benchmarks/results`` stay as committed."""
+    from benchmarks import bench_video, common
+
+    assert common.QUICK_RESULTS.relative_to(common.ROOT).parts == ("runs", "bench_quick")
+    assert common.results_dir(None, quick=False) == str(common.RESULTS)
+    assert common.results_dir(str(tmp_path), quick=True) == str(tmp_path)
+    committed = {p.name: p.read_bytes() for p in common.RESULTS.glob("video.*")}
+    monkeypatch.setattr(common, "QUICK_RESULTS", tmp_path / "runs" / "bench_quick")
+    paths = bench_video.main(["--quick", "--parts", "b"])
+    assert all(Path(p).parent == tmp_path / "runs" / "bench_quick" for p in paths), paths
+    assert {p.name: p.read_bytes() for p in common.RESULTS.glob("video.*")} == committed

@@ -1,4 +1,6 @@
-"""Every notebook runs headless under papermill with tiny parameters; the demo runs end to end."""
+"""Every notebook runs headless under papermill with tiny parameters; the demo runs end to end; each
+notebook and its jupytext percent script (``notebooks/NN_name.py``) hold the same cells; on a fresh
+checkout 01 converts a sample it makes and 04 says what to run first."""
 
 from __future__ import annotations
 
@@ -7,12 +9,47 @@ import os
 import subprocess
 import sys
 
+import jupytext
 import nbformat
 import pytest
+from papermill.exceptions import PapermillExecutionError
 
 from llava_wb.notebook_runner import NOTEBOOKS, run_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cells(path):
+    """(type, source, tags) of every cell, as jupytext reads the file (either format)."""
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in jupytext.read(path).cells]
+
+
+def test_every_notebook_is_paired_with_a_percent_script():
+    notebooks = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    scripts = {p.stem for p in NOTEBOOKS.glob("*.py")}
+    assert notebooks and notebooks == scripts, (sorted(notebooks ^ scripts), "run `jupytext --sync notebooks/*`")
+    config = (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
+    assert 'formats = "ipynb,py:percent"' in config
+    for stem in sorted(scripts):
+        assert jupytext.read(NOTEBOOKS / f"{stem}.py").metadata["jupytext"]["text_representation"]["format_name"] == \
+            "percent", stem
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_and_script_do_not_drift(path):
+    script = path.with_suffix(".py")
+    assert _cells(path) == _cells(script), (
+        f"{path.name} and {script.name} differ: edit one and run `jupytext --sync notebooks/{path.name}`")
+
+
+def test_the_drift_test_sees_a_changed_cell(tmp_path):
+    src = NOTEBOOKS / "04_evaluate.py"
+    changed = tmp_path / "04_evaluate.py"
+    changed.write_text(src.read_text(encoding="utf-8").replace("N_EXAMPLES = 12", "N_EXAMPLES = 13"), encoding="utf-8")
+    assert _cells(changed) != _cells(NOTEBOOKS / "04_evaluate.ipynb")
+    untagged = tmp_path / "untagged.py"
+    untagged.write_text(src.read_text(encoding="utf-8").replace('# %% tags=["parameters"]', "# %%"), encoding="utf-8")
+    assert _cells(untagged) != _cells(NOTEBOOKS / "04_evaluate.ipynb")
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
@@ -67,7 +104,7 @@ def test_merge_notebook_with_a_tower_inside_placement(tmp_path):
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llava_wb.demo", "--out", str(tmp_path / "demo"), "--quick",
+    proc = subprocess.run([sys.executable, "-m", "recipes.demo", "--out", str(tmp_path / "demo"), "--quick",
                            "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
@@ -119,3 +156,46 @@ def test_train_notebook_runs_headless_in_process(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 4 and metrics["eval"]["overall"]["n"] > 0
     assert (tmp_path / "run" / "training.png").exists() and (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def _fresh_checkout(tmp_path):
+    """A kernel working folder whose ``../runs`` is empty, as in a fresh clone (the defaults name ``../runs/...``)."""
+    cwd = tmp_path / "checkout" / "notebooks"
+    cwd.mkdir(parents=True)
+    return cwd
+
+
+def test_convert_notebook_defaults_on_a_fresh_checkout_convert_a_sample(tmp_path):
+    cwd = _fresh_checkout(tmp_path)
+    executed = run_notebook("01_convert_shards.ipynb", tmp_path / "01.ipynb", {"WORKERS": 1}, cwd=cwd)
+    shards = tmp_path / "checkout" / "runs" / "sample" / "shards"
+    metrics = json.loads((shards / "convert_metrics.json").read_text())
+    assert metrics["converted"] + metrics["rejected"] == 200 and metrics["verified"] is True
+    assert not (tmp_path / "checkout" / "runs" / "demo").exists()  # the demo's folders are never written
+    text = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
+    assert "do not exist" in text and "make demo" in text and "synthetic sample of 200 records" in text
+
+
+def test_convert_notebook_without_sample_says_what_to_run(tmp_path):
+    cwd = _fresh_checkout(tmp_path)
+    with pytest.raises(PapermillExecutionError, match=r"do not exist: run `make demo`") as err:
+        run_notebook("01_convert_shards.ipynb", tmp_path / "01.ipynb", {"SAMPLE_DIR": None}, cwd=cwd)
+    assert "../runs/demo/data/instruct.json" in str(err.value)
+
+
+def test_evaluate_notebook_defaults_on_a_fresh_checkout_say_what_to_run(tmp_path):
+    cwd = _fresh_checkout(tmp_path)
+    with pytest.raises(PapermillExecutionError, match=r"no trained model at \.\./runs/demo/train/final: run `make demo`"):
+        run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", cwd=cwd)
+
+
+def test_evaluate_notebook_without_shards_says_what_to_run(tmp_path):
+    from llava_wb.model.bundle import save_bundle
+    from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+    from tiny import tiny_model
+
+    tok = build_demo_tokenizer(demo_corpus(records=[]))
+    save_bundle(tiny_model(tok), tok, tmp_path / "model")
+    with pytest.raises(PapermillExecutionError, match=r"no held-out shards at .*missing.*run `make demo`"):
+        run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", {
+            "MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "missing")]})

@@ -8,14 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..data.config import ImageConfig
-
-
-def image_config_for(model, aspect: str = "pad") -> ImageConfig:
-    """The preprocessing a model's tower expects: its input size and normalisation."""
-    tower = model.vision_tower
-    return ImageConfig(size=tower.image_size, aspect=aspect, mean=tower.image_mean, std=tower.image_std)
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llava_wb.eval", description=__doc__,
@@ -32,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from ..model.bundle import load_bundle
-    from .evaluate import evaluate
+    from .evaluate import evaluate, image_config_for
 
     model, tok = load_bundle(args.model)
     result = evaluate(model, tok, args.shards, image=image_config_for(model, args.aspect), template=args.template,

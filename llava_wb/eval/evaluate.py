@@ -21,6 +21,12 @@ from ..data.pipeline import DecodeOnly
 from .metrics import EvalResult
 
 
+def image_config_for(model, aspect: str = "pad") -> ImageConfig:
+    """The preprocessing a model's tower expects: its input size and normalisation."""
+    tower = model.vision_tower
+    return ImageConfig(size=tower.image_size, aspect=aspect, mean=tower.image_mean, std=tower.image_std)
+
+
 def _items(shards: list[str], media: MediaSettings, template, media_tokens: dict[str, int], max_length: int,
            limit: int | None) -> Iterator[dict[str, Any]]:
     cfg = DataConfig(sources=[{"path": s} for s in shards], batch_size=16, num_workers=0, epoch_mode="exact",

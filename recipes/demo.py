@@ -1,13 +1,14 @@
-"""The main job on the embedded default data: ``python -m llava_wb.demo --out runs/demo`` (``make demo``).
+"""The main job on the embedded default data: ``python -m recipes.demo --out runs/demo`` (``make demo``).
 
 Steps, each an executed notebook in the run folder: synthetic LLaVA-format data -> 01 converts each
 split to shards -> (a streamed, tokenized epoch of the instruction shards as a data check) -> 03
-three times: ``configs/demo_tower.yaml`` (supervised tower warm-up, ``tower/``),
-``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions, ``train/``) -> 04
-evaluates the final model on the held-out shards. The configs find their inputs under
-``$DEMO_RUN``, set here to the run folder. Results: ``metrics.json`` (training summary, tower
-warm-up accuracy, held-out accuracy per question type beside the majority baseline), ``train/``
-(checkpoints, final model, plots, TensorBoard), ``eval/``.
+three times, the stages of ``recipes.chain``: ``configs/demo_tower.yaml`` (supervised tower warm-up,
+``tower/``), ``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions,
+``train/``) -> 04 evaluates the final model on the held-out shards. Every path a stage reads or
+writes is passed to it as an override (``recipes.chain.stage_overrides``); nothing is set in the
+environment. Results: ``metrics.json`` (training summary, tower warm-up accuracy, held-out accuracy
+per question type beside the majority baseline), ``train/`` (checkpoints, final model, plots,
+TensorBoard), ``eval/``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
-SPLITS = ("pretrain", "instruct", "heldout")
+from recipes.chain import SPLITS, ChainPaths, config_path, stage_overrides, template
+
 DEMO_MIX = {"image": 0.46, "video": 0.33, "audio": 0.15, "text": 0.06}  # modality weights of the synthetic data
 
 
@@ -29,12 +30,13 @@ def make_data(out: Path, *, quick: bool, seed: int) -> dict:
     # more instruction records than the generator's default 4000: shape questions generalise with
     # them; over half of the records are videos, audio clips and text-only questions (video motion
     # questions generalised at 75% with 3,000 clips)
-    sizes = dict(n_pretrain=300, n_instruct=600, n_heldout=150) if quick else dict(n_instruct=16000, n_heldout=600)
+    sizes = ({"n_pretrain": 300, "n_instruct": 600, "n_heldout": 150} if quick
+             else {"n_instruct": 16000, "n_heldout": 600})
     return generate(out / "data", seed=seed, progress=True, mix=DEMO_MIX, **sizes)
 
 
 def convert_splits(out: Path, data: dict, *, shard_size: int, workers: int) -> dict[str, Path]:
-    from .notebook_runner import run_notebook
+    from llava_wb.notebook_runner import run_notebook
 
     shards = {}
     for split in SPLITS:
@@ -59,21 +61,20 @@ def stream_records(paths):
 def demo_facts():
     """Placeholder tokens per image/video/audio clip, frames and audio window of the demo model, from
     its configs (the tower's shape from ``demo_tower.yaml``: stage 1's tower path does not exist yet)."""
-    from .train import load_config
-    from .train.checks import predict_visual_tokens
+    from llava_wb.train import load_config
+    from llava_wb.train.checks import predict_visual_tokens
 
-    configs = Path(__file__).resolve().parent.parent / "configs"
-    cfg = load_config(configs / "demo.yaml")
-    cfg.model.vision = load_config(configs / "demo_tower.yaml").model.vision
+    cfg = load_config(config_path("finetune"))
+    cfg.model.vision = load_config(config_path("tower")).model.vision
     facts = predict_visual_tokens(cfg)
     return {"media_tokens": facts.media_tokens, "image_size": facts.image_size, "frames": cfg.model.video.frames,
             "audio_seconds": cfg.model.audio.config["max_source_positions"] / 50.0}
 
 
 def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
-    from .data.config import DataConfig
-    from .data.loader import build_train_loader
-    from .tokenizer import build_demo_tokenizer, demo_corpus
+    from llava_wb.data.config import DataConfig
+    from llava_wb.data.loader import build_train_loader
+    from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
     tok = build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values())))
     tok.save_pretrained(out / "tokenizer")
@@ -95,38 +96,34 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     return summary
 
 
-# (executed notebook name, config, quick-mode overrides): stage 0 warms up the tower, stage 1
-# aligns it to the LLM on captions, stage 2 tunes on instructions (the main job, evaluated).
+# (stage, executed notebook name, quick-mode overrides): stage 0 warms up the tower, stage 1 aligns
+# it to the LLM on captions, stage 2 tunes on instructions (the main job, evaluated).
 STAGES = (
-    ("03_train_tower.ipynb", "demo_tower.yaml", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
-    ("03_train_pretrain.ipynb", "demo_pretrain.yaml", ["train.max_steps=3", "data.batch_size=8", "train.logging_steps=1"]),
-    ("03_train.ipynb", "demo.yaml", ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1",
-                                     "data.batch_size=8"]),
+    ("tower", "03_train_tower.ipynb", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
+    ("pretrain", "03_train_pretrain.ipynb", ["train.max_steps=3", "data.batch_size=8", "train.logging_steps=1"]),
+    ("finetune", "03_train.ipynb", ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1",
+                                    "data.batch_size=8"]),
 )
 
 
 def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> dict:
-    from .notebook_runner import run_notebook
+    from llava_wb.notebook_runner import run_notebook
 
-    os.environ["DEMO_RUN"] = str(out.resolve())  # the demo configs keep their paths under ${DEMO_RUN}
-    configs = Path(__file__).resolve().parent.parent / "configs"
+    paths = ChainPaths.under(out)
     heldout = [str(shards["heldout"].resolve())]
-    for notebook, config, quick_overrides in STAGES:
-        overrides = ["train.overwrite=true"] + (quick_overrides if quick else [])
-        main_job = config == "demo.yaml"
+    for stage, notebook, quick_overrides in STAGES:
+        overrides = [*stage_overrides(stage, paths), "train.overwrite=true", *(quick_overrides if quick else [])]
+        main_job = stage == "finetune"
         run_notebook("03_train.ipynb", out / notebook, {
-            "CONFIG": str(configs / config), "OVERRIDES": overrides, "NPROC": 1,
+            "CONFIG": str(config_path(stage)), "OVERRIDES": overrides, "NPROC": 1,
             "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else 300})  # 04 scores all
-        print(f"[demo] {config}: executed notebook {out / notebook}")
-    from .train import load_config
-
-    template = load_config(configs / "demo.yaml").data.template
+        print(f"[demo] {stage} ({config_path(stage).name}): executed notebook {out / notebook}")
     run_notebook("04_evaluate.ipynb", out / "04_evaluate.ipynb", {
-        "MODEL_DIR": str((out / "train" / "final").resolve()), "SHARDS": heldout, "TEMPLATE": template,
+        "MODEL_DIR": str(paths.train / "final"), "SHARDS": heldout, "TEMPLATE": template(),
         "OUT_DIR": str((out / "eval").resolve()), "LIMIT": 40 if quick else None})
-    with open(out / "train" / "metrics.json", encoding="utf-8") as f:
+    with open(paths.train / "metrics.json", encoding="utf-8") as f:
         metrics = json.load(f)
-    with open(out / "tower" / "result.json", encoding="utf-8") as f:
+    with open(paths.tower / "result.json", encoding="utf-8") as f:
         metrics["tower_warmup"] = json.load(f)
     with open(out / "eval" / "eval.json", encoding="utf-8") as f:  # the whole held-out split (04)
         full = json.load(f)
@@ -136,7 +133,7 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> di
 
 
 def print_accuracy(per_type: dict) -> None:
-    print(f"[demo] held-out exact match per question type (majority baseline beside it):")
+    print("[demo] held-out exact match per question type (majority baseline beside it):")
     print(f"  {'type':<10} {'n':>5} {'model':>7} {'majority':>9}")
     for t, r in per_type.items():
         print(f"  {t:<10} {r['n']:>5} {100 * r['accuracy']:>6.1f}% {100 * r['majority_accuracy']:>8.1f}%")

@@ -1,29 +1,37 @@
-"""Source of notebooks/02_token_merging.ipynb: edit here, run `python tools/notebook_sources/02_token_merging.py`."""
-import os
-import sys
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nbgen import write_notebook  # noqa: E402
+# %% [markdown]
+# # 02 · Token merging: which patches merge, and in what order the LLM reads them
+#
+# `local_merge` (ours) merges each window's most similar patches into the window's destination and
+# keeps the survivors in raster order; `tome_sd` (ToMe-SD, the baseline) matches globally and emits
+# `[unmerged, destinations]`, so the order the LLM reads is broken. Each panel paints every merged
+# group as one region (its mean colour), draws group borders, numbers each output token at its
+# position and draws the reading path in sequence order. Then: live sliders, the token budget at
+# LLaVA-1.5-7B shapes, and a clip with spatio-temporal (2x2x2) groups.
+# Similarity is measured on the patches' pixels, or on a trained tower's features with `TOWER_DIR`.
+# All logic lives in `llava_wb.viz.merge`, `llava_wb.model.merging` and `llava_wb.budget`.
 
-write_notebook(os.path.join(ROOT, "notebooks", "02_token_merging.ipynb"), [
-("md", """# 02 · Token merging: which patches merge, and in what order the LLM reads them
-
-`local_merge` (ours) merges each window's most similar patches into the window's destination and
-keeps the survivors in raster order; `tome_sd` (ToMe-SD, the baseline) matches globally and emits
-`[unmerged, destinations]`, so the order the LLM reads is broken. Each panel paints every merged
-group as one region (its mean colour), draws group borders, numbers each output token at its
-position and draws the reading path in sequence order. Then: live sliders, the token budget at
-LLaVA-1.5-7B shapes, and a clip with spatio-temporal (2x2x2) groups.
-Similarity is measured on the patches' pixels, or on a trained tower's features with `TOWER_DIR`.
-All logic lives in `llava_wb.viz.merge`, `llava_wb.model.merging` and `llava_wb.budget`."""),
-("params", """# Parameters (papermill overrides these)
+# %% tags=["parameters"]
+# Parameters (papermill overrides these)
 IMAGE = "astronaut"          # astronaut | chelsea | coffee | grace_hopper | synthetic | a file path
 SIZE = 336                   # pixels (LLaVA-1.5: 336)
 PATCH = 14                   # pixels per patch (CLIP ViT-L/14 on 336 px: 24x24, 576 patches)
 RATIO = 0.75                 # fraction of the tokens merged away
 WINDOW = [1, 4, 4]           # (frames, rows, cols) per window; one destination each
-ANCHOR = "first"             # first (deterministic) | random (training-style destinations)
+ANCHOR = "first"             # first patch | random (training-style) | typical (each window's medoid)
 PLACEMENT = "after"          # after the tower | tower (inside its last LAYERS layers; needs TOWER_DIR)
 LAYERS = 1
 TOWER_DIR = None             # a saved tower (e.g. runs/demo/tower/final): merge on its features
@@ -34,8 +42,10 @@ RESAMPLE_MODEL = None        # a trained bundle (e.g. runs/demo/train/final) for
                              # None: a tiny untrained model (shows the mechanics, not a learned choice)
 RESAMPLE_RATIO = 0.75
 RESAMPLE_CLIP = "needle"     # needle: a long synthetic clip whose answer is in one frame | pan: the photo panned
-QUESTIONS = None             # None: two questions about the clip (the needle's colour, another shape's)"""),
-("code", """%matplotlib inline
+QUESTIONS = None             # None: two questions about the clip (the needle's colour, another shape's)
+
+# %%
+# %matplotlib inline
 import os
 import numpy as np
 import matplotlib.pyplot as plt
@@ -54,10 +64,14 @@ elif IMAGE in vm.PHOTOS:
     image = vm.sample_image(IMAGE, SIZE)
 else:
     image = np.asarray(Image.open(IMAGE).convert("RGB").resize((SIZE, SIZE)))
-options = {"ratio": RATIO, "window": WINDOW, "random_dst": ANCHOR == "random", "seed": 0}
-print(f"{image.shape[0] // PATCH}x{image.shape[1] // PATCH} patches of {PATCH}px; options {options}")"""),
-("md", "## Local merge beside ToMe-SD"),
-("code", """if TOWER_DIR:
+options = {"ratio": RATIO, "window": WINDOW, **vm.anchor_options(ANCHOR), "seed": 0}
+print(f"{image.shape[0] // PATCH}x{image.shape[1] // PATCH} patches of {PATCH}px; options {options}")
+
+# %% [markdown]
+# ## Local merge beside ToMe-SD
+
+# %%
+if TOWER_DIR:
     opts = {**options, "placement": PLACEMENT, "layers": LAYERS}
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, name in zip(axes, ("local_merge", "tome_sd")):
@@ -69,15 +83,23 @@ else:
     fig.set_size_inches(9, 18)
 path = os.path.join(OUT_DIR, f"merge_{IMAGE if IMAGE in vm.PHOTOS + ('synthetic',) else 'image'}_r{RATIO}.png")
 fig.savefig(path, dpi=110, bbox_inches="tight"); plt.show()
-print("saved", path)"""),
-("md", """## Explore (ipywidgets)
-The figure shows the parameter values (all a papermill run shows); move the sliders in JupyterLab
-and each choice is drawn under them."""),
-("code", """from IPython.display import display
+print("saved", path)
+
+# %% [markdown]
+# ## Explore (ipywidgets)
+# The figure shows the parameter values (all a papermill run shows); move the sliders in JupyterLab
+# and each choice is drawn under them.
+
+# %%
+from IPython.display import display
 w = vm.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR)
-display(w)"""),
-("md", "## Token budget at LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Vicuna-7B)"),
-("code", """rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
+display(w)
+
+# %% [markdown]
+# ## Token budget at LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Vicuna-7B)
+
+# %%
+rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
     "identity (576)": ("identity", {}),
     "avgpool 2x2 (144)": ("avgpool", {}),
     "local_merge r=0.5": ("local_merge", {"ratio": 0.5}),
@@ -86,34 +108,46 @@ display(w)"""),
                                            "placement": PLACEMENT, "layers": LAYERS}),
 }, text_tokens=TEXT_TOKENS)
 from IPython.display import Markdown
-Markdown(budget.to_markdown(rows))"""),
-("md", """## A clip: spatio-temporal 2x2x2 windows
-A photo panned over `FRAMES` frames; a group that spans two frames has the same colour in both
-(its number sits in its destination's frame)."""),
-("code", """clip = vm.pan_clip(image, FRAMES, step=2 * PATCH)
+Markdown(budget.to_markdown(rows))
+
+# %% [markdown]
+# ## A clip: spatio-temporal 2x2x2 windows
+# A photo panned over `FRAMES` frames; a group that spans two frames has the same colour in both
+# (its number sits in its destination's frame).
+
+# %%
+clip = vm.pan_clip(image, FRAMES, step=2 * PATCH)
 st_opts = {"ratio": RATIO, "window": [2, 2, 2]}
 fig = vm.compare(clip, {"local_merge 2x2x2": ("local_merge", st_opts), "tome_sd 2x2x2": ("tome_sd", st_opts)},
                  patch=2 * PATCH, numbers=True)
-fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
-("md", """## Token budget of video and audio
-A clip of `FRAMES` frames (one separator per time slice) and audio through a Whisper-large encoder
-(30 s windows, pooled to 25 or 5 tokens per second), at the same LLM."""),
-("code", """rows = [budget.estimate(f"{f} frames, {name}", budget.CLIP_L14_336, budget.VICUNA_7B, red, opts, frames=f,
+fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"); plt.show()
+
+# %% [markdown]
+# ## Token budget of video and audio
+# A clip of `FRAMES` frames (one separator per time slice) and audio through a Whisper-large encoder
+# (30 s windows, pooled to 25 or 5 tokens per second), at the same LLM.
+
+# %%
+rows = [budget.estimate(f"{f} frames, {name}", budget.CLIP_L14_336, budget.VICUNA_7B, red, opts, frames=f,
                         separators=True, text_tokens=TEXT_TOKENS)
         for f in (FRAMES, 8, 32) for name, (red, opts) in {
             "identity": ("identity", {}), "local_merge 2x2x2": ("local_merge", {"ratio": 0.875, "window": [2, 2, 2]})}.items()]
 rows += [budget.estimate(f"{s} s audio, {tps} tokens/s", budget.CLIP_L14_336, budget.VICUNA_7B, images=0,
                          audio_seconds=s, audio=dict(budget.WHISPER_LARGE_ENCODER, tokens_per_second=tps),
                          text_tokens=TEXT_TOKENS) for s in (30, 120) for tps in (25, 5)]
-Markdown(budget.to_markdown(rows))"""),
-("md", """## Instruction-aware resampling: which tokens a question keeps
-`instruct_resample` keeps the tokens most relevant to the question (each question word ranks the
-projected tokens; plus distinctiveness, and temporal novelty on clips) in (t, h, w) order and merges the rest
-into their nearest kept token. Each row is one question on the same clip: kept patches in full
-colour with a white border, merged ones dimmed and tinted by the token they joined. The default clip
-is a long synthetic needle clip (`data_tools.synth_needle_clip`): the shape the first question names
-shows in one sampled frame only; the first figure is that frame alone as an image."""),
-("code", """from llava_wb.viz import resample as vr
+Markdown(budget.to_markdown(rows))
+
+# %% [markdown]
+# ## Instruction-aware resampling: which tokens a question keeps
+# `instruct_resample` keeps the tokens most relevant to the question (each question word ranks the
+# projected tokens; plus distinctiveness, and temporal novelty on clips) in (t, h, w) order and merges the rest
+# into their nearest kept token. Each row is one question on the same clip: kept patches in full
+# colour with a white border, merged ones dimmed and tinted by the token they joined. The default clip
+# is a long synthetic needle clip (`data_tools.synth_needle_clip`): the shape the first question names
+# shows in one sampled frame only; the first figure is that frame alone as an image.
+
+# %%
+from llava_wb.viz import resample as vr
 rs_model, rs_tok = vr.resample_model(RESAMPLE_MODEL, ratio=RESAMPLE_RATIO, frames=FRAMES)
 frames = rs_model.config.video_frames
 if RESAMPLE_CLIP == "needle":  # 4 x frames frames; the needle shows in one segment: one sampled frame holds it
@@ -131,5 +165,4 @@ fig = vr.draw_kept(rs_clip[shown], outs, questions, patch)
 fig.savefig(os.path.join(OUT_DIR, "resample_image.png"), dpi=80, bbox_inches="tight"); plt.show()
 outs = vr.kept_for_questions(rs_model, rs_tok, rs_values, questions, kind="video")
 fig = vr.draw_kept(rs_clip, outs, questions, patch)
-fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight"); plt.show()"""),
-])
+fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight"); plt.show()
