@@ -76,10 +76,10 @@ def test_cycle_finder_finds_a_cycle_and_accepts_a_chain():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
-@pytest.mark.parametrize("package", ["llava_wb", "data_tools"])
+@pytest.mark.parametrize("package", ["llava_wb", "data_tools", "recipes"])
 def test_no_import_cycle(package):
     edges = import_graph(package)
-    assert len(edges) > 10  # the graph was really built
+    assert len(edges) >= 3  # the graph was really built (recipes is small: 4 edges)
     assert cycles(edges) == []
 
 
