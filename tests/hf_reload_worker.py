@@ -22,7 +22,9 @@ def main(export_dir: str, questions_file: str, out_file: str, max_new_tokens: in
     pipe = pipeline("image-text-to-text", model=model, processor=processor)
     tokenizer = processor.tokenizer
     rows = []
-    for q in json.loads(open(questions_file).read()):
+    with open(questions_file) as f:
+        questions = json.load(f)
+    for q in questions:
         inputs = processor.apply_chat_template(q["messages"], add_generation_prompt=True, tokenize=True,
                                                return_dict=True, return_tensors="pt")
         with torch.no_grad():
