@@ -133,8 +133,14 @@ def check_prompt_ids(model: Any, tokenizer: Any, template: str, processor: Any, 
     ours = get_template(template, tokenizer).tokenize(PROBE, max_length=None, media_tokens=model.media_tokens,
                                                      add_generation_prompt=True).input_ids
     picture = Image.new("RGB", (image.size, image.size // 2), (200, 30, 30))
-    theirs = processor.apply_chat_template(_as_messages(PROBE, picture), add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"][0]
+    try:
+        theirs = processor.apply_chat_template(_as_messages(PROBE, picture), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"][0]
+    except Exception as e:  # jinja raises TypeError & co. on content it does not expect
+        raise ValueError(f"the {template!r} chat template does not render HF's list-of-parts content "
+                         f"([{{'type': 'image'}}, {{'type': 'text', ...}}]): {type(e).__name__}: {e}. Give the "
+                         "tokenizer a template that does (llava_wb.tokenizer.CONTENT_MACRO) or export with "
+                         "--template vicuna_v1 if the model was trained with it") from e
     theirs = list(theirs)
     if theirs != list(ours):
         raise ValueError(f"the exported chat template does not reproduce llava_wb's {template!r} prompt: HF ids "

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import subprocess
@@ -90,7 +91,11 @@ def test_export_refuses_what_hf_llava_cannot_express(tok: Any, tmp_path: Path) -
     model = make_model(tok)
     with pytest.raises(ValueError, match="'plain' drops the question text"):
         export_hf(None, tmp_path / "b", template="plain", model=model, tokenizer=tok)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    string_only = copy.deepcopy(tok)  # a template that assumes string content (the demo's before list parts)
+    string_only.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(ValueError, match="does not render HF's list-of-parts content"):
+        export_hf(None, tmp_path / "d", template="chat_template", model=model, tokenizer=string_only)
+    assert not any((tmp_path / d).exists() for d in "abd")
     with pytest.raises(FileNotFoundError, match="neither a model folder"):
         main([str(tmp_path), str(tmp_path / "c")])
 
