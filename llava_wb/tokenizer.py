@@ -8,7 +8,8 @@ given texts and wraps it as a transformers fast tokenizer with
 - lowercasing, words split on whitespace, every punctuation character its own token (an
   apostrophe inside a word stays: ``user's``);
 - a decoder that joins words with spaces and glues punctuation back (``"what colour is it?"``);
-- a jinja ``chat_template`` (``role: content`` lines, assistant turns end with ``</s>``).
+- a jinja ``chat_template`` (``role: content`` lines, assistant turns end with ``</s>``); content is
+  a string or HF's list of parts (``{"type": "image"}``, ``{"type": "text", "text": ...}``).
 
 ``tokenizer(text)`` adds no special tokens (the conversation templates add BOS themselves), so
 ``decode(encode("red")) == "red"``. ``save_pretrained(dir)`` / ``AutoTokenizer.from_pretrained(dir)``
@@ -33,11 +34,27 @@ SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, *MEDIA_PLACEHOLDERS]
 CHAT_ROLES = ("system", "user", "assistant")
 WORD_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"
 
+# Message content is a string (LLaVA style: ``"<image>\nWhat colour ...?"``) or HF's list of parts
+# (``[{"type": "image"}, {"type": "text", "text": ...}]``): parts render in order, joined by a
+# newline, each media part as its placeholder, so both forms give the same text. An unknown part
+# type raises (``raise_exception``) instead of vanishing from the prompt.
+CONTENT_MACRO = (
+    "{% macro render_content(content) %}"
+    "{% if content is string %}{{ content }}"
+    "{% else %}{% for part in content %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] in ['image', 'video', 'audio'] %}{{ '<' + part['type'] + '>' }}"
+    "{% else %}{{ raise_exception('unknown content part type ' + \"'\" + part['type'] | string + \"'\") }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{% endmacro %}"
+)
+
 # Prefix-stable (see llava_wb.data.templates.ChatTemplate): rendering a prefix of a conversation
 # gives a prefix of the full text; the generation prompt is "assistant:".
-DEMO_CHAT_TEMPLATE = (
+DEMO_CHAT_TEMPLATE = CONTENT_MACRO + (
     "{% for message in messages %}"
-    "{{ message['role'] + ': ' + message['content'] }}"
+    "{{ message['role'] + ': ' + render_content(message['content']) }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{{ '\\n' }}"
     "{% endfor %}"

@@ -105,3 +105,22 @@ def test_demo_corpus_and_vocab_size():
     assert small("the")["input_ids"] != [small.unk_token_id]  # the most frequent words are kept
     with pytest.raises(ValueError, match="vocab_size"):
         build_demo_tokenizer(corpus, vocab_size=7)
+
+
+def test_chat_template_takes_list_of_parts_content(tok):
+    """HF's list-of-parts messages render like the LLaVA string form (parts joined by a newline)."""
+    as_string = [{"role": "user", "content": "<image>\nWhat colour is the triangle?"},
+                 {"role": "assistant", "content": "red"},
+                 {"role": "user", "content": "Is the circle left or right of the square?\n<image>"}]
+    as_parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the triangle?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+                {"role": "user", "content": [{"type": "text", "text": "Is the circle left or right of the square?"},
+                                             {"type": "image", "image": "ignored.png"}]}]
+    text = tok.apply_chat_template(as_string, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(as_parts, tokenize=False, add_generation_prompt=True) == text
+    assert text == ("user: <image>\nWhat colour is the triangle?\nassistant: red</s>\n"
+                    "user: Is the circle left or right of the square?\n<image>\nassistant:")
+    video_audio = [{"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": "hi"}]}]
+    assert tok.apply_chat_template(video_audio, tokenize=False) == "user: <video>\n<audio>\nhi\n"
+    with pytest.raises(Exception, match="unknown content part type 'pointcloud'"):
+        tok.apply_chat_template([{"role": "user", "content": [{"type": "pointcloud"}]}], tokenize=False)

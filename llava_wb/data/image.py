@@ -58,7 +58,8 @@ class ImageTransform:
         import torch
 
         self.cfg = cfg
-        self.background = tuple(int(round(255 * m)) for m in cfg.mean)
+        # int(255 * mean), truncated: LLaVA's expand2square and transformers' LlavaImageProcessor pad so
+        self.background = tuple(int(255 * m) for m in cfg.mean)
         self._scale = torch.tensor([1.0 / (255.0 * s) for s in cfg.std]).view(3, 1, 1)
         self._shift = torch.tensor([-m / s for m, s in zip(cfg.mean, cfg.std)]).view(3, 1, 1)
 
