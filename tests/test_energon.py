@@ -16,37 +16,14 @@ from PIL import Image
 
 pytest.importorskip("megatron.energon", reason="megatron-energon not installed (the 'energon' extra)")
 
-from _convert_fixtures import Dataset, conv, image_bytes, read_shards  # noqa: E402
+from _convert_fixtures import conv, read_shards  # noqa: E402
+from _interop_fixtures import AUDIO_SECONDS, N_SAMPLES, VIDEO_FRAMES, mixed_shards  # noqa: E402
 from train_fixtures import subprocess_env  # noqa: E402
-
-from data_tools.convert_to_wds import main as convert_main  # noqa: E402
-from data_tools.make_synthetic import generate  # noqa: E402
-
-AUDIO_SECONDS = 1.6
-VIDEO_FRAMES = 4
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("energon")
-    syn = generate(base / "syn", n_pretrain=0, n_instruct=12, n_heldout=0, seed=1, progress=False, image_size=32,
-                   mix={"image": 0.25, "video": 0.25, "audio": 0.25, "text": 0.25}, video_frames=VIDEO_FRAMES,
-                   audio_seconds=AUDIO_SECONDS)
-    ds = Dataset(root=str(base / "media"))
-    jpg = ds.add_media("a.jpg", image_bytes("JPEG", seed=1))
-    png = ds.add_media("b.png", image_bytes("PNG", mode="RGBA", seed=2))
-    gif = ds.add_media("c.gif", image_bytes("GIF", mode="P", seed=3))
-    ds.add({"id": "jpg", "image": jpg, "conversations": conv("jpg?")})
-    ds.add({"id": "png", "image": png, "conversations": conv("png?")})
-    ds.add({"id": "gif", "image": gif, "conversations": conv("gif?")})
-    ds.add({"id": "multi", "image": [jpg, gif, png], "conversations": conv("three <image> <image>")})
-    ds.add({"id": "text", "conversations": conv("text?", placeholder="") + conv("more?", placeholder="")})
-    mixed = ds.write_json(str(base / "mixed.json"))
-    out = base / "shards"
-    rc = convert_main([syn["files"]["instruct"], mixed, "--media-root", syn["media_root"], "--media-root", ds.root,
-                       "--out", str(out), "--shard-size", "5", "--workers", "1", "--no-progress", "--energon"])
-    assert rc == 0
-    return out
+    return mixed_shards(tmp_path_factory.mktemp("energon"), "--energon")
 
 
 def _energon_samples(path: Path) -> list:
@@ -69,7 +46,7 @@ def test_energon_lint_passes(shards: Path) -> None:
 def test_energon_loader_yields_every_sample_with_media(shards: Path) -> None:
     expected = {json.loads(members["json"])["id"]: (json.loads(members["json"]), members)
                 for _, members in read_shards(str(shards))}
-    assert len(expected) == 17
+    assert len(expected) == N_SAMPLES
     got = _energon_samples(shards)
     assert sorted(s.id for s in got) == sorted(expected), "Energon must yield every sample exactly once"
     seen = set()
