@@ -72,6 +72,26 @@ def _media_batch(chunk: list[dict[str, Any]], device: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def answer_batch(model, tokenizer, chunk: list[dict[str, Any]], *, max_new_tokens: int = 8,
+                 **generate_kwargs: Any) -> list[str]:
+    """Greedy answers (text up to EOS) for prompts ``{"ids", "instruction", "media"}``, left-padded
+    into one batch: the generation of the evaluator and of the lmms-eval adapter."""
+    device = next(model.parameters()).device
+    ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
+    instruction, _ = _left_pad([c["instruction"] for c in chunk], 0)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **_media_batch(chunk, device),
+                         instruction_mask=instruction.to(device), max_new_tokens=max_new_tokens,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    answers = []
+    for new in out:
+        new = new.tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        answers.append(tokenizer.decode(new, skip_special_tokens=True))
+    return answers
+
+
+@torch.no_grad()
 def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaSettings, template: str = "vicuna_v1",
              max_length: int = 512, batch_size: int = 32, max_new_tokens: int = 8, limit: int | None = None,
              progress: bool = True) -> EvalResult:
@@ -84,7 +104,6 @@ def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaS
     model.eval()
     tmpl = get_template(template, tokenizer)
     media_tokens = model.media_tokens
-    device = next(model.parameters()).device
     result = EvalResult()
     bar = tqdm(desc="evaluating", unit="q", disable=not progress)
     items = _items(shards, media_settings(model, image), tmpl, media_tokens, max_length, limit)
@@ -92,18 +111,9 @@ def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaS
         chunk = [it for _, it in zip(range(batch_size), items)]
         if not chunk:
             break
-        ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
-        instruction, _ = _left_pad([c["instruction"] for c in chunk], 0)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **_media_batch(chunk, device),
-                             instruction_mask=instruction.to(device),
-                             max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        for c, new in zip(chunk, out):
-            new = new.tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id)]
+        for c, prediction in zip(chunk, answer_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens)):
             result.add(id=c["id"], qtype=c["qtype"], turn=c["turn"], question=c["question"], answer=c["answer"],
-                       prediction=tokenizer.decode(new, skip_special_tokens=True))
+                       prediction=prediction)
         bar.update(len(chunk))
     bar.close()
     return result
