@@ -25,8 +25,11 @@ import json
 import os
 from typing import Any, Sequence
 
-from megatron.energon import Sample
-from megatron.energon.edataclass import edataclass
+try:
+    from megatron.energon import Sample
+    from megatron.energon.edataclass import edataclass
+except ImportError as e:  # the converter imports this module only for --energon
+    raise ImportError("data_tools.energon needs megatron-energon: pip install -e '.[energon]'") from e
 
 MODALITY_FIELDS = {"image": "images", "video": "videos", "audio": "audios"}
 
