@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not convert: verify an existing output folder and exit")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    p.add_argument("--energon", action="store_true",
+                   help="also write the Megatron-Energon description (.nv-meta), see data_tools/energon.py")
     return p
 
 
@@ -333,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     print(summary.format())
+    if args.energon:
+        from data_tools.energon import write_energon_meta
+
+        print(f"energon: wrote {write_energon_meta(args.out)}")
     return 0 if summary.verify is None or summary.verify.ok else 1
 
 

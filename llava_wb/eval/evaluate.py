@@ -78,15 +78,16 @@ def _media_batch(chunk: list[dict[str, Any]], device: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, chunk: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
-    """Greedy answers for prompts ``{"ids", "instruction", "media"}``, left-padded into one batch; each
-    answer is cut at the first eos and decoded without special tokens."""
+def answer_batch(model, tokenizer, chunk: list[dict[str, Any]], *, max_new_tokens: int = 8,
+                 **generate_kwargs: Any) -> list[str]:
+    """Greedy answers (text up to EOS) for prompts ``{"ids", "instruction", "media"}``, left-padded
+    into one batch: the generation of the evaluator and of the lmms-eval adapter."""
     device = next(model.parameters()).device
     ids, mask = _left_pad([c["ids"] for c in chunk], tokenizer.pad_token_id)
     instruction, _ = _left_pad([c["instruction"] for c in chunk], 0)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **_media_batch(chunk, device),
                          instruction_mask=instruction.to(device), max_new_tokens=max_new_tokens,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
     answers = []
     for new in out:
         new = new.tolist()
@@ -116,7 +117,7 @@ def evaluate(model, tokenizer, shards: list[str], *, image: ImageConfig | MediaS
         chunk = [it for _, it in zip(range(batch_size), items)]
         if not chunk:
             break
-        for c, prediction in zip(chunk, generate_answers(model, tokenizer, chunk, max_new_tokens)):
+        for c, prediction in zip(chunk, answer_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens)):
             result.add(id=c["id"], qtype=c["qtype"], turn=c["turn"], question=c["question"], answer=c["answer"],
                        prediction=prediction)
         bar.update(len(chunk))

@@ -112,7 +112,7 @@ def answer_questions(model: Any, tokenizer: Any, question_file: str | Path, imag
     import torch
     from tqdm.auto import tqdm
 
-    from .evaluate import generate_answers
+    from .evaluate import answer_batch
 
     questions = read_questions(question_file, image_folder)  # every line checked before the model runs
     model.eval()
@@ -120,7 +120,7 @@ def answer_questions(model: Any, tokenizer: Any, question_file: str | Path, imag
     items = _prompts(questions, model, tokenizer, template, image, max_length, question_file)
     with torch.no_grad(), tqdm(total=len(questions), desc="answering", unit="q", disable=not progress) as bar:
         while chunk := [it for _, it in zip(range(batch_size), items)]:
-            for c, text in zip(chunk, generate_answers(model, tokenizer, chunk, max_new_tokens)):
+            for c, text in zip(chunk, answer_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens)):
                 q = c["question"]
                 answers.append({"question_id": q["question_id"], "prompt": q["text"], "text": text.strip(),
                                 "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": {}})
