@@ -21,7 +21,7 @@ from _lmms_fixtures import av_run  # noqa: E402
 
 
 def test_lmms_eval_cli_matches_the_evaluator(tmp_path: Path) -> None:
-    from llava_wb.eval.__main__ import image_config_for
+    from llava_wb.eval.evaluate import image_config_for
     from llava_wb.eval.evaluate import evaluate
     from llava_wb.eval.lmms_task import write_task
     from llava_wb.model.bundle import load_bundle

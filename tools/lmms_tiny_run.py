@@ -56,7 +56,7 @@ def prepare(base: Path, steps: int) -> None:
 
 
 def compare(base: Path) -> int:
-    from llava_wb.eval.__main__ import image_config_for
+    from llava_wb.eval.evaluate import image_config_for
     from llava_wb.eval.evaluate import evaluate
     from llava_wb.model.bundle import load_bundle
 
