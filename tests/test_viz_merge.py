@@ -46,3 +46,16 @@ def test_anchor_modes_map_to_reducer_options():
     assert vm.anchor_options("random")["random_dst"] is True
     with pytest.raises(ValueError, match="anchor must be one of first, random, typical"):
         vm.anchor_options("centre")
+
+
+@pytest.mark.parametrize("reducer", ["local_merge", "tome_sd"])
+def test_random_anchor_is_random_and_seeded(reducer):
+    img = vm.sample_image("astronaut", 112)
+
+    def groups(anchor, seed=0):
+        opts = {"ratio": 0.5, "window": [1, 4, 4], **vm.anchor_options(anchor), "seed": seed}
+        return vm.merge_image(img, reducer, opts, patch=14).group_ids
+
+    first, random0 = groups("first"), groups("random", 0)
+    assert not torch.equal(random0, first)  # the explorer's reducer runs in eval mode: random must still draw
+    assert torch.equal(groups("random", 0), random0) and not torch.equal(groups("random", 1), random0)

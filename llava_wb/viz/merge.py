@@ -56,16 +56,25 @@ def patchify(clip: np.ndarray, patch: int) -> tuple[Any, tuple[int, int, int]]:
     return torch.from_numpy(np.ascontiguousarray(x.reshape(1, t * gh * gw, -1))), (t, gh, gw)
 
 
+def build_shown(reducer: str, options: Mapping[str, Any] | None) -> Any:
+    """The reducer ``reducer`` as an overlay shows it: in eval mode, except with ``random_dst``, which
+    only draws destinations in training mode; then it runs in training mode so ``anchor=random``
+    really is random (drawn from ``seed``: the same seed gives the same groups)."""
+    from llava_wb.model.reducers import build_reducer
+
+    options = dict(options or {})
+    return build_reducer(reducer, options).train(bool(options.get("random_dst")))
+
+
 def merge_image(clip: np.ndarray, reducer: str, options: Mapping[str, Any] | None = None, *, patch: int = 16,
                 features: Any = None) -> Any:
-    """Run reducer ``reducer`` (eval mode) on the image's patches; returns its ``ReducerOutput``.
+    """Run reducer ``reducer`` on the image's patches (``build_shown``: eval mode, training-style
+    random destinations with ``random_dst``); returns its ``ReducerOutput``.
     ``features [1, N, D]`` (e.g. a tower's patch features) replace the pixels as the similarity metric."""
     import torch
 
-    from llava_wb.model.reducers import build_reducer
-
     pixels, grid = patchify(clip, patch)
-    red = build_reducer(reducer, dict(options or {})).eval()
+    red = build_shown(reducer, options)
     with torch.no_grad():
         out = red(pixels, grid, metric=features)
     out.grid = grid
@@ -161,7 +170,6 @@ def tower_merge(tower_dir: str, image: np.ndarray, reducer: str, options: Mappin
 
     from llava_wb.data.config import ImageConfig
     from llava_wb.data.decode import ImageTransform
-    from llava_wb.model.reducers import build_reducer
     from llava_wb.model.towers import build_tower
 
     tower = build_tower(tower_type, path=tower_dir, feature_layer=feature_layer).eval()
@@ -169,7 +177,7 @@ def tower_merge(tower_dir: str, image: np.ndarray, reducer: str, options: Mappin
     small = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     cfg = ImageConfig(size=size, aspect="resize", mean=tower.image_mean, std=tower.image_std)
     pix = ImageTransform(cfg)(_png_bytes(small))[None]
-    red = build_reducer(reducer, dict(options)).eval()
+    red = build_shown(reducer, options)
     grid = (1, *tower.grid)
     with torch.no_grad():
         if getattr(red, "placement", "after") == "tower":
