@@ -62,14 +62,23 @@ def test_random_anchor_is_random_and_seeded(reducer):
 
 
 def test_numbers_stay_readable_at_24x24_and_thin_out_when_cells_are_tiny():
-    out = vm.merge_image(vm.sample_image("astronaut", 336), "local_merge", {"ratio": 0.0, "window": [1, 4, 4]}, patch=14)
-    fig, ax = plt.subplots(figsize=(8, 8))  # 576 tokens, ~0.26 in per patch: all numbered, none below MIN_FONT
-    assert vm.draw_groups([ax], vm.sample_image("astronaut", 336), out, 14) == 1
-    assert len(ax.texts) == 576 and min(t.get_fontsize() for t in ax.texts) >= vm.MIN_FONT
-    fig.set_size_inches(2, 2)  # cells too small for a readable 3-digit number: every k-th one
-    font, every = vm.label_density(ax, (24, 24), 576)
-    assert font == vm.MIN_FONT and every > 1
+    img = vm.sample_image("astronaut", 336)
+    out = vm.merge_image(img, "local_merge", {"ratio": 0.75, "window": [1, 4, 4]}, patch=14)
+    fig, ax = plt.subplots(figsize=(8, 8))  # 144 tokens on 24x24 patches of ~0.26 in: every one numbered
+    assert vm.draw_groups([ax], img, out, 14) == len(ax.texts) == 144
+    assert min(t.get_fontsize() for t in ax.texts) >= vm.MIN_FONT
+    fig.clear()
+    ax = fig.add_subplot(1, 1, 1)
+    fig.set_size_inches(3, 3)  # cells too small for every number side by side: readable ones, fewer
+    shown = vm.draw_groups([ax], img, out, 14)
+    assert 20 < shown == len(ax.texts) < 144 and min(t.get_fontsize() for t in ax.texts) == vm.MIN_FONT
     plt.close(fig)
+
+
+def test_readable_labels_leave_out_only_overlapping_numbers():
+    rows, cols = np.zeros(4), np.array([0.0, 1.0, 2.0, 9.0])  # three neighbours in a row, one far away
+    assert vm.readable_labels(rows, cols, font=7.0, cell=20.0).all()  # room for each
+    assert vm.readable_labels(rows, cols, font=7.0, cell=5.0).tolist() == [True, False, True, True]
 
 
 def test_compare_titles_name_ratio_window_anchor_and_have_a_legend():

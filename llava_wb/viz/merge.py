@@ -97,33 +97,48 @@ def group_colours(clip: np.ndarray, out: Any, patch: int, mode: str = "mean") ->
     return sums / np.bincount(gid)[:, None]
 
 
-MIN_FONT, MAX_FONT = 6.5, 11.0  # points: token numbers never smaller (fewer are numbered instead)
+MIN_FONT, MAX_FONT = 7.0, 12.0  # points: token numbers never smaller (where they would overlap, some are left out)
 BORDER = "0.35"  # group borders (grey)
 PATH_COLOUR = "crimson"
 
 
-def label_density(ax: Any, grid: tuple[int, int], tokens: int) -> tuple[float, int]:
-    """``(font size in points, k)`` for numbering ``tokens`` output tokens on a ``grid`` of patches
-    drawn on ``ax``: the font fills a patch cell (for the longest number), between ``MIN_FONT`` and
-    ``MAX_FONT``; where a cell is too small even for ``MIN_FONT``, every k-th token is numbered
-    (k in 2, 5, 10, 20, 50, ...) so the numbers shown stay readable and do not overlap."""
+LABEL_EM = 0.62  # width of a digit, in font sizes
+LABEL_PAD = 0.45  # box padding and a gap, in font sizes
+
+
+def label_font(ax: Any, grid: tuple[int, int], tokens: int) -> tuple[float, float]:
+    """``(font size, patch cell side)`` in points for numbering ``tokens`` output tokens on a
+    ``grid`` of patches drawn on ``ax``: the largest font whose longest number fits one cell, kept
+    between ``MIN_FONT`` and ``MAX_FONT`` (at ``MIN_FONT`` adjacent numbers may not fit side by
+    side: ``readable_labels`` then leaves some out)."""
     fig = ax.figure
     box = ax.get_position()
     cell = min(box.width * fig.get_figwidth() / grid[1], box.height * fig.get_figheight() / grid[0]) * 72
-    per_point = 0.62 * len(str(max(tokens - 1, 0))) + 0.5  # label width in points per point of font (with its pad)
-    font = cell * 0.95 / per_point
-    if font >= MIN_FONT:
-        return min(font, MAX_FONT), 1
-    need = MIN_FONT * per_point / 0.95 / cell  # cells a readable label spans
-    k = next(k for k in (m * 10 ** e for e in range(6) for m in (2, 5, 10)) if k >= need)
-    return MIN_FONT, k
+    font = cell * 0.95 / (LABEL_EM * len(str(max(tokens - 1, 0))) + LABEL_PAD)
+    return float(np.clip(font, MIN_FONT, MAX_FONT)), cell
+
+
+def readable_labels(rows: np.ndarray, cols: np.ndarray, font: float, cell: float) -> np.ndarray:
+    """``bool [M]``: which of the numbers (token j at patch ``rows[j], cols[j]``; its label is as
+    wide as ``j`` has digits) are drawn: in sequence order, each one that overlaps none drawn before
+    (all of them where the font fits a cell)."""
+    m = len(rows)
+    width = (LABEL_EM * np.array([len(str(j)) for j in range(m)]) + LABEL_PAD) * font / cell  # in cells
+    height = 1.25 * font / cell
+    keep = np.zeros(m, dtype=bool)
+    for j in range(m):
+        placed = np.nonzero(keep[:j])[0]
+        clash = (np.abs(cols[placed] - cols[j]) * 2 < width[placed] + width[j]) & (np.abs(rows[placed] - rows[j]) < height)
+        keep[j] = not clash.any()
+    return keep
 
 
 def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str = "mean", numbers: bool = True,
                 path: bool = True, title: str = "") -> int:
     """Paint groups, borders, token numbers and the reading path on ``axes`` (one per frame).
-    Numbers are sized to the patch cells on screen (``label_density``); returns k: every k-th token
-    is numbered (1: all)."""
+    Numbers are sized to the patch cells on the figure (``label_font``); where cells are too small
+    for readable numbers side by side some are left out (``readable_labels``). Returns how many
+    tokens are numbered."""
     clip = as_clip(clip)
     t, gh, gw = out.grid
     axes = np.atleast_1d(axes).ravel()
@@ -132,7 +147,11 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
     pos = out.positions[0].numpy()
     ft, fy, fx = pos // (gh * gw), (pos // gw) % gh, pos % gw
     cy, cx = (fy + 0.5) * patch, (fx + 0.5) * patch
-    font, every = label_density(axes[0], (gh, gw), len(pos))
+    font, cell = label_font(axes[0], (gh, gw), len(pos))
+    shown = np.zeros(len(pos), dtype=bool)
+    for f in range(t):
+        here = np.nonzero(ft == f)[0]
+        shown[here] = readable_labels(fy[here], fx[here], font, cell)
     for f in range(t):
         ax = axes[f]
         painted = np.kron(colours[gid[f]], np.ones((patch, patch, 1)))  # [gh*p, gw*p, 3]
@@ -148,14 +167,13 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
             ax.plot(cx[here], cy[here], "-", color="white", lw=1.6, alpha=0.9)
             ax.plot(cx[here], cy[here], "-", color=PATH_COLOUR, lw=0.8, alpha=0.9)
         if numbers:
-            for j in np.nonzero(here)[0]:
-                if j % every == 0:
-                    ax.text(cx[j], cy[j], str(j), ha="center", va="center", fontsize=font, color="black",
-                            bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8})
+            for j in np.nonzero(here & shown)[0]:
+                ax.text(cx[j], cy[j], str(j), ha="center", va="center", fontsize=font, color="black",
+                        bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8})
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{title} · frame {f}" if t > 1 else title, fontsize=10)
-    return every
+    return int(shown.sum()) if numbers else 0
 
 
 def describe(options: Mapping[str, Any]) -> str:
@@ -171,19 +189,19 @@ def describe(options: Mapping[str, Any]) -> str:
     return f"{budget} · window {'x'.join(str(w) for w in window)} · anchor {anchor}"
 
 
-def add_legend(fig: Any, *, fill: str = "mean", every: int = 1) -> Any:
+def add_legend(fig: Any, *, fill: str = "mean", all_numbered: bool = True) -> Any:
     """The figure's legend: what the fill, the borders, the numbers and the line mean."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    numbered = "token number" if every == 1 else f"every {every}th token numbered"
     handles = [
-        Patch(facecolor="#b08a6a", alpha=0.8, label="a merged group = one output token; fill: "
-              + ("its patches' mean colour" if fill == "mean" else "one colour per group")),
-        Line2D([], [], color=BORDER, lw=2.5, label="group border"),
+        Patch(facecolor="#b08a6a", alpha=0.8, label="merged group = one output token (fill: "
+              + ("its patches' mean colour)" if fill == "mean" else "one colour per group)")),
         Line2D([], [], ls="", marker="$7$", markersize=9, color="black",
-               label=f"{numbered}: its place in the LLM's input, drawn on its destination (anchor) patch"),
-        Line2D([], [], color=PATH_COLOUR, lw=1.5, label="reading path: tokens in the order the LLM reads them"),
+               label="token's place in the LLM's input, on its destination patch"
+               + ("" if all_numbered else "\n(numbers left out where they would overlap)")),
+        Line2D([], [], color=BORDER, lw=2.5, label="group border"),
+        Line2D([], [], color=PATH_COLOUR, lw=1.5, label="reading path (the order the LLM reads the tokens)"),
     ]
     return fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
 
@@ -210,12 +228,12 @@ def compare(clip: np.ndarray, reducers: Mapping[str, tuple[str, Mapping[str, Any
     t = clip.shape[0]
     fig, axes = plt.subplots(len(reducers), t, figsize=(4.2 * t, 4.4 * len(reducers) + 0.8), squeeze=False)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.8 / fig.get_figheight(), hspace=0.25, wspace=0.05)
-    every = 1
+    all_numbered = True
     for row, (label, (name, options)) in zip(axes, reducers.items()):
         out = merge_image(clip, name, options, patch=patch, features=features)
-        every = max(every, draw_groups(row, clip, out, patch, fill=fill, numbers=numbers,
-                                       title=panel_title(label, out, options)))
-    add_legend(fig, fill=fill, every=every)
+        numbered = draw_groups(row, clip, out, patch, fill=fill, numbers=numbers, title=panel_title(label, out, options))
+        all_numbered &= numbered == out.tokens.shape[1]
+    add_legend(fig, fill=fill, all_numbered=all_numbered or not numbers)
     return fig
 
 

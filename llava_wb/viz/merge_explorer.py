@@ -47,7 +47,7 @@ class MergeExplorer:
                  anchor: str = "first", seed: int = 0, tower: Any = None, tower_type: str | None = None,
                  feature_layer: int = -2, similarity: str | None = None, placement: str = "after",
                  layers: int = 1, reducers: Sequence[str] = ("local_merge", "tome_sd"), fill: str = "mean",
-                 width: float = 12.0, dpi: int = 100):
+                 width: float = 11.0, dpi: int = 100):
         import ipywidgets as widgets
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -80,7 +80,7 @@ class MergeExplorer:
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
         self.status = widgets.HTML()
         self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.status, self.image])
-        self.width, self.outputs, self.every, self.draws = width, {}, 1, 0
+        self.width, self.outputs, self.numbered, self.draws = width, {}, {}, 0
         self.draw()  # the given values; a bad one raises here, naming it
         for control in controls.values():
             control.observe(self.redraw, names="value")
@@ -154,16 +154,14 @@ class MergeExplorer:
         fig.set_size_inches(self.width, height)
         axes = fig.subplots(1, n, squeeze=False)[0]
         fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.95 / height, bottom=0.85 / height, wspace=0.15 / panel)
-        every = 1
-        for ax, (name, out) in zip(axes, outs.items()):
-            every = max(every, vm.draw_groups([ax], self.shown, out, self.patch, fill=self.fill,
-                                              title=vm.panel_title(name, out, opts)))
+        numbered = {name: vm.draw_groups([ax], self.shown, out, self.patch, fill=self.fill,
+                                         title=vm.panel_title(name, out, opts)) for ax, (name, out) in zip(axes, outs.items())}
         fig.suptitle(self._title(), fontsize=11, y=1 - 0.12 / height, va="top")
-        vm.add_legend(fig, fill=self.fill, every=every)
+        vm.add_legend(fig, fill=self.fill, all_numbered=all(n == outs[k].tokens.shape[1] for k, n in numbered.items()))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=self.dpi)
         self.image.value = buf.getvalue()
-        self.outputs, self.every = outs, every
+        self.outputs, self.numbered = outs, numbered
         self.draws += 1
 
     def redraw(self, *_: Any) -> None:
