@@ -1,13 +1,16 @@
 """Overlays for token reducers: which patches merged, and in what order the survivors reach the LLM.
 
 ``merge_image`` cuts an image (or a clip, ``[T, H, W, 3]``) into patches and runs a registered
-reducer on them (similarity on the patches' pixels by default, or on features you pass: a tower's).
-``draw_groups`` paints each merged group as one region (its mean colour, or a distinct colour per
-group) with group borders, numbers every output token at its position and draws the reading path in
-sequence order; on a clip it draws one panel per frame, so a group spanning two frames shows up in
-both in the same colour (its number sits in its destination's frame). ``compare`` puts several reducers side by side, e.g.
-``local_merge`` (raster path) beside ``tome_sd`` (the path jumps: its order is broken).
-``sample_image`` returns real photographs that ship with scikit-image and matplotlib.
+reducer on them (similarity on the patches' pixels by default, or on features you pass: a tower's;
+``tower_merge`` runs a saved tower). ``draw_groups`` paints each merged group as one region (its
+mean colour, or a distinct colour per group) with group borders, numbers the output tokens at their
+positions (font sized to the patch cells; numbers that would overlap are left out) and draws the
+reading path in sequence order; on a clip it draws one panel per frame, so a group spanning two
+frames shows up in both in the same colour (its number sits in its destination's frame).
+``compare`` puts several reducers side by side, e.g. ``local_merge`` (raster path) beside
+``tome_sd`` (the path jumps: its order is broken), titles naming ratio, window and anchor, with a
+legend. ``sample_image`` returns real photographs that ship with scikit-image and matplotlib. The
+interactive explorer is ``llava_wb.viz.merge_explorer``.
 """
 
 from __future__ import annotations
