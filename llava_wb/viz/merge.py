@@ -106,7 +106,7 @@ PATH_COLOUR = "crimson"
 
 
 LABEL_EM = 0.62  # width of a digit, in font sizes
-LABEL_PAD = 0.45  # box padding and a gap, in font sizes
+LABEL_PAD = 0.6  # box padding and a gap, in font sizes
 
 
 def label_font(ax: Any, grid: tuple[int, int], tokens: int) -> tuple[float, float]:
@@ -192,8 +192,13 @@ def describe(options: Mapping[str, Any]) -> str:
     return f"{budget} · window {'x'.join(str(w) for w in window)} · anchor {anchor}"
 
 
+LEGEND_TWO_COLUMNS = 9.5  # inches: narrower figures get a one-column legend (LEGEND_INCHES high)
+LEGEND_INCHES = {1: 1.3, 2: 0.8}
+
+
 def add_legend(fig: Any, *, fill: str = "mean", all_numbered: bool = True) -> Any:
-    """The figure's legend: what the fill, the borders, the numbers and the line mean."""
+    """The figure's legend, below the panels: what the fill, the borders, the numbers and the line
+    mean (leave ``LEGEND_INCHES`` free at the bottom)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -206,7 +211,8 @@ def add_legend(fig: Any, *, fill: str = "mean", all_numbered: bool = True) -> An
         Line2D([], [], color=BORDER, lw=2.5, label="group border"),
         Line2D([], [], color=PATH_COLOUR, lw=1.5, label="reading path (the order the LLM reads the tokens)"),
     ]
-    return fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    ncol = 2 if fig.get_figwidth() >= LEGEND_TWO_COLUMNS else 1
+    return fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
 
 
 def order_kept(out: Any) -> bool:
@@ -229,8 +235,11 @@ def compare(clip: np.ndarray, reducers: Mapping[str, tuple[str, Mapping[str, Any
 
     clip = as_clip(clip)
     t = clip.shape[0]
-    fig, axes = plt.subplots(len(reducers), t, figsize=(4.2 * t, 4.4 * len(reducers) + 0.8), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.8 / fig.get_figheight(), hspace=0.25, wspace=0.05)
+    width = 4.2 * t
+    legend = LEGEND_INCHES[2 if width >= LEGEND_TWO_COLUMNS else 1]
+    fig, axes = plt.subplots(len(reducers), t, figsize=(width, 4.4 * len(reducers) + legend), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(), bottom=legend / fig.get_figheight(),
+                        hspace=0.25, wspace=0.05)
     all_numbered = True
     for row, (label, (name, options)) in zip(axes, reducers.items()):
         out = merge_image(clip, name, options, patch=patch, features=features)
