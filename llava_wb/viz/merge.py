@@ -15,7 +15,8 @@ interactive explorer is ``llava_wb.viz.merge_explorer``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ def sample_image(name: str = "astronaut", size: int = 336) -> np.ndarray:
     from PIL import Image
 
     if name == "grace_hopper":
-        import matplotlib.cbook as cbook
+        from matplotlib import cbook
 
         with cbook.get_sample_data("grace_hopper.jpg") as f:
             img = Image.open(f).convert("RGB")
@@ -264,7 +265,7 @@ def merged_share(out: Any, mask: np.ndarray | None = None) -> float:
 
 def pan_clip(image: np.ndarray, frames: int = 4, step: int = 16) -> np.ndarray:
     """A clip from one photo: the view pans ``step`` pixels right per frame (same size as ``image``)."""
-    h, w, _ = image.shape
+    w = image.shape[1]
     wide = np.concatenate([image, image[:, ::-1]], axis=1)  # mirrored so the pan never runs out
     return np.stack([wide[:, f * step:f * step + w] for f in range(frames)])
 
