@@ -1,18 +1,22 @@
 """Overlays for token reducers: which patches merged, and in what order the survivors reach the LLM.
 
 ``merge_image`` cuts an image (or a clip, ``[T, H, W, 3]``) into patches and runs a registered
-reducer on them (similarity on the patches' pixels by default, or on features you pass: a tower's).
-``draw_groups`` paints each merged group as one region (its mean colour, or a distinct colour per
-group) with group borders, numbers every output token at its position and draws the reading path in
-sequence order; on a clip it draws one panel per frame, so a group spanning two frames shows up in
-both in the same colour (its number sits in its destination's frame). ``compare`` puts several reducers side by side, e.g.
-``local_merge`` (raster path) beside ``tome_sd`` (the path jumps: its order is broken).
-``sample_image`` returns real photographs that ship with scikit-image and matplotlib.
+reducer on them (similarity on the patches' pixels by default, or on features you pass: a tower's;
+``tower_merge`` runs a saved tower). ``draw_groups`` paints each merged group as one region (its
+mean colour, or a distinct colour per group) with group borders, numbers the output tokens at their
+positions (font sized to the patch cells; numbers that would overlap are left out) and draws the
+reading path in sequence order; on a clip it draws one panel per frame, so a group spanning two
+frames shows up in both in the same colour (its number sits in its destination's frame).
+``compare`` puts several reducers side by side, e.g. ``local_merge`` (raster path) beside
+``tome_sd`` (the path jumps: its order is broken), titles naming ratio, window and anchor, with a
+legend. ``sample_image`` returns real photographs that ship with scikit-image and matplotlib. The
+interactive explorer is ``llava_wb.viz.merge_explorer``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +28,7 @@ def sample_image(name: str = "astronaut", size: int = 336) -> np.ndarray:
     from PIL import Image
 
     if name == "grace_hopper":
-        import matplotlib.cbook as cbook
+        from matplotlib import cbook
 
         with cbook.get_sample_data("grace_hopper.jpg") as f:
             img = Image.open(f).convert("RGB")
@@ -56,16 +60,25 @@ def patchify(clip: np.ndarray, patch: int) -> tuple[Any, tuple[int, int, int]]:
     return torch.from_numpy(np.ascontiguousarray(x.reshape(1, t * gh * gw, -1))), (t, gh, gw)
 
 
+def build_shown(reducer: str, options: Mapping[str, Any] | None) -> Any:
+    """The reducer ``reducer`` as an overlay shows it: in eval mode, except with ``random_dst``, which
+    only draws destinations in training mode; then it runs in training mode so ``anchor=random``
+    really is random (drawn from ``seed``: the same seed gives the same groups)."""
+    from llava_wb.model.reducers import build_reducer
+
+    options = dict(options or {})
+    return build_reducer(reducer, options).train(bool(options.get("random_dst")))
+
+
 def merge_image(clip: np.ndarray, reducer: str, options: Mapping[str, Any] | None = None, *, patch: int = 16,
                 features: Any = None) -> Any:
-    """Run reducer ``reducer`` (eval mode) on the image's patches; returns its ``ReducerOutput``.
+    """Run reducer ``reducer`` on the image's patches (``build_shown``: eval mode, training-style
+    random destinations with ``random_dst``); returns its ``ReducerOutput``.
     ``features [1, N, D]`` (e.g. a tower's patch features) replace the pixels as the similarity metric."""
     import torch
 
-    from llava_wb.model.reducers import build_reducer
-
     pixels, grid = patchify(clip, patch)
-    red = build_reducer(reducer, dict(options or {})).eval()
+    red = build_shown(reducer, options)
     with torch.no_grad():
         out = red(pixels, grid, metric=features)
     out.grid = grid
@@ -88,9 +101,48 @@ def group_colours(clip: np.ndarray, out: Any, patch: int, mode: str = "mean") ->
     return sums / np.bincount(gid)[:, None]
 
 
+MIN_FONT, MAX_FONT = 7.0, 12.0  # points: token numbers never smaller (where they would overlap, some are left out)
+BORDER = "0.35"  # group borders (grey)
+PATH_COLOUR = "crimson"
+
+
+LABEL_EM = 0.62  # width of a digit, in font sizes
+LABEL_PAD = 0.6  # box padding and a gap, in font sizes
+
+
+def label_font(ax: Any, grid: tuple[int, int], tokens: int) -> tuple[float, float]:
+    """``(font size, patch cell side)`` in points for numbering ``tokens`` output tokens on a
+    ``grid`` of patches drawn on ``ax``: the largest font whose longest number fits one cell, kept
+    between ``MIN_FONT`` and ``MAX_FONT`` (at ``MIN_FONT`` adjacent numbers may not fit side by
+    side: ``readable_labels`` then leaves some out)."""
+    fig = ax.figure
+    box = ax.get_position()
+    cell = min(box.width * fig.get_figwidth() / grid[1], box.height * fig.get_figheight() / grid[0]) * 72
+    font = cell * 0.95 / (LABEL_EM * len(str(max(tokens - 1, 0))) + LABEL_PAD)
+    return float(np.clip(font, MIN_FONT, MAX_FONT)), cell
+
+
+def readable_labels(rows: np.ndarray, cols: np.ndarray, font: float, cell: float) -> np.ndarray:
+    """``bool [M]``: which of the numbers (token j at patch ``rows[j], cols[j]``; its label is as
+    wide as ``j`` has digits) are drawn: in sequence order, each one that overlaps none drawn before
+    (all of them where the font fits a cell)."""
+    m = len(rows)
+    width = (LABEL_EM * np.array([len(str(j)) for j in range(m)]) + LABEL_PAD) * font / cell  # in cells
+    height = 1.25 * font / cell
+    keep = np.zeros(m, dtype=bool)
+    for j in range(m):
+        placed = np.nonzero(keep[:j])[0]
+        clash = (np.abs(cols[placed] - cols[j]) * 2 < width[placed] + width[j]) & (np.abs(rows[placed] - rows[j]) < height)
+        keep[j] = not clash.any()
+    return keep
+
+
 def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str = "mean", numbers: bool = True,
-                path: bool = True, title: str = "", max_numbers: int = 400) -> None:
-    """Paint groups, borders, token numbers and the reading path on ``axes`` (one per frame)."""
+                path: bool = True, title: str = "") -> int:
+    """Paint groups, borders, token numbers and the reading path on ``axes`` (one per frame).
+    Numbers are sized to the patch cells on the figure (``label_font``); where cells are too small
+    for readable numbers side by side some are left out (``readable_labels``). Returns how many
+    tokens are numbered."""
     clip = as_clip(clip)
     t, gh, gw = out.grid
     axes = np.atleast_1d(axes).ravel()
@@ -99,6 +151,11 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
     pos = out.positions[0].numpy()
     ft, fy, fx = pos // (gh * gw), (pos // gw) % gh, pos % gw
     cy, cx = (fy + 0.5) * patch, (fx + 0.5) * patch
+    font, cell = label_font(axes[0], (gh, gw), len(pos))
+    shown = np.zeros(len(pos), dtype=bool)
+    for f in range(t):
+        here = np.nonzero(ft == f)[0]
+        shown[here] = readable_labels(fy[here], fx[here], font, cell)
     for f in range(t):
         ax = axes[f]
         painted = np.kron(colours[gid[f]], np.ones((patch, patch, 1)))  # [gh*p, gw*p, 3]
@@ -108,18 +165,55 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
         edge = np.zeros(lab.shape, dtype=bool)
         edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
         edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-        ax.imshow(np.ma.masked_where(~edge, np.ones_like(lab)), cmap="gray", vmin=0, vmax=2, alpha=0.9)
+        ax.imshow(np.ma.masked_where(~edge, np.ones_like(lab)), cmap="gray", vmin=0, vmax=1 / 0.35, alpha=0.9)
         here = ft == f
         if path:
             ax.plot(cx[here], cy[here], "-", color="white", lw=1.6, alpha=0.9)
-            ax.plot(cx[here], cy[here], "-", color="crimson", lw=0.8, alpha=0.9)
-        if numbers and len(pos) <= max_numbers:
-            for j in np.nonzero(here)[0]:
-                ax.text(cx[j], cy[j], str(j), ha="center", va="center", fontsize=max(4, min(9, 220 // max(gh, gw) // 2)),
-                        color="black", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+            ax.plot(cx[here], cy[here], "-", color=PATH_COLOUR, lw=0.8, alpha=0.9)
+        if numbers:
+            for j in np.nonzero(here & shown)[0]:
+                ax.text(cx[j], cy[j], str(j), ha="center", va="center", fontsize=font, color="black",
+                        bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8})
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{title} · frame {f}" if t > 1 else title, fontsize=9)
+        ax.set_title(f"{title} · frame {f}" if t > 1 else title, fontsize=10)
+    return int(shown.sum()) if numbers else 0
+
+
+def describe(options: Mapping[str, Any]) -> str:
+    """``ratio 0.75 · window 4x4 · anchor random (seed 3)``: what a merge panel was drawn with."""
+    window = list(options.get("window", (2, 2, 2)))
+    if len(window) == 3 and window[0] == 1:
+        window = window[1:]  # one-frame window: rows x cols
+    budget = f"ratio {options['ratio']:g}" if options.get("ratio") is not None else f"{options.get('tokens')} tokens"
+    if options.get("random_dst"):
+        anchor = f"random (seed {options.get('seed')})"
+    else:
+        anchor = options.get("destination", "first")
+    return f"{budget} · window {'x'.join(str(w) for w in window)} · anchor {anchor}"
+
+
+LEGEND_TWO_COLUMNS = 9.5  # inches: narrower figures get a one-column legend (LEGEND_INCHES high)
+LEGEND_INCHES = {1: 1.3, 2: 0.8}
+
+
+def add_legend(fig: Any, *, fill: str = "mean", all_numbered: bool = True) -> Any:
+    """The figure's legend, below the panels: what the fill, the borders, the numbers and the line
+    mean (leave ``LEGEND_INCHES`` free at the bottom)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="#b08a6a", alpha=0.8, label="merged group = one output token (fill: "
+              + ("its patches' mean colour)" if fill == "mean" else "one colour per group)")),
+        Line2D([], [], ls="", marker="$7$", markersize=9, color="black",
+               label="token's place in the LLM's input, on its destination patch"
+               + ("" if all_numbered else "\n(numbers left out where they would overlap)")),
+        Line2D([], [], color=BORDER, lw=2.5, label="group border"),
+        Line2D([], [], color=PATH_COLOUR, lw=1.5, label="reading path (the order the LLM reads the tokens)"),
+    ]
+    ncol = 2 if fig.get_figwidth() >= LEGEND_TWO_COLUMNS else 1
+    return fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
 
 
 def order_kept(out: Any) -> bool:
@@ -128,48 +222,98 @@ def order_kept(out: Any) -> bool:
     return bool((pos[1:] > pos[:-1]).all())
 
 
+def panel_title(label: str, out: Any, options: Mapping[str, Any]) -> str:
+    """Two lines: ``label: M tokens (raster order / order broken)`` and ``describe(options)``."""
+    tag = "raster order" if order_kept(out) else "order broken"
+    return f"{label}: {out.tokens.shape[1]} tokens ({tag})\n{describe(options)}"
+
+
 def compare(clip: np.ndarray, reducers: Mapping[str, tuple[str, Mapping[str, Any]]], *, patch: int = 16,
             fill: str = "mean", features: Any = None, numbers: bool = True):
-    """One row per reducer (one panel per frame): ``{label: (reducer, options)}`` -> figure."""
+    """One row per reducer (one panel per frame): ``{label: (reducer, options)}`` -> figure with a
+    legend; each title names the ratio, window and anchor."""
     import matplotlib.pyplot as plt
 
     clip = as_clip(clip)
     t = clip.shape[0]
-    fig, axes = plt.subplots(len(reducers), t, figsize=(4.2 * t, 4.4 * len(reducers)), squeeze=False)
+    width = 4.2 * t
+    legend = LEGEND_INCHES[2 if width >= LEGEND_TWO_COLUMNS else 1]
+    fig, axes = plt.subplots(len(reducers), t, figsize=(width, 4.4 * len(reducers) + legend), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(), bottom=legend / fig.get_figheight(),
+                        hspace=0.25, wspace=0.05)
+    all_numbered = True
     for row, (label, (name, options)) in zip(axes, reducers.items()):
         out = merge_image(clip, name, options, patch=patch, features=features)
-        tag = "raster order" if order_kept(out) else "order broken"
-        draw_groups(row, clip, out, patch, fill=fill, numbers=numbers,
-                    title=f"{label}: {out.tokens.shape[1]} tokens ({tag})")
-    fig.tight_layout()
+        numbered = draw_groups(row, clip, out, patch, fill=fill, numbers=numbers, title=panel_title(label, out, options))
+        all_numbered &= numbered == out.tokens.shape[1]
+    add_legend(fig, fill=fill, all_numbered=all_numbered or not numbers)
     return fig
+
+
+def dark_patches(clip: np.ndarray, patch: int, threshold: float = 0.15) -> np.ndarray:
+    """``bool [T*H*W]``: patches whose mean brightness (0..1) is below ``threshold``."""
+    pixels, _ = patchify(clip, patch)
+    return pixels[0].mean(1).numpy() < threshold
+
+
+def merged_share(out: Any, mask: np.ndarray | None = None) -> float:
+    """Share of the patches (those in ``mask``, default all) that merged with another (group size > 1)."""
+    gid = out.group_ids[0].numpy()
+    merged = np.bincount(gid)[gid] > 1
+    return float(merged[mask].mean() if mask is not None else merged.mean())
 
 
 def pan_clip(image: np.ndarray, frames: int = 4, step: int = 16) -> np.ndarray:
     """A clip from one photo: the view pans ``step`` pixels right per frame (same size as ``image``)."""
-    h, w, _ = image.shape
+    w = image.shape[1]
     wide = np.concatenate([image, image[:, ::-1]], axis=1)  # mirrored so the pan never runs out
     return np.stack([wide[:, f * step:f * step + w] for f in range(frames)])
 
 
-def tower_merge(tower_dir: str, image: np.ndarray, reducer: str, options: Mapping[str, Any], *,
-                tower_type: str = "clip", feature_layer: int = -2) -> tuple[Any, np.ndarray, int]:
-    """Merge with a saved tower's view of ``image``: similarity on its features (``placement:
-    after``) or inside it (``placement: tower``). Returns ``(ReducerOutput, resized image, patch)``."""
-    import torch
+def load_tower(tower_dir: str, tower_type: str | None = None, feature_layer: int = -2) -> Any:
+    """A saved tower (a transformers checkpoint folder, e.g. ``runs/demo/tower/final``) in eval mode;
+    ``tower_type`` (a ``TOWERS`` name) defaults to the one its ``config.json`` names."""
+    import json
+    import os
+
+    from llava_wb.model.towers import build_tower, tower_name_for
+
+    if tower_type is None:
+        config = os.path.join(tower_dir, "config.json")
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"{tower_dir} holds no config.json: not a saved tower (e.g. runs/demo/tower/final)")
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type", "")
+        try:
+            tower_type = tower_name_for(model_type)
+        except ValueError:  # a full CLIP/SigLIP checkpoint names the whole model
+            tower_type = tower_name_for(f"{model_type}_vision_model")
+    return build_tower(tower_type, path=tower_dir, feature_layer=feature_layer).eval()
+
+
+def tower_input(tower: Any, image: np.ndarray) -> tuple[Any, np.ndarray]:
+    """``(pixel_values [1, 3, S, S], the image resized to S x S)``: ``image`` as ``tower`` sees it."""
     from PIL import Image
 
     from llava_wb.data.config import ImageConfig
     from llava_wb.data.decode import ImageTransform
-    from llava_wb.model.reducers import build_reducer
-    from llava_wb.model.towers import build_tower
 
-    tower = build_tower(tower_type, path=tower_dir, feature_layer=feature_layer).eval()
-    size, patch = tower.image_size, tower.patch_size
+    size = tower.image_size
     small = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     cfg = ImageConfig(size=size, aspect="resize", mean=tower.image_mean, std=tower.image_std)
-    pix = ImageTransform(cfg)(_png_bytes(small))[None]
-    red = build_reducer(reducer, dict(options)).eval()
+    return ImageTransform(cfg)(_png_bytes(small))[None], small
+
+
+def tower_merge(tower_dir: str | None, image: np.ndarray, reducer: str, options: Mapping[str, Any], *,
+                tower_type: str | None = None, feature_layer: int = -2, tower: Any = None) -> tuple[Any, np.ndarray, int]:
+    """Merge with a saved tower's view of ``image`` (or an already loaded ``tower``): similarity on
+    its features (``placement: after``) or inside it (``placement: tower``). Returns
+    ``(ReducerOutput, resized image, patch)``."""
+    import torch
+
+    tower = tower if tower is not None else load_tower(tower_dir, tower_type, feature_layer)
+    pix, small = tower_input(tower, image)
+    red = build_shown(reducer, options)
     grid = (1, *tower.grid)
     with torch.no_grad():
         if getattr(red, "placement", "after") == "tower":
@@ -177,7 +321,7 @@ def tower_merge(tower_dir: str, image: np.ndarray, reducer: str, options: Mappin
         else:
             out = red(tower(pix), grid)
     out.grid = grid
-    return out, small, patch
+    return out, small, tower.patch_size
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -200,43 +344,3 @@ def anchor_options(anchor: str) -> dict[str, Any]:
     if anchor not in ANCHORS:
         raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}")
     return {"random_dst": anchor == "random", "destination": "typical" if anchor == "typical" else "first"}
-
-
-def explore(image: np.ndarray, patch: int, *, ratio: float = 0.75, window: int = 4, anchor: str = "first"):
-    """ipywidgets sliders (ratio, window side, anchor) redrawing ``local_merge`` beside ``tome_sd``
-    into an Output widget. The first figure (the given values) is displayed as a plain cell output,
-    not captured by the Output widget, so a notebook run without a live frontend (papermill) shows it
-    and never routes output through a widget: nbclient could block on that capture (seen under
-    load: the cell never finished; jupyter/nbclient#312)."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    side = image.shape[0] // patch
-    controls = {
-        "ratio": widgets.FloatSlider(value=ratio, min=0.0, max=0.9375, step=0.0625, description="ratio"),
-        "window": widgets.IntSlider(value=window, min=2, max=max(2, min(8, side)), description="window"),
-        "anchor": widgets.Dropdown(options=list(ANCHORS), value=anchor, description="anchor"),
-    }
-    out = widgets.Output()
-
-    def draw() -> None:
-        v = {k: c.value for k, c in controls.items()}
-        opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], **anchor_options(v["anchor"]), "seed": 0}
-        try:
-            fig = compare(image, {"local_merge": ("local_merge", opts), "tome_sd": ("tome_sd", opts)}, patch=patch)
-        except ValueError as exc:  # the ratio asks for more merges than the windows allow
-            print(exc)
-            return
-        display(fig)
-        plt.close(fig)
-
-    def redraw(*_: Any) -> None:  # slider moves (live frontend only): into the Output widget
-        with out:
-            out.clear_output(wait=True)
-            draw()
-
-    for c in controls.values():
-        c.observe(redraw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox(list(controls.values())), out])
