@@ -22,7 +22,7 @@
 # position and draws the reading path in sequence order. Then: live sliders, the token budget at
 # LLaVA-1.5-7B shapes, and a clip with spatio-temporal (2x2x2) groups.
 # Similarity is measured on the patches' pixels, or on a trained tower's features with `TOWER_DIR`.
-# All logic lives in `llava_wb.viz.merge`, `llava_wb.model.merging` and `llava_wb.budget`.
+# All logic lives in `llava_wb.viz.merge`, `llava_wb.viz.merge_explorer`, `llava_wb.model.merging` and `llava_wb.budget`.
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these)
@@ -32,6 +32,7 @@ PATCH = 14                   # pixels per patch (CLIP ViT-L/14 on 336 px: 24x24,
 RATIO = 0.75                 # fraction of the tokens merged away
 WINDOW = [1, 4, 4]           # (frames, rows, cols) per window; one destination each
 ANCHOR = "first"             # first patch | random (training-style) | typical (each window's medoid)
+SEED = 0                     # seed of the random anchors (used with ANCHOR random)
 PLACEMENT = "after"          # after the tower | tower (inside its last LAYERS layers; needs TOWER_DIR)
 LAYERS = 1
 TOWER_DIR = None             # a saved tower (e.g. runs/demo/tower/final): merge on its features
@@ -64,7 +65,7 @@ elif IMAGE in vm.PHOTOS:
     image = vm.sample_image(IMAGE, SIZE)
 else:
     image = np.asarray(Image.open(IMAGE).convert("RGB").resize((SIZE, SIZE)))
-options = {"ratio": RATIO, "window": WINDOW, **vm.anchor_options(ANCHOR), "seed": 0}
+options = {"ratio": RATIO, "window": WINDOW, **vm.anchor_options(ANCHOR), "seed": SEED}
 print(f"{image.shape[0] // PATCH}x{image.shape[1] // PATCH} patches of {PATCH}px; options {options}")
 
 # %% [markdown]
@@ -73,26 +74,31 @@ print(f"{image.shape[0] // PATCH}x{image.shape[1] // PATCH} patches of {PATCH}px
 # %%
 if TOWER_DIR:
     opts = {**options, "placement": PLACEMENT, "layers": LAYERS}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 7.2))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.12, wspace=0.03)
     for ax, name in zip(axes, ("local_merge", "tome_sd")):
         o = opts if name == "local_merge" else {**options}
         out, small, patch = vm.tower_merge(TOWER_DIR, image, name, o)
-        vm.draw_groups([ax], small, out, patch, title=f"{name} on tower features ({out.tokens.shape[1]} tokens)")
+        vm.draw_groups([ax], small, out, patch, title=vm.panel_title(f"{name} on tower features", out, o))
+    vm.add_legend(fig)
 else:
     fig = vm.compare(image, {"local_merge": ("local_merge", options), "tome_sd": ("tome_sd", options)}, patch=PATCH)
-    fig.set_size_inches(9, 18)
 path = os.path.join(OUT_DIR, f"merge_{IMAGE if IMAGE in vm.PHOTOS + ('synthetic',) else 'image'}_r{RATIO}.png")
 fig.savefig(path, dpi=110, bbox_inches="tight"); plt.show()
 print("saved", path)
 
 # %% [markdown]
 # ## Explore (ipywidgets)
-# The figure shows the parameter values (all a papermill run shows); move the sliders in JupyterLab
-# and each choice is drawn under them.
+# One figure, `local_merge` beside `tome_sd`, that the controls redraw in place: ratio, window side,
+# anchor (first patch, random member, or each window's medoid), the seed of the random anchors and,
+# with `TOWER_DIR`, similarity on the tower's features or on raw pixels. A papermill run shows the
+# figure at the parameter values; sliders redraw when released (JupyterLab).
 
 # %%
 from IPython.display import display
-w = vm.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR)
+from llava_wb.viz import merge_explorer as mx
+w = mx.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR, seed=SEED, tower=TOWER_DIR,
+               placement=PLACEMENT, layers=LAYERS)
 display(w)
 
 # %% [markdown]

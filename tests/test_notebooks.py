@@ -75,16 +75,18 @@ def test_convert_notebook_runs_headless(tmp_path):
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
 
 
-@pytest.mark.parametrize("image, anchor", [("chelsea", "first"), ("synthetic", "typical")])
-def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image, anchor):
+@pytest.mark.parametrize("image, anchor, seed", [("chelsea", "first", 0), ("synthetic", "typical", 0),
+                                               ("astronaut", "random", 5)])
+def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image, anchor, seed):
     out = tmp_path / "viz"
     executed = run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
         "IMAGE": image, "SIZE": 112, "PATCH": 14, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2, "OUT_DIR": str(out),
-        "ANCHOR": anchor})
+        "ANCHOR": anchor, "SEED": seed})
     assert (out / f"merge_{image}_r0.5.png").stat().st_size > 10_000 and (out / "merge_clip.png").exists()
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
     assert "local_merge r=0.75" in text and "Vicuna" not in text  # the budget table rendered
+    assert "application/vnd.jupyter.widget-view+json" in text and "image/png" in text  # the explorer and its PNG
     # resampling on a long needle clip: the needle's frame alone, then the clip, one row per question
     assert (out / "resample_image.png").exists() and (out / "resample_clip.png").exists()
     assert "needle: the " in text and " only" in text
