@@ -73,7 +73,7 @@ def load_run(path: str | os.PathLike, *, template: str | None = None, aspect: st
     ``template``/``aspect`` override the run's own."""
     from ..model.bundle import load_bundle
     from ..model.media import media_settings
-    from .__main__ import image_config_for
+    from .evaluate import image_config_for
 
     s = run_settings(path)
     model, tokenizer = load_bundle(s.bundle)
