@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # On small CPU machines OpenMP threads that spin while waiting starve the dataloader workers.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv demo test bench lab clean
+.PHONY: venv demo test lint bench bench-quick lab clean
 
 venv: $(STAMP)
 
@@ -27,11 +27,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m recipes.demo --out runs/demo
 
-test: $(STAMP)
+# Lint and format check first (seconds); the import contracts run inside pytest (tests/test_architecture.py).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
+# BENCH_ARGS: extra flags for benchmarks.run_all; `make bench-quick` is the smoke run (results under runs/bench_quick).
 bench: $(STAMP)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run_all --quick
 
 # JupyterLab refuses to start as root unless told --allow-root (containers often run as root).
 lab: $(STAMP)
