@@ -30,11 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 from data_tools import journal
-from data_tools.media import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES, reset_decode_cache
+from data_tools.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEDIA_BYTES,
+    reset_decode_cache,
+)
 from data_tools.records import InputError, RawRecord, input_fingerprint, iter_records
 from data_tools.shards import ShardResult, ShardTask, write_shard
 from data_tools.verify import VerifyReport, verify_output
-
 
 # Default of ``--max-reject-rate``: the loader's default ``max_skip_rate`` (5%). Data the loader
 # would refuse to train on should not pass conversion with exit status 0; a healthy LLaVA mix

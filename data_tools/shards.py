@@ -26,8 +26,13 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-from data_tools.media import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES, FORMATS,
-                              MediaProblem, read_media)
+from data_tools.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEDIA_BYTES,
+    FORMATS,
+    MediaProblem,
+    read_media,
+)
 from data_tools.records import RawRecord
 from data_tools.validate import Rejected, check_record, make_key, parse_record
 
@@ -156,7 +161,9 @@ def _rejection(raw: RawRecord, task: ShardTask, reason: str, detail: str) -> dic
 
 def write_shard(task: ShardTask) -> ShardResult:
     """Convert the records of one shard window and write the shard file atomically."""
-    from webdataset import TarWriter  # imported here: importing webdataset pulls in torch
+    from webdataset import (
+        TarWriter,  # imported here: importing webdataset pulls in torch
+    )
 
     name = shard_name(task.prefix, task.shard)
     final = os.path.join(task.out_dir, name)

@@ -12,6 +12,7 @@ import os
 import threading
 
 from _convert_fixtures import Dataset, conv, image_bytes, png_bomb, shard_digests
+
 from data_tools.convert_to_wds import EXIT_TOO_MANY_REJECTED, convert, main
 
 SECRET = b"TOPSECRET root:x:0:0 do-not-copy\n"

@@ -14,13 +14,13 @@ import os
 import threading
 
 import pytest
-
 from _convert_fixtures import png_bomb
+from shardkit import sample, write_shards
+
 from llava_wb.data.config import DataConfig
 from llava_wb.data.errors import DataConfigError, EmptySourceError, TooManySkipsError
 from llava_wb.data.loader import build_loader, build_train_loader
 from llava_wb.data.pipeline import DecodeOnly, RawSample
-from shardkit import sample, write_shards
 
 
 def cfg(*sources, **kw):
@@ -171,7 +171,6 @@ def test_decompression_bomb_in_a_shard_is_skipped_as_corrupt_media(tmp_path):
     d = str(tmp_path / "s")
     os.makedirs(d)
     import webdataset as wds
-
     from shardkit import png_bytes
 
     with wds.TarWriter(os.path.join(d, "shard-000000.tar")) as w:

@@ -109,7 +109,7 @@ def open_shard(url: str) -> tuple[IO[bytes], subprocess.Popen | None]:
     """A binary stream of the shard at ``url`` and the process producing it (None if local)."""
     cmd = fetch_command(url)
     if cmd is None:
-        return open(url[len("file:"):] if url.startswith("file:") else url, "rb"), None
+        return open(url.removeprefix("file:"), "rb"), None
     proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, bufsize=1 << 20)
     assert proc.stdout is not None
