@@ -19,6 +19,7 @@ never holding its bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -107,6 +108,11 @@ DEFAULT_MAX_MEDIA_BYTES = 1 << 30
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
 def resolve_media(path: str, roots: Sequence[str]) -> str:
     """The real path of ``root/path`` for the first root that has it, confined to that root.
 
@@ -119,7 +125,7 @@ def resolve_media(path: str, roots: Sequence[str]) -> str:
     if "\0" in path:
         raise MediaProblem("bad_media_path", f"{path!r}: media path holds a NUL byte")
     for root in roots:
-        real_root = os.path.realpath(root)
+        real_root = _real_root(root)
         real = os.path.realpath(os.path.join(real_root, path))
         if os.path.commonpath([real_root, real]) != real_root:
             raise MediaProblem("outside_media_root", f"{path!r} resolves outside media root {root}")
@@ -151,7 +157,11 @@ def read_first(path: str, roots: Sequence[str],
             raise MediaProblem("media_too_large", f"{full}: {st.st_size} bytes > cap {max_bytes} "
                                                   "(--max-media-bytes)")
         try:
-            data = f.read(max_bytes + 1)
+            # Sized by fstat (a 1 GiB read buffer would cost a huge allocation per file), still
+            # bounded by the cap: a file growing meanwhile is caught below.
+            data = f.read(min(st.st_size, max_bytes) + 1)
+            if len(data) > st.st_size:  # the size lied (grew, or a procfs-like file): read on
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as exc:
             raise MediaProblem("missing_media", f"{full}: cannot be read ({exc.strerror or exc})") from None
     if len(data) > max_bytes:
