@@ -205,14 +205,42 @@ def read_media(path: str, roots: Sequence[str], modality: str, validate: bool, *
     return data, fmt
 
 
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read straight from a PNG IHDR or JPEG SOF header (about 10x cheaper than
+    ``Image.open``); None when not found, and then PIL reads the header."""
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if fmt == "jpeg":
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int) -> None:
     """Refuse an image whose header declares more than ``max_pixels`` pixels (a decompression
     bomb: a few KB of PNG can decode to gigabytes). Reads only the header: PIL opens lazily."""
     from PIL import Image
 
+    size = _header_size(data, fmt)
     try:
-        with Image.open(io.BytesIO(data), formats=[_PIL_NAMES[fmt]]) as im:
-            width, height = im.size
+        if size is not None:
+            width, height = size
+        else:
+            with Image.open(io.BytesIO(data), formats=[_PIL_NAMES[fmt]]) as im:
+                width, height = im.size
     except Image.DecompressionBombError as exc:
         raise MediaProblem("image_too_large", f"{name}: {exc}") from None
     except Exception:  # header unreadable: not a bomb; full validation (if on) judges the rest
