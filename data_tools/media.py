@@ -113,6 +113,24 @@ def _real_root(root: str) -> str:
     return os.path.realpath(root)
 
 
+def _real_under(real_root: str, path: str) -> str:
+    """``realpath(real_root/path)``, cheaply: only ``path``'s own components are checked (the root
+    is already real); any ``..``, ``.`` or symlink component hands over to ``os.path.realpath``."""
+    full = real_root
+    for part in path.split("/"):
+        if not part:
+            continue
+        if part in (".", ".."):
+            return os.path.realpath(os.path.join(real_root, path))
+        full = os.path.join(full, part)
+        try:
+            if stat.S_ISLNK(os.lstat(full).st_mode):
+                return os.path.realpath(os.path.join(real_root, path))
+        except OSError:  # missing (or unreadable) from here on: nothing left to resolve
+            return os.path.realpath(os.path.join(real_root, path))
+    return full
+
+
 def resolve_media(path: str, roots: Sequence[str]) -> str:
     """The real path of ``root/path`` for the first root that has it, confined to that root.
 
@@ -126,7 +144,7 @@ def resolve_media(path: str, roots: Sequence[str]) -> str:
         raise MediaProblem("bad_media_path", f"{path!r}: media path holds a NUL byte")
     for root in roots:
         real_root = _real_root(root)
-        real = os.path.realpath(os.path.join(real_root, path))
+        real = _real_under(real_root, path)
         if os.path.commonpath([real_root, real]) != real_root:
             raise MediaProblem("outside_media_root", f"{path!r} resolves outside media root {root}")
         if os.path.lexists(real) and not os.path.isdir(real):
