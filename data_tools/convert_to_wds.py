@@ -30,14 +30,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 from data_tools import journal
-from data_tools.media import reset_decode_cache
+from data_tools.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEDIA_BYTES,
+    reset_decode_cache,
+)
 from data_tools.records import InputError, RawRecord, input_fingerprint, iter_records
 from data_tools.shards import ShardResult, ShardTask, write_shard
 from data_tools.verify import VerifyReport, verify_output
 
+# Default of ``--max-reject-rate``: the loader's default ``max_skip_rate`` (5%). Data the loader
+# would refuse to train on should not pass conversion with exit status 0; a healthy LLaVA mix
+# loses well under 1% (a few missing OCR-VQA downloads), a wrong --media-root loses ~100%.
+DEFAULT_MAX_REJECT_RATE = 0.05
+EXIT_TOO_MANY_REJECTED = 3
+
 
 class ConversionError(RuntimeError):
     """Writing a shard failed (a worker died or raised); finished shards stay journaled."""
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be created or written; the message names it and why."""
 
 
 @dataclass
@@ -63,6 +77,14 @@ class ConvertSummary:
         d["verify"] = None if self.verify is None else {"ok": self.verify.ok,
                                                         "problems": self.verify.problems}
         return d
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rejected / self.records if self.records else 0.0
+
+    def top_reasons(self, n: int = 5) -> str:
+        top = sorted(self.rejected_by_reason.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{k} {v}" for k, v in top) or "none"
 
     def format(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.rejected_by_reason.items()) or "none"
@@ -113,9 +135,23 @@ def _shard_failed(shard: int, exc: BaseException) -> ConversionError:
                            "finished shards are kept: rerun with --resume")
 
 
+def _check_writable(out_dir: str) -> None:
+    """Create ``out_dir`` and prove a file can be written there, or raise OutputError."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"output folder {out_dir} cannot be written "
+                          f"({exc.strerror or exc}); choose another --out or fix its "
+                          "permissions") from None
+
+
 def _prepare_out_dir(out_dir: str, prefix: str, header: dict, resume: bool,
                      overwrite: bool) -> dict[int, ShardResult]:
-    os.makedirs(out_dir, exist_ok=True)
+    _check_writable(out_dir)
     existing = journal.owned_files(out_dir, prefix)
     if overwrite:
         for path in existing:
@@ -150,13 +186,18 @@ def convert(
     verify: bool = False,
     progress: bool = True,
     mp_context: str | None = None,
+    max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ConvertSummary:
     """Convert LLaVA records + media into shards in ``out_dir``; see the module docstring.
 
     ``workers`` defaults to the CPU count. ``mp_context`` picks the multiprocessing start method
-    (default ``fork`` where available: workers then share the parent's imports). Raises
-    :class:`InputError` for unreadable input and :class:`journal.ResumeError` for an output
-    folder that cannot be used as asked; bad records are never raised, they go to errors.jsonl.
+    (default ``fork`` where available: workers then share the parent's imports).
+    ``max_media_bytes`` caps each media file, ``max_image_pixels`` each image's header size (see
+    :mod:`data_tools.media`). Raises :class:`InputError` for unreadable input,
+    :class:`OutputError` for an output folder that cannot be written and
+    :class:`journal.ResumeError` for one that cannot be used as asked; bad records are never
+    raised, they go to errors.jsonl.
     """
     start = time.perf_counter()
     inputs = [os.fspath(p) for p in inputs]
@@ -177,8 +218,11 @@ def convert(
         raise ValueError(f"prefix must be a plain file name part, got {prefix!r}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
+    if max_media_bytes < 1 or max_image_pixels < 1:
+        raise ValueError("max_media_bytes and max_image_pixels must be >= 1")
     header = journal.make_header([input_fingerprint(p) for p in inputs], roots, shard_size,
-                                 prefix, validate_media)
+                                 prefix, validate_media, max_media_bytes=max_media_bytes,
+                                 max_image_pixels=max_image_pixels)
     done = _prepare_out_dir(out, prefix, header, resume, overwrite)
     reset_decode_cache()  # each run (and each worker forked from it) starts with an empty cache
     resumed = len(done)
@@ -226,7 +270,8 @@ def convert(
             task = ShardTask(shard=shard, first_index=shard * shard_size,
                              last_index=shard * shard_size + len(window) - 1, records=window,
                              out_dir=out, prefix=prefix, sources=sources, media_roots=roots,
-                             validate_media=validate_media)
+                             validate_media=validate_media, max_media_bytes=max_media_bytes,
+                             max_image_pixels=max_image_pixels)
             if executor is None:
                 try:
                     result = write_shard(task)
@@ -297,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete earlier output with this prefix in --out and start over")
     p.add_argument("--no-validate-media", dest="validate_media", action="store_false",
                    help="only check media magic bytes instead of fully decoding every image")
+    p.add_argument("--max-media-bytes", type=int, default=DEFAULT_MAX_MEDIA_BYTES, metavar="N",
+                   help="refuse media files larger than N bytes (default: 1 GiB)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="refuse images whose header gives more than N pixels, also with "
+                        "--no-validate-media (default: PIL's bomb limit, 89478485)")
+    p.add_argument("--max-reject-rate", type=float, default=DEFAULT_MAX_REJECT_RATE, metavar="R",
+                   help="exit with status 3 when more than this fraction of records is rejected "
+                        "(default: 0.05, the loader's max_skip_rate)")
     p.add_argument("--verify", action="store_true",
                    help="after converting, re-read every shard and check it against index.json")
     p.add_argument("--verify-only", metavar="OUT",
@@ -309,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns 0 on success, 1 when verification finds problems, 2 on errors."""
+    """CLI entry point; returns 0 on success, 1 when verification finds problems, 2 on errors,
+    3 when more records were rejected than ``--max-reject-rate`` allows (the output is kept)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verify_only:
@@ -322,12 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one INPUT file (or --verify-only OUT)")
     if not args.out:
         parser.error("--out is required")
+    if not 0.0 <= args.max_reject_rate <= 1.0:
+        parser.error(f"--max-reject-rate must be in [0, 1], got {args.max_reject_rate}")
     try:
         summary = convert(args.inputs, args.media_root, args.out, prefix=args.prefix,
                           shard_size=args.shard_size, workers=args.workers, resume=args.resume,
                           overwrite=args.overwrite, validate_media=args.validate_media,
-                          verify=args.verify, progress=args.progress)
-    except (InputError, journal.ResumeError, ConversionError, ValueError) as exc:
+                          verify=args.verify, progress=args.progress,
+                          max_media_bytes=args.max_media_bytes,
+                          max_image_pixels=args.max_image_pixels)
+    except (InputError, OutputError, journal.ResumeError, ConversionError, ValueError) as exc:
         print(f"llava-wb-convert: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -335,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     print(summary.format())
+    if summary.reject_rate > args.max_reject_rate:
+        print(f"llava-wb-convert: error: {summary.rejected} of {summary.records} records rejected "
+              f"({100 * summary.reject_rate:.1f}% > --max-reject-rate "
+              f"{100 * args.max_reject_rate:.1f}%); top reasons: {summary.top_reasons()}; "
+              f"details in {os.path.join(args.out, journal.ERRORS)}", file=sys.stderr)
+        return EXIT_TOO_MANY_REJECTED
     if args.energon:
         from data_tools.energon import write_energon_meta
 

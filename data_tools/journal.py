@@ -46,11 +46,11 @@ def file_sha256(path: str) -> str:
 
 
 def make_header(sources: list[dict[str, Any]], media_roots: list[str], shard_size: int,
-                prefix: str, validate_media: bool) -> dict[str, Any]:
-    """The settings line that a resumed run must match."""
+                prefix: str, validate_media: bool, **caps: int) -> dict[str, Any]:
+    """The settings line that a resumed run must match (``caps``: the media size caps)."""
     return {"type": "header", "format": FORMAT_TAG, "converter_version": CONVERTER_VERSION,
             "sources": sources, "media_roots": media_roots, "shard_size": shard_size,
-            "prefix": prefix, "validate_media": validate_media}
+            "prefix": prefix, "validate_media": validate_media, **caps}
 
 
 def owned_files(out_dir: str, prefix: str) -> list[str]:

@@ -9,15 +9,21 @@ shard field is chosen from magic bytes, never from the file name. Formats and sh
 * video: ``mp4``, ``webm``, ``mkv``, ``avi``
 * audio: ``wav``, ``mp3``, ``flac``, ``ogg``
 
+Every read goes through :func:`read_first`: the real path must lie inside a media root, only
+regular files are read, with a per-file byte cap; image headers are checked against a pixel cap.
 Problems come back as :class:`MediaProblem` carrying a rejection reason (``missing_media``,
-``unsupported_media``, ``corrupt_media``) and a detail naming the file.
+``outside_media_root``, ``not_a_regular_file``, ``media_too_large``, ``bad_media_path``,
+``unsupported_media``, ``image_too_large``, ``corrupt_media``) and a detail naming the file,
+never holding its bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import stat
 from typing import Sequence
 
 MODALITIES = ("image", "video", "audio")
@@ -93,45 +99,173 @@ def _is_mpeg_audio_frame(head: bytes) -> bool:
     return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
 
 
-def read_first(path: str, roots: Sequence[str]) -> tuple[str, bytes]:
-    """Read ``root/path`` from the first root that has it as a file; return (full path, bytes).
+# Per-file byte cap (``--max-media-bytes``). 1 GiB holds any image, clip or audio file of LLaVA-style
+# data (LLaVA-Video clips are tens of MB) while a worker, which holds one sample in memory at a
+# time, stays far from running out of memory on a huge or endless file.
+DEFAULT_MAX_MEDIA_BYTES = 1 << 30
+# Per-image pixel cap (``--max-image-pixels``): PIL's own decompression-bomb threshold (~89.5 MP,
+# a 9459 x 9459 image), checked from the header alone, so even ``--no-validate-media`` runs it.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
-    Raises MediaProblem(missing_media) when no root has it, or it exists but cannot be read.
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def _real_under(real_root: str, path: str) -> str:
+    """``realpath(real_root/path)``, cheaply: only ``path``'s own components are checked (the root
+    is already real); any ``..``, ``.`` or symlink component hands over to ``os.path.realpath``."""
+    full = real_root
+    for part in path.split("/"):
+        if not part:
+            continue
+        if part in (".", ".."):
+            return os.path.realpath(os.path.join(real_root, path))
+        full = os.path.join(full, part)
+        try:
+            if stat.S_ISLNK(os.lstat(full).st_mode):
+                return os.path.realpath(os.path.join(real_root, path))
+        except OSError:  # missing (or unreadable) from here on: nothing left to resolve
+            return os.path.realpath(os.path.join(real_root, path))
+    return full
+
+
+def resolve_media(path: str, roots: Sequence[str]) -> str:
+    """The real path of ``root/path`` for the first root that has it, confined to that root.
+
+    The single gate between a record's media path and the file system: the path is resolved with
+    symlinks followed (``os.path.realpath``) and must stay inside the resolved root, so ``..``
+    parts and symlinks pointing elsewhere are refused (``outside_media_root``). Nothing is read.
     """
     if not roots:
         raise MediaProblem("missing_media", f"{path}: no media roots were given")
+    if "\0" in path:
+        raise MediaProblem("bad_media_path", f"{path!r}: media path holds a NUL byte")
     for root in roots:
-        full = os.path.join(root, path)
-        try:
-            with open(full, "rb") as f:
-                return full, f.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            continue
-        except OSError as exc:
-            raise MediaProblem("missing_media", f"{full}: cannot be read ({exc.strerror or exc})") from None
+        real_root = _real_root(root)
+        real = _real_under(real_root, path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise MediaProblem("outside_media_root", f"{path!r} resolves outside media root {root}")
+        if os.path.lexists(real) and not os.path.isdir(real):
+            return real
     raise MediaProblem("missing_media", f"{path} not found under {', '.join(roots)}")
 
 
-def read_media(path: str, roots: Sequence[str], modality: str, validate: bool) -> tuple[bytes, str]:
+def read_first(path: str, roots: Sequence[str],
+               max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
+    """Read the file :func:`resolve_media` finds; return (real path, bytes).
+
+    Only regular files are read: the file is opened non-blocking (a FIFO cannot hang the open)
+    and checked with ``fstat`` on the open descriptor (``not_a_regular_file`` for FIFOs, devices,
+    sockets, folders); a file over ``max_bytes`` is refused (``media_too_large``) and the read is
+    bounded by the cap whatever the file does meanwhile. Details name the file, never its bytes.
+    """
+    full = resolve_media(path, roots)
+    try:
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise MediaProblem("missing_media", f"{full}: cannot be opened ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MediaProblem("not_a_regular_file", f"{full}: not a regular file "
+                                                     f"({_file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise MediaProblem("media_too_large", f"{full}: {st.st_size} bytes > cap {max_bytes} "
+                                                  "(--max-media-bytes)")
+        try:
+            # Sized by fstat (a 1 GiB read buffer would cost a huge allocation per file), still
+            # bounded by the cap: a file growing meanwhile is caught below.
+            data = f.read(min(st.st_size, max_bytes) + 1)
+            if len(data) > st.st_size:  # the size lied (grew, or a procfs-like file): read on
+                data += f.read(max_bytes + 1 - len(data))
+        except OSError as exc:
+            raise MediaProblem("missing_media", f"{full}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise MediaProblem("media_too_large", f"{full}: grew past the cap {max_bytes} while read")
+    return full, data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def read_media(path: str, roots: Sequence[str], modality: str, validate: bool, *,
+               max_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str]:
     """Find, read and check one media item; return (bytes exactly as on disk, format name).
 
-    Raises MediaProblem when the file is missing or unreadable, of no known format, of a format
-    of another modality, or (``validate`` on, images only) does not fully decode.
+    Raises MediaProblem when the file is missing, unreadable, outside the media roots, not a
+    regular file or over the size cap; of no known format, of a format of another modality; an
+    image whose header gives more than ``max_pixels`` pixels (always checked); or (``validate``
+    on, images only) an image that does not fully decode.
     """
-    full, data = read_first(path, roots)
+    full, data = read_first(path, roots, max_bytes)
     if not data:
         raise MediaProblem("unsupported_media", f"{full}: file is empty (0 bytes)")
     fmt = detect_format(data[:64])
     if fmt is None:
-        raise MediaProblem("unsupported_media", f"{full}: bytes are of no known format "
-                                                f"(starts with {data[:8].hex()})")
+        raise MediaProblem("unsupported_media", f"{full}: bytes are of no known format")
     real_modality = FORMATS[fmt][0]
     if real_modality != modality:
         raise MediaProblem("unsupported_media", f"{full}: listed as {modality} but its bytes are "
                                                 f"{fmt} ({real_modality})")
-    if validate and real_modality == "image":
-        check_image_decodes(data, fmt, full)
+    if real_modality == "image":
+        check_image_pixels(data, fmt, full, max_pixels)
+        if validate:
+            check_image_decodes(data, fmt, full)
     return data, fmt
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read straight from a PNG IHDR or JPEG SOF header (about 10x cheaper than
+    ``Image.open``); None when not found, and then PIL reads the header."""
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if fmt == "jpeg":
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (a decompression
+    bomb: a few KB of PNG can decode to gigabytes). Reads only the header: PIL opens lazily."""
+    from PIL import Image
+
+    size = _header_size(data, fmt)
+    try:
+        if size is not None:
+            width, height = size
+        else:
+            with Image.open(io.BytesIO(data), formats=[_PIL_NAMES[fmt]]) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise MediaProblem("image_too_large", f"{name}: {exc}") from None
+    except Exception:  # header unreadable: not a bomb; full validation (if on) judges the rest
+        return
+    if width * height > max_pixels:
+        raise MediaProblem("image_too_large", f"{name}: {width} x {height} = {width * height} "
+                                              f"pixels > cap {max_pixels} (--max-image-pixels)")
 
 
 # Digests of image bytes that already decoded in this process. LLaVA data points many records at

@@ -26,7 +26,13 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-from data_tools.media import FORMATS, MediaProblem, read_media
+from data_tools.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEDIA_BYTES,
+    FORMATS,
+    MediaProblem,
+    read_media,
+)
 from data_tools.records import RawRecord
 from data_tools.validate import Rejected, check_record, make_key, parse_record
 
@@ -58,6 +64,8 @@ class ShardTask:
     sources: list[str]  # source names as written into samples (file base names)
     media_roots: list[str]
     validate_media: bool
+    max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -113,7 +121,8 @@ def build_sample(raw: RawRecord, task: ShardTask) -> tuple[dict[str, bytes], lis
     media_entries: list[dict[str, str]] = []
     per_modality: dict[str, int] = {}
     for modality, path in checked.media:
-        data, fmt = read_media(path, task.media_roots, modality, task.validate_media)
+        data, fmt = read_media(path, task.media_roots, modality, task.validate_media,
+                               max_bytes=task.max_media_bytes, max_pixels=task.max_image_pixels)
         n = per_modality.get(modality, 0)
         per_modality[modality] = n + 1
         ext = FORMATS[fmt][1]
@@ -141,8 +150,9 @@ def _rejection(raw: RawRecord, task: ShardTask, reason: str, detail: str) -> dic
             obj = json.loads(raw.text)
             if isinstance(obj, dict):
                 record_id = obj.get("id")
-        except ValueError:
-            pass
+                json.dumps(record_id)  # an id that cannot be written back is left out
+        except Exception:  # ValueError, RecursionError, ...: the record is rejected anyway
+            record_id = None
     if reason == "invalid_json":
         detail = f"{raw.location}: {detail}"
     return {"index": raw.index, "id": record_id, "source": task.sources[raw.source],
@@ -151,7 +161,9 @@ def _rejection(raw: RawRecord, task: ShardTask, reason: str, detail: str) -> dic
 
 def write_shard(task: ShardTask) -> ShardResult:
     """Convert the records of one shard window and write the shard file atomically."""
-    from webdataset import TarWriter  # imported here: importing webdataset pulls in torch
+    from webdataset import (
+        TarWriter,  # imported here: importing webdataset pulls in torch
+    )
 
     name = shard_name(task.prefix, task.shard)
     final = os.path.join(task.out_dir, name)
@@ -170,10 +182,16 @@ def write_shard(task: ShardTask) -> ShardResult:
             # not silently add PAX headers, if a name ever did not fit.
             writer.tarstream.format = tarfile.USTAR_FORMAT
             for raw in task.records:
+                # One record, one verdict: any failure while building it rejects that record
+                # (counted, with a reason) and the shard goes on; only writing can abort.
                 try:
                     sample, modalities, fixes = build_sample(raw, task)
                 except (Rejected, MediaProblem) as exc:
                     result.rejected.append(_rejection(raw, task, exc.reason, exc.detail))
+                    continue
+                except Exception as exc:
+                    detail = f"{type(exc).__name__} while converting: {str(exc)[:200]}"
+                    result.rejected.append(_rejection(raw, task, "conversion_error", detail))
                     continue
                 writer.write(sample)
                 result.samples += 1

@@ -26,8 +26,14 @@ REASONS = (
     "bad_conversation",
     "placeholder_mismatch",
     "missing_media",
+    "outside_media_root",  # the path resolves (.., symlinks) outside every media root
+    "not_a_regular_file",  # a FIFO, device, socket: never read
+    "media_too_large",  # over --max-media-bytes
+    "bad_media_path",
     "unsupported_media",
+    "image_too_large",  # header declares more pixels than --max-image-pixels (decompression bomb)
     "corrupt_media",
+    "conversion_error",  # any other failure inside one record (the detail names the exception)
 )
 FIX_DROPPED_GPT = "dropped_leading_gpt_turn"
 FIX_ROLE_NAMES = "converted_role_names"
@@ -73,6 +79,10 @@ def parse_record(text: str | None, decode_error: str | None) -> Any:
     except json.JSONDecodeError as exc:
         snippet = text.strip()[:80]
         raise Rejected("invalid_json", f"{exc.msg} at column {exc.colno}: {snippet!r}") from None
+    except RecursionError:
+        raise Rejected("invalid_json", "JSON nested too deeply to parse") from None
+    except ValueError as exc:  # e.g. an integer over the 4300-digit conversion limit
+        raise Rejected("invalid_json", str(exc)[:200]) from None
 
 
 def check_record(obj: Any) -> CheckedRecord:
@@ -109,6 +119,8 @@ def _media_paths(obj: dict[str, Any]) -> list[tuple[str, str]]:
                 raise Rejected("bad_record", f"'{name}' must be a path string, got {_json_type(path)}")
             if not path.strip():
                 raise Rejected("bad_record", f"'{name}' is an empty path")
+            if "\0" in path:
+                raise Rejected("bad_record", f"'{name}' = {path!r} holds a NUL byte")
             if os.path.isabs(path):
                 raise Rejected("bad_record", f"'{name}' = {path!r} is absolute; media paths are "
                                              "relative to a media root")

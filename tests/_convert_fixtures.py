@@ -152,3 +152,22 @@ def shard_digests(out_dir: str) -> dict[str, str]:
 
     return {name: hashlib.sha256(open(os.path.join(out_dir, name), "rb").read()).hexdigest()
             for name in sorted(os.listdir(out_dir)) if name.endswith(".tar")}
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid, tiny PNG (1-bit grayscale, all zero) that decodes to ``width * height`` pixels.
+
+    30000 x 30000 is ~109 KB compressed and ~112 MB at one bit per pixel (~900 MB as 8-bit gray):
+    a decompression bomb. Built chunk by chunk with zlib, never held decoded in memory.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte + packed bits
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -289,7 +289,7 @@ def test_verify_passes_then_reports_damage(tmp_path, capsys):
     src = ds.write_json(str(tmp_path / "d.json"))
     out = str(tmp_path / "o")
     assert main([src, "--media-root", ds.root, "--out", out, "--shard-size", "6", "--workers", "1",
-                 "--no-progress", "--verify"]) == 0
+                 "--no-progress", "--verify", "--max-reject-rate", "1"]) == 0  # half is rejected
     printed = capsys.readouterr().out
     assert "converted 12 / 24" in printed and "records/s" in printed and ": OK" in printed
     assert main(["--verify-only", out]) == 0

@@ -148,8 +148,12 @@ def test_truncated_shard_keeps_samples_before_the_damage(tmp_path):
     assert set(f"id{i}" for i in range(10)) <= set(ids)
     assert 10 < len(ids) < 20 and len(ids) == len(set(ids))
     st = loader.skip_state()
-    assert st["skipped"] == {"truncated_shard": 1}
+    # Every sample the cut shard should hold and did not yield is counted (index.json says 10).
+    lost = 20 - len(ids)
+    assert st["skipped"] == {"truncated_shard": lost} and st["seen"] == 20
+    assert (st["expected"], st["read"]) == (20, len(ids))
     assert "shard-000001.tar" in st["examples"]["truncated_shard"][0]
+    assert f"expected 20 samples (index.json), read {len(ids)}" in loader.skip_summary()
 
 
 def test_corrupt_media_is_skipped_counted_and_limited(tmp_path):

@@ -32,3 +32,7 @@ class TooManySkipsError(RuntimeError):
 
 class DataConfigError(ValueError):
     """A data config value is wrong; the message names the field."""
+
+
+class EmptySourceError(RuntimeError):
+    """A data source yields no sample at all where the epoch mode needs it to (balanced mode)."""

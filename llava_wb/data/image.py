@@ -19,12 +19,19 @@ _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Im
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Bytes -> PIL image, fully loaded (truncation surfaces here, not later)."""
+    """Bytes -> PIL image (header read, pixels not yet decoded). A header declaring more pixels
+    than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) is ``corrupt_media``, never decoded."""
     try:
         img = Image.open(io.BytesIO(data))
-        return img
+    except Image.DecompressionBombError as e:
+        raise SampleError("corrupt_media", f"decompression bomb: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SampleError("corrupt_media", f"not a readable image ({len(data)} bytes, starting {data[:8]!r})") from e
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise SampleError("corrupt_media", f"decompression bomb: {img.width} x {img.height} pixels > "
+                                           f"PIL.Image.MAX_IMAGE_PIXELS {limit}")
+    return img
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

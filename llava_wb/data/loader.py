@@ -120,6 +120,11 @@ class StreamingLoader:
                 raise DataConfigError(
                     f"data source {s.name!r} has {len(s.urls)} shard(s), fewer than world_size {self.world}: "
                     "some ranks would get no data; write smaller shards (llava-wb-convert --shard-size)")
+            if cfg.epoch_mode == "balanced" and s.total == 0:
+                raise DataConfigError(
+                    f"data source {s.name!r}: its index.json lists 0 samples (every record rejected "
+                    "at conversion?); balanced mode would wait for it forever: drop the source or "
+                    "fix its data")
             idle = self.world * max(1, cfg.num_workers) - len(s.urls)
             if idle > 0 and self.rank == 0:
                 log.warning("source %r: %d shards for %d ranks x %d workers: %d worker slot(s) idle",

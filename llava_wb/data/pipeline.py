@@ -3,7 +3,8 @@
 - ``RawSample``: json parsed, media kept as the exact bytes from the shard (round trips, audits).
 - ``DecodeOnly``: ``decode_sample`` with media decoded to tensors (inspection, benchmarks).
 - ``TrainSample``: decode + conversation template + tokenization with placeholder expansion: the
-  sample the collator pads into a training batch.
+  sample the collator pads into a training batch. An answer cut at ``max_length`` is kept and
+  noted as ``truncated_answer`` (``__notes__``, counted by the stream, never collated).
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class TrainSample:
         template = self.source_templates.get(raw.get("__source__"), self.template)
         tok = template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
                                      expected_media={m: len(v) for m, v in d["media"].items()})
-        return {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
+        out = {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
                 "labels": torch.tensor(tok.labels, dtype=torch.long),
                 "instruction_mask": torch.tensor(tok.instruction_mask, dtype=torch.long),
                 "media": d["media"], "id": d["id"], "modal_list": d["modal_list"], "meta": d["meta"]}
+        if tok.truncated:  # kept, but counted: the stream pops ``__notes__`` into the skip counter
+            out["__notes__"] = ("truncated_answer",)
+        return out

@@ -3,6 +3,15 @@
 A folder written by ``llava-wb-convert`` carries ``index.json`` with per-shard sample counts; the
 loader uses those counts to give every rank the same number of batches. Other sources have no
 counts, and then ``balanced`` mode needs an explicit ``batches_per_epoch``.
+
+Trust: a ``pipe:`` command runs only when it is the source spec itself (or its brace expansion),
+i.e. it comes from the run's own config. Lines of list files and shard names in ``index.json`` are
+data: a ``pipe:`` line is refused, an index shard name must be a plain file name in its folder,
+and local paths are made absolute, so no file content can become a shell command. Remote URLs
+(``s3://``, ``gs://``, ``http(s)://``) are fetched by ``tario`` with an argument list, no shell.
+
+A folder holding ``progress.jsonl`` (or shard temp files) but no ``index.json`` is an unfinished
+``llava-wb-convert`` run and is refused: reading it would silently miss the shards still to come.
 """
 
 from __future__ import annotations
@@ -46,17 +55,18 @@ def resolve(source: SourceConfig) -> ShardList:
         if os.path.exists(index):
             urls, counts = _from_index(index)
         else:
-            urls, counts = tuple(sorted(glob.glob(os.path.join(path, "*.tar")))), None
+            _refuse_unfinished(path)
+            urls, counts = _local_glob(os.path.join(glob.escape(path), "*.tar")), None
     elif path.endswith(".json") and not _URL.match(path):
         urls, counts = _from_index(path)
     elif path.endswith(_LIST_SUFFIXES) and not _URL.match(path):
         urls, counts = _from_list(path), None
     elif "{" in path:
-        urls, counts = tuple(_expand_url(u) for u in _braceexpand(path)), None
+        urls, counts = tuple(_braceexpand(path)), None
     elif _URL.match(path):
-        urls, counts = (_expand_url(path),), None
+        urls, counts = (path,), None
     elif any(c in path for c in "*?["):
-        urls, counts = tuple(sorted(glob.glob(path))), None
+        urls, counts = _local_glob(path), None
     elif os.path.isfile(path):
         urls, counts = (path,), None
     else:
@@ -72,10 +82,16 @@ def _from_index(index_path: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
             index = json.load(f)
         shards = index["shards"]
         base = os.path.dirname(os.path.abspath(index_path))
-        urls = tuple(os.path.join(base, s["name"]) for s in shards)
+        names = [s["name"] for s in shards]
         counts = tuple(int(s["samples"]) for s in shards)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataConfigError(f"{index_path}: not a readable llava_wb index.json ({e})") from e
+    for name in names:  # data, not paths: a plain file name next to index.json, nothing else
+        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name \
+                or "/" in name or "\0" in name:
+            raise DataConfigError(f"{index_path}: shard name {name!r} is not a plain file name in "
+                                  "the index's folder")
+    urls = tuple(os.path.join(base, n) for n in names)
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         raise DataConfigError(f"{index_path}: {len(missing)} shard(s) listed but missing, e.g. {missing[0]}")
@@ -86,21 +102,33 @@ def _from_list(list_path: str) -> tuple[str, ...]:
     base = os.path.dirname(os.path.abspath(list_path))
     urls = []
     with open(list_path, encoding="utf-8") as f:
-        for line in f:
+        for line_no, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            if not _URL.match(line) and not os.path.isabs(line):
-                line = os.path.join(base, line)
-            urls.append(_expand_url(line))
+            if line.startswith("pipe:"):
+                raise DataConfigError(
+                    f"{list_path} line {line_no}: 'pipe:' commands are not read from list files "
+                    "(their lines are data); give the command as the source itself in the config")
+            if not _URL.match(line):
+                line = os.path.abspath(os.path.join(base, line))
+            urls.append(line)
     return tuple(urls)
 
 
-def _expand_url(url: str) -> str:
-    """webdataset has no native s3://; stream it through the AWS CLI like its docs suggest."""
-    if url.startswith("s3://"):
-        return f"pipe:aws s3 cp {url} -"
-    return url
+def _local_glob(pattern: str) -> tuple[str, ...]:
+    """Matching files as absolute paths (a file named ``pipe:...`` stays a file)."""
+    return tuple(sorted(os.path.abspath(p) for p in glob.glob(pattern)))
+
+
+def _refuse_unfinished(folder: str) -> None:
+    leftovers = [n for n in ("progress.jsonl",) if os.path.exists(os.path.join(folder, n))]
+    leftovers += [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), "*.tar.tmp-*"))]
+    if leftovers:
+        raise DataConfigError(
+            f"data source {folder!r} is an unfinished llava-wb-convert output ({leftovers[0]} but no "
+            "index.json): finish it with `llava-wb-convert ... --resume`, or name its shards with a "
+            "glob to read them as they are")
 
 
 def _braceexpand(pattern: str) -> list[str]:

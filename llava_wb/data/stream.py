@@ -12,7 +12,11 @@ block) and the position is a few integers per source, so a stream can be rebuilt
   consumed. Restoring re-reads that one block and skips the consumed part.
 - Several sources are mixed by weight with a counter-based draw ``u(seed, rank, worker, n)``.
 - ``infinite=True`` (balanced training) moves each source on to its next pass when one ends;
-  ``infinite=False`` (exact) runs one pass, pass number = epoch.
+  ``infinite=False`` (exact) runs one pass, pass number = epoch. A source whose whole pass yields
+  nothing for a worker raises ``EmptySourceError`` naming it (it would otherwise spin forever).
+- Where ``index.json`` gives shard counts, a shard that ends (cleanly or damaged) before its count
+  has every missing sample counted as skipped, with the shard named (``short_shard`` or the
+  shard error's reason).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
-from .errors import SampleError
+from .errors import EmptySourceError, SampleError
 from .skips import SkipCounter
 from .sources import ShardList
 from .tario import ShardError, iter_shard
@@ -62,6 +66,7 @@ class SourceReader:
         self.block_size, self.infinite, self.skips = max(1, block), infinite, skips
         self.cursor = cursor
         self.empty = not shards_for(src, 0, **self._slice())
+        self._expected = dict(zip(src.urls, src.counts)) if src.counts is not None else {}
         self._block: list[dict] | None = None
         self._end = (0, 0)
         self._open: tuple[int, int, Iterator[dict]] | None = None
@@ -88,17 +93,37 @@ class SourceReader:
                     block.append(sample)
             except ShardError as e:
                 if count_errors:
-                    self.skips.skip(SampleError(e.reason, e.detail, key=f"{e.url}@{e.samples_read}"))
+                    self._shard_ended(shards[pos], e.samples_read, e)
                 self._open = None  # the rest of this shard is lost; go on with the next one
                 pos, off = pos + 1, 0
                 continue
             if len(block) == self.block_size:
                 off = self._open_idx
                 break
+            if count_errors:
+                self._shard_ended(shards[pos], self._open_idx, None)
             self._open = None
             pos, off = pos + 1, 0
         random.Random(f"{self.seed}/{self.src.name}/p{c.pass_}/r{self.rank}/w{self.worker}/b{c.block_no}").shuffle(block)
         self._block, self._end = block, (pos, off)
+
+    def _shard_ended(self, url: str, read: int, error: ShardError | None) -> None:
+        """Count what shard ``url`` failed to deliver: with an index count, every missing sample;
+        without one, a damaged shard counts as one skip (the sample the damage hit)."""
+        expected = self._expected.get(url)
+        if expected is None:
+            if error is not None:
+                self.skips.skip(SampleError(error.reason, error.detail, key=f"{url}@{read}"))
+            return
+        self.skips.shard_done(expected, read)
+        missing = expected - read
+        if error is not None:
+            self.skips.skip(SampleError(error.reason, f"{error.detail}; index.json lists {expected} "
+                                        f"samples, read {read}", key=f"{url}@{read}"),
+                            count=max(1, missing))
+        elif missing > 0:
+            self.skips.skip(SampleError("short_shard", f"index.json lists {expected} samples, "
+                                        f"the shard ended after {read}", key=url), count=missing)
 
     def _open_at(self, pass_: int, pos: int, off: int, url: str) -> Iterator[dict]:
         """An iterator over shard ``pos`` positioned at sample ``off``; reuses the open one if it is
@@ -126,6 +151,12 @@ class SourceReader:
             if not self._block and self._end[0] >= len(shards_for(self.src, c.pass_, **self._slice())):
                 # The pass is over (an empty block at the end of the shard list).
                 if self.infinite:
+                    if c.block_no == 0:  # not one sample in a whole pass: it never will have one
+                        n = len(shards_for(self.src, c.pass_, **self._slice()))
+                        raise EmptySourceError(
+                            f"data source {self.src.name!r} yields no samples (rank {self.rank}, "
+                            f"worker {self.worker}: its {n} shard(s) are empty, unreadable or cut "
+                            f"before the first sample; skip counts: {dict(self.skips.skipped)})")
                     self._new_pass()
                     continue
                 c.done = True
@@ -188,6 +219,8 @@ class WorkerStream:
             raw["__source__"] = reader.src.name
             try:
                 out = self.process(raw)
+                for reason in out.pop("__notes__", ()) if isinstance(out, dict) else ():
+                    self.skips.note(reason)
             except SampleError as e:
                 self.skips.skip(e if e.key else e.with_key(raw.get("__key__", "?")), where=raw.get("__url__", ""))
                 empty_run += 1

@@ -1,7 +1,11 @@
 """Read one webdataset shard as a stream of raw samples, with damage reported instead of raised.
 
-Opening goes through ``webdataset.gopen`` (local paths, ``pipe:``, http(s) via curl, gs://), member
-iteration through ``webdataset.tariterators.tar_file_iterator``; grouping by key uses webdataset's
+Opening is :func:`open_shard`: local paths and ``file:`` are opened directly; ``s3://``, ``gs://``
+and ``http(s)://`` are fetched by a command run with an argument list (``aws s3 cp``, ``gsutil cat``,
+``curl``), never through a shell, so a URL is only ever data; ``pipe:`` runs its command through the
+shell, which is why ``sources`` accepts it only from the run's own config. A command that exits
+non-zero is reported as ``command_failed`` (with its status), not as a damaged shard. Member
+iteration goes through ``webdataset.tariterators.tar_file_iterator``; grouping by key uses webdataset's
 rule (the key ends at the first dot of the basename). A shard that cannot be opened or ends early
 raises ``ShardError`` *after* yielding every complete sample before the damage, so the caller can
 keep those and count the rest.
@@ -15,10 +19,10 @@ samples already yielded, so the fast path can never change what is read.
 from __future__ import annotations
 
 import os
+import subprocess
 import tarfile
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
-from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 
@@ -86,18 +90,83 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
     yield from _iter_shard_webdataset(url)
 
 
+def fetch_command(url: str) -> list[str] | str | None:
+    """The command that streams ``url`` to stdout: an argv list for remote URLs (no shell), the
+    shell command of a ``pipe:`` URL, or None for a local path."""
+    if url.startswith("pipe:"):
+        return url[len("pipe:"):]
+    if url.startswith("s3://"):
+        return ["aws", "s3", "cp", url, "-"]
+    if url.startswith("gs://"):
+        return ["gsutil", "cat", url]
+    if url.startswith(("http://", "https://")):
+        return ["curl", "--connect-timeout", "30", "--retry", "5", "--retry-delay", "2",
+                "-f", "-s", "-S", "-L", "--", url]
+    return None
+
+
+def open_shard(url: str) -> tuple[IO[bytes], subprocess.Popen | None]:
+    """A binary stream of the shard at ``url`` and the process producing it (None if local)."""
+    cmd = fetch_command(url)
+    if cmd is None:
+        return open(url.removeprefix("file:"), "rb"), None
+    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, bufsize=1 << 20)
+    assert proc.stdout is not None
+    return proc.stdout, proc
+
+
+def _finish(proc: subprocess.Popen, stream: IO[bytes], wait: float | None) -> int | None:
+    """Exit status of ``proc``; None when it did not end within ``wait`` s (then it is killed)."""
+    try:
+        rc = proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        rc = None
+    stream.close()
+    return rc
+
+
 def _iter_shard_webdataset(url: str) -> Iterator[dict[str, Any]]:
     try:
-        stream = gopen(url, "rb")
-    except Exception as e:  # gopen raises many types (OSError, ValueError for bad schemes, ...)
+        stream, proc = open_shard(url)
+    except Exception as e:  # OSError for a missing file or command, ValueError, ...
         raise ShardError(url, "unreadable_shard", f"{type(e).__name__}: {e}", 0) from e
+    n = 0
+    finished = False
     try:
-        yield from _group(url, _tarfile_members(stream))
-    finally:
         try:
-            stream.close()
-        except Exception:  # a pipe: stream reports the command's exit status on close
-            pass
+            for sample in _group(url, _tarfile_members(stream)):
+                n += 1
+                yield sample
+        except ShardError as e:
+            # Unparseable data from a command that failed is the command's failure; a command
+            # still writing (not within 10 s) was cut off by damage in what it sent.
+            rc = _finish(proc, stream, 10.0) if proc is not None else 0
+            finished = True
+            if rc:
+                raise ShardError(url, "command_failed", f"{_cmd_name(proc)} exited with status {rc}",
+                                 e.samples_read) from e
+            raise
+        if proc is not None:
+            stream.read()  # drain what follows the archive so the command can exit
+            rc = _finish(proc, stream, None)
+            finished = True
+            if rc:
+                raise ShardError(url, "command_failed", f"{_cmd_name(proc)} exited with status {rc}", n)
+    finally:
+        if not finished:
+            if proc is not None:  # the consumer stopped early: stop the command
+                proc.kill()
+                _finish(proc, stream, None)
+            else:
+                stream.close()
+
+
+def _cmd_name(proc: subprocess.Popen | None) -> str:
+    args = proc.args if proc is not None else ""
+    return repr(args if isinstance(args, str) else " ".join(map(str, args)))[:200]
 
 
 def _group(url: str, members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
