@@ -31,13 +31,23 @@ import time
 from dataclasses import asdict
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `make bench` and training runs set it
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks.common import (DEFAULT_CACHE, ROOT, Timing, TreeMemorySampler, machine_info, repeat_timed,
-                               results_dir)
-from benchmarks.fixtures import (FULL, QUICK, Fixture, Sizes, baseline_dataset, baseline_loader, iterate,
-                                 load_tokenizer, prepare, stream_loader)
+from benchmarks.common import DEFAULT_CACHE, ROOT, Timing, TreeMemorySampler, machine_info, repeat_timed, results_dir
+from benchmarks.fixtures import (
+    FULL,
+    QUICK,
+    Fixture,
+    Sizes,
+    baseline_dataset,
+    baseline_loader,
+    iterate,
+    load_tokenizer,
+    prepare,
+    stream_loader,
+)
 
 NAME = "data"
 
@@ -81,8 +91,9 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
             break
     raws = raws[: s.ceiling_samples]
     image = ImageConfig(size=s.proc_size)
-    process = TrainSample(tok, template=s.template, max_length=s.max_length, media=image,
-                          media_tokens={"image": s.media_tokens})
+    process = TrainSample(
+        tok, template=s.template, max_length=s.max_length, media=image, media_tokens={"image": s.media_tokens}
+    )
     collate = Collator(pad_token_id=tok.pad_token_id)
     transform, template = ImageTransform(image), get_template(s.template, tok)
     images = [r["jpg"] for r in raws if "jpg" in r]
@@ -97,7 +108,7 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
 
     def train_sample_collate() -> int:
         for i in range(0, len(raws), s.batch_size):
-            collate([process(r) for r in raws[i:i + s.batch_size]])
+            collate([process(r) for r in raws[i : i + s.batch_size]])
         return len(raws)
 
     def decode_only() -> int:
@@ -107,15 +118,27 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
 
     def tokenize_only() -> int:
         for m in metas:
-            template.tokenize(m["conversations"], max_length=s.max_length, media_tokens={"image": s.media_tokens},
-                              expected_media={"image": len(m.get("media", []))})
+            template.tokenize(
+                m["conversations"],
+                max_length=s.max_length,
+                media_tokens={"image": s.media_tokens},
+                expected_media={"image": len(m.get("media", []))},
+            )
         return len(metas)
 
-    parts = {"train_sample": train_sample, "train_sample_collate": train_sample_collate,
-             "image_decode_transform": decode_only, "tokenize_template": tokenize_only}
+    parts = {
+        "train_sample": train_sample,
+        "train_sample_collate": train_sample_collate,
+        "image_decode_transform": decode_only,
+        "tokenize_template": tokenize_only,
+    }
     timings = {k: repeat_timed(fn, s.repeats) for k, fn in parts.items()}
-    return {"samples_in_memory": len(raws), "images_in_memory": len(images), "tar_read_samples_per_s": tar_rate,
-            **{k: t.as_dict() for k, t in timings.items()}}
+    return {
+        "samples_in_memory": len(raws),
+        "images_in_memory": len(images),
+        "tar_read_samples_per_s": tar_rate,
+        **{k: t.as_dict() for k, t in timings.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- (a) throughput
@@ -133,6 +156,7 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
             for kind in ("stream", "baseline"):
                 key = f"{kind}/w{nw}"
                 _say(f"(a) repeat {rep + 1}/{s.repeats}: {key}")
+
                 def one_pass(kind: str = kind, nw: int = nw, rep: int = rep) -> int:
                     if kind == "stream":
                         loader = stream_loader(fx.shards, tok, s, num_workers=nw, seed=rep)
@@ -141,22 +165,37 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
                     return iterate(loader, max_batches=s.pass_batches)
 
                 timings[key] = repeat_timed(one_pass, 1, timing=timings.get(key))
-    return {"baseline_init_seconds": baseline_init, "records": len(dataset), "pass_batches": s.pass_batches,
-            "runs": {k: t.as_dict() for k, t in timings.items()}}
+    return {
+        "baseline_init_seconds": baseline_init,
+        "records": len(dataset),
+        "pass_batches": s.pass_batches,
+        "runs": {k: t.as_dict() for k, t in timings.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- (b) memory
 def _probe(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.memprobe", json.dumps(spec)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.memprobe", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with TreeMemorySampler(proc.pid) as sampler:
         out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {spec['kind']} failed (exit {proc.returncode}):\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(metric=sampler.metric, samples_taken=sampler.samples, processes=sampler.max_processes,
-                  peak_bytes=dict(sampler.peak), at_peak=sampler.at_peak)
+    result.update(
+        metric=sampler.metric,
+        samples_taken=sampler.samples,
+        processes=sampler.max_processes,
+        peak_bytes=dict(sampler.peak),
+        at_peak=sampler.at_peak,
+    )
     return result
 
 
@@ -178,22 +217,33 @@ def measure_memory(fx: Fixture) -> dict[str, Any]:
             for label, (records, shards) in sets.items():
                 _say(f"(b) memory probe {rep + 1}/{s.mem_repeats}: {kind} with {label} records")
                 probes.setdefault(f"{kind}/{label}", []).append(
-                    _probe({**base, "kind": kind, "records": records, "shards": shards}))
+                    _probe({**base, "kind": kind, "records": records, "shards": shards})
+                )
     runs: dict[str, Any] = {}
     for key, ps in probes.items():
         records, shards = sets[key.split("/")[1]]
         metric = "rss" if any(p["metric"] == "rss" for p in ps) else "pss"
         median_probe = sorted(ps, key=lambda p: p["peak_bytes"][metric])[(len(ps) - 1) // 2]
         metrics = ("pss", "rss", "uss")
-        runs[key] = {"metric": metric, "processes": max(p["processes"] for p in ps),
-                     "peak_bytes": {m: statistics.median(p["peak_bytes"][m] for p in ps) for m in metrics},
-                     "peaks_each": {m: [p["peak_bytes"][m] for p in ps] for m in metrics},
-                     "at_peak": median_probe["at_peak"],
-                     "build_seconds": statistics.median(p["build_seconds"] for p in ps),
-                     "records_file": records, "records_file_bytes": os.path.getsize(records),
-                     "index_json_bytes": os.path.getsize(os.path.join(shards, "index.json")), "probes": ps}
-    return {"runs": runs, "labels": list(sets), "batches": s.mem_batches, "workers": s.mem_workers,
-            "repeats": s.mem_repeats}
+        runs[key] = {
+            "metric": metric,
+            "processes": max(p["processes"] for p in ps),
+            "peak_bytes": {m: statistics.median(p["peak_bytes"][m] for p in ps) for m in metrics},
+            "peaks_each": {m: [p["peak_bytes"][m] for p in ps] for m in metrics},
+            "at_peak": median_probe["at_peak"],
+            "build_seconds": statistics.median(p["build_seconds"] for p in ps),
+            "records_file": records,
+            "records_file_bytes": os.path.getsize(records),
+            "index_json_bytes": os.path.getsize(os.path.join(shards, "index.json")),
+            "probes": ps,
+        }
+    return {
+        "runs": runs,
+        "labels": list(sets),
+        "batches": s.mem_batches,
+        "workers": s.mem_workers,
+        "repeats": s.mem_repeats,
+    }
 
 
 # ----------------------------------------------------------------------------- (c) converter
@@ -208,12 +258,28 @@ def measure_converter(fx: Fixture, cache: Path) -> dict[str, Any]:
     outs = {k: work / k for k in ("naive", "ours_no_validation", "ours_validation")}
     runs = {
         "naive": lambda: create_sharded_tars_image(fx.image_records, fx.media_root, str(outs["naive"]), s.shard_size),
-        "ours_no_validation": lambda: convert([fx.image_records], [fx.media_root], outs["ours_no_validation"],
-                                              shard_size=s.shard_size, workers=2, validate_media=False,
-                                              progress=False).records,
-        "ours_validation": lambda: convert([fx.image_records], [fx.media_root], outs["ours_validation"],
-                                           shard_size=s.shard_size, workers=2, validate_media=True,
-                                           progress=False).records,
+        "ours_no_validation": lambda: (
+            convert(
+                [fx.image_records],
+                [fx.media_root],
+                outs["ours_no_validation"],
+                shard_size=s.shard_size,
+                workers=2,
+                validate_media=False,
+                progress=False,
+            ).records
+        ),
+        "ours_validation": lambda: (
+            convert(
+                [fx.image_records],
+                [fx.media_root],
+                outs["ours_validation"],
+                shard_size=s.shard_size,
+                workers=2,
+                validate_media=True,
+                progress=False,
+            ).records
+        ),
     }
     timings: dict[str, Timing] = {}
     try:
@@ -224,8 +290,12 @@ def measure_converter(fx: Fixture, cache: Path) -> dict[str, Any]:
                 timings[key] = repeat_timed(fn, 1, timing=timings.get(key))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"input_records": n, "shard_size": s.shard_size, "workers": 2,
-            "runs": {k: t.as_dict() for k, t in timings.items()}}
+    return {
+        "input_records": n,
+        "shard_size": s.shard_size,
+        "workers": 2,
+        "runs": {k: t.as_dict() for k, t in timings.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -255,8 +325,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     _say(f"preparing inputs in {args.cache} ({sizes.n} records)")
     fx = prepare(sizes, args.cache, progress=args.progress)
     tok = load_tokenizer(fx.tokenizer)
-    raw: dict[str, Any] = {"quick": args.quick, "fixture": fx.as_dict(),
-                           "prepare_seconds": time.perf_counter() - started}
+    raw: dict[str, Any] = {
+        "quick": args.quick,
+        "fixture": fx.as_dict(),
+        "prepare_seconds": time.perf_counter() - started,
+    }
     raw["warm_bytes"] = warm_page_cache(fx)
     if "d" in args.parts:
         _say("(d) decode+preprocess ceiling")

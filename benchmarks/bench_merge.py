@@ -34,8 +34,9 @@ import functools
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks.common import RunCache, Section, claim, machine_info, results_dir, run_plan, write_results
 from recipes import chain
@@ -49,11 +50,15 @@ C_REDUCERS = {  # name -> model.reducer for part (c)
     "avgpool": {"type": "avgpool", "options": {"window": [1, 2, 2]}},
     "tome_sd": {"type": "tome_sd", "options": {"tokens": 16, "window": [1, 4, 4]}},
     "local_merge": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4]}},
-    "local_merge+orig_pos": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4],
-                                                                "position_ids": "original"}},
+    "local_merge+orig_pos": {
+        "type": "local_merge",
+        "options": {"tokens": 16, "window": [1, 4, 4], "position_ids": "original"},
+    },
     # each window's medoid as its destination instead of its first patch (which may sit on an object's edge)
-    "local_merge typical": {"type": "local_merge", "options": {"tokens": 16, "window": [1, 4, 4],
-                                                               "destination": "typical"}},
+    "local_merge typical": {
+        "type": "local_merge",
+        "options": {"tokens": 16, "window": [1, 4, 4], "destination": "typical"},
+    },
     # 2x2 windows: every source merges (r = 3N/4), into the most similar destination of its own or an
     # adjacent window (local_merge) or of any window (tome_sd); one token per window, in raster order
     "tome_sd 2x2": {"type": "tome_sd", "options": {"tokens": 16, "window": [1, 2, 2]}},
@@ -69,11 +74,23 @@ def part_a(quick: bool, repeats: int, device: str = "cpu") -> tuple[Section, dic
     from llava_wb.model.reducers import build_reducer
     from llava_wb.model.towers import build_tower
 
-    shape = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                 num_attention_heads=16)
+    shape = dict(
+        image_size=336,
+        patch_size=14,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+    )
     if quick:
-        shape = dict(image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                     num_attention_heads=4)
+        shape = dict(
+            image_size=112,
+            patch_size=14,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+        )
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32  # a GPU tower runs in bf16, as in training
     torch.manual_seed(0)
@@ -105,24 +122,41 @@ def part_a(quick: bool, repeats: int, device: str = "cpu") -> tuple[Section, dic
             "avgpool 2x2": lambda: build_reducer("avgpool", {"window": [1, 2, 2]})(feats, grid),
         }
         t_merge = {name: timed(fn, 5 * repeats) for name, fn in merges.items()}
-        inside = build_reducer("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 1 if quick else 4}
-                               ).eval().to(device)
+        inside = (
+            build_reducer("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 1 if quick else 4})
+            .eval()
+            .to(device)
+        )
         t_inside = timed(lambda: tower.forward_merged(pix, inside, grid), repeats)
     rows = [[name, f"{1e3 * t:.2f}", f"{100 * t / t_tower:.3f}%"] for name, t in t_merge.items()]
     rows.append(["tower forward, 1 image (reference)", f"{1e3 * t_tower:.0f}", "100%"])
-    rows.append([f"tower forward with local_merge r=0.75 in its last {inside.layers} layers", f"{1e3 * t_inside:.0f}",
-                 f"{100 * t_inside / t_tower:.1f}%"])
+    rows.append(
+        [
+            f"tower forward with local_merge r=0.75 in its last {inside.layers} layers",
+            f"{1e3 * t_inside:.0f}",
+            f"{100 * t_inside / t_tower:.1f}%",
+        ]
+    )
     worst = max(t_merge.values()) / t_tower
-    where = (f"{torch.cuda.get_device_name(0)}, bf16" if cuda else f"CPU, {torch.get_num_threads()} torch threads")
+    where = f"{torch.cuda.get_device_name(0)}, bf16" if cuda else f"CPU, {torch.get_num_threads()} torch threads"
     section = Section(
         title=f"(a) Merge time vs the vision tower forward ({'GPU' if cuda else 'CPU'})",
         explain=f"CLIP ViT-L/14-336 shapes ({n} patch tokens, dim {feats.shape[-1]}), random weights, one image, "
-                f"{where}; medians of {repeats} tower runs and {5 * repeats} merge runs"
-                f"{' (device synchronised around each)' if cuda else ''}. Target: merge <= 2% of the tower forward.",
-        headers=["operation", "ms", "share of tower forward"], rows=rows,
-        notes=[f"worst merge / tower = {100 * worst:.3f}% (target <= 2%: {'met' if worst <= 0.02 else 'NOT met'})"])
-    raw = {"device": where, "tower_seconds": t_tower, "merge_seconds": t_merge, "inside_seconds": t_inside,
-           "tokens": n, "threads": torch.get_num_threads(), "worst_fraction": worst}
+        f"{where}; medians of {repeats} tower runs and {5 * repeats} merge runs"
+        f"{' (device synchronised around each)' if cuda else ''}. Target: merge <= 2% of the tower forward.",
+        headers=["operation", "ms", "share of tower forward"],
+        rows=rows,
+        notes=[f"worst merge / tower = {100 * worst:.3f}% (target <= 2%: {'met' if worst <= 0.02 else 'NOT met'})"],
+    )
+    raw = {
+        "device": where,
+        "tower_seconds": t_tower,
+        "merge_seconds": t_merge,
+        "inside_seconds": t_inside,
+        "tokens": n,
+        "threads": torch.get_num_threads(),
+        "worst_fraction": worst,
+    }
     return section, raw
 
 
@@ -130,17 +164,27 @@ def part_a(quick: bool, repeats: int, device: str = "cpu") -> tuple[Section, dic
 def part_b() -> tuple[Section, dict[str, Any]]:
     from llava_wb import budget
 
-    rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
-        "ratio 0 (identity, 576)": ("identity", {}),
-        "ratio 0.5 (local_merge, 288)": ("local_merge", {"ratio": 0.5}),
-        "ratio 0.75 (local_merge, 144)": ("local_merge", {"ratio": 0.75}),
-        "ratio 0.75, inside the tower's last 4 layers": ("local_merge", {"ratio": 0.75, "placement": "tower", "layers": 4}),
-    }, text_tokens=128)
+    rows = budget.budget_table(
+        budget.CLIP_L14_336,
+        budget.VICUNA_7B,
+        {
+            "ratio 0 (identity, 576)": ("identity", {}),
+            "ratio 0.5 (local_merge, 288)": ("local_merge", {"ratio": 0.5}),
+            "ratio 0.75 (local_merge, 144)": ("local_merge", {"ratio": 0.75}),
+            "ratio 0.75, inside the tower's last 4 layers": (
+                "local_merge",
+                {"ratio": 0.75, "placement": "tower", "layers": 4},
+            ),
+        },
+        text_tokens=128,
+    )
     section = Section(
         title="(b) Token budget, LLaVA-1.5-7B shapes",
         explain="CLIP ViT-L/14-336 (feature layer -2) + Vicuna-7B, one image and 128 text tokens per sample; "
-                "LLM FLOPs per sample (training = 3x forward), KV cache in bf16.",
-        headers=list(budget.TABLE_HEADERS), rows=budget.table_rows(rows))
+        "LLM FLOPs per sample (training = 3x forward), KV cache in bf16.",
+        headers=list(budget.TABLE_HEADERS),
+        rows=budget.table_rows(rows),
+    )
     return section, {"rows": budget.as_dicts(rows)}
 
 
@@ -157,8 +201,15 @@ def prepare_data(cache: Path, quick: bool) -> Path:
     sizes = dict(n_pretrain=120, n_instruct=240, n_heldout=60) if quick else dict(n_instruct=8000)
     data = generate(run / "data", progress=False, **sizes)
     for split in ("pretrain", "instruct", "heldout"):
-        convert([data["files"][split]], [data["media_root"]], run / "shards" / split, shard_size=500, workers=2,
-                progress=False, overwrite=True)
+        convert(
+            [data["files"][split]],
+            [data["media_root"]],
+            run / "shards" / split,
+            shard_size=500,
+            workers=2,
+            progress=False,
+            overwrite=True,
+        )
     records = [r for s in ("pretrain", "instruct", "heldout") for r in json.loads(Path(data["files"][s]).read_text())]
     build_demo_tokenizer(demo_corpus(records=records)).save_pretrained(run / "tokenizer")
     return run
@@ -181,28 +232,51 @@ def one_run(data: Path, work: Path, variant: str, reducer: str, seed: int, steps
 
     vision = [] if variant == "pos" else ["model.vision.position_embeddings=false"]
     run = work / f"{variant}_seed{seed}" / reducer
-    paths = ChainPaths(data=data, tower=work / f"{variant}_seed{seed}" / "tower", pretrain=run / "pretrain",
-                       train=run / "train")
+    paths = ChainPaths(
+        data=data, tower=work / f"{variant}_seed{seed}" / "tower", pretrain=run / "pretrain", train=run / "train"
+    )
     with claim(paths.tower.with_name("tower.lock")):  # processes sharing the cache train it once
         if not (paths.tower / "result.json").is_file():
             warm = ["train.warmup.weights={row: 0, col: 0, count: 0.5}"] if variant == "nopos" else []
-            train_stage("tower", paths, [f"train.seed={seed}", f"data.seed={seed}",
-                                         f"train.max_steps={steps['tower']}", *vision, *warm])
+            train_stage(
+                "tower",
+                paths,
+                [f"train.seed={seed}", f"data.seed={seed}", f"train.max_steps={steps['tower']}", *vision, *warm],
+            )
     red = C_REDUCERS[reducer]
     # images only: no audio tower, no video separators (the demo configs have both since issue 5)
-    common = ["model.audio=null", "model.video.separators=false", f"model.reducer.type={red['type']}",
-              f"model.reducer.options={json.dumps(red['options'])}", f"train.seed={seed}", f"data.seed={seed}", *vision]
+    common = [
+        "model.audio=null",
+        "model.video.separators=false",
+        f"model.reducer.type={red['type']}",
+        f"model.reducer.options={json.dumps(red['options'])}",
+        f"train.seed={seed}",
+        f"data.seed={seed}",
+        *vision,
+    ]
     t0 = time.perf_counter()
     train_stage("pretrain", paths, [f"train.max_steps={steps['pretrain']}", *common])
     result = train_stage("finetune", paths, [f"train.max_steps={steps['finetune']}", *common])
     seconds = time.perf_counter() - t0
     model, tok = load_bundle(paths.train / "final")
-    ev = evaluate(model, tok, [str(paths.shards("heldout"))], image=image_config_for(model), template=chain.template(),
-                  batch_size=64, progress=False)
+    ev = evaluate(
+        model,
+        tok,
+        [str(paths.shards("heldout"))],
+        image=image_config_for(model),
+        template=chain.template(),
+        batch_size=64,
+        progress=False,
+    )
     # training is chaotic in the float order: a rerun at another commit or thread count is another draw
-    return {"per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type}, "overall": ev.overall["accuracy"],
-            "tokens_per_image": result["tokens_per_image"], "train_seconds": round(seconds, 1),
-            "commit": code_commit(), "torch_threads": machine_info()["torch_threads"]}
+    return {
+        "per_type": {t: ev.per_type[t]["accuracy"] for t in ev.per_type},
+        "overall": ev.overall["accuracy"],
+        "tokens_per_image": result["tokens_per_image"],
+        "train_seconds": round(seconds, 1),
+        "commit": code_commit(),
+        "torch_threads": machine_info()["torch_threads"],
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,22 +285,40 @@ def code_commit() -> str | None:
     return machine_info()["git"]
 
 
-def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[str, int], cache: Path,
-           reducers: Sequence[str] = tuple(C_REDUCERS), train: bool = True) -> tuple[list[Section], dict[str, Any]]:
+def part_c(
+    quick: bool,
+    seeds: list[int],
+    control_seeds: list[int],
+    steps: dict[str, int],
+    cache: Path,
+    reducers: Sequence[str] = tuple(C_REDUCERS),
+    train: bool = True,
+) -> tuple[list[Section], dict[str, Any]]:
     with claim(cache / f"data{'_quick' if quick else ''}.lock"):  # processes sharing the cache: one prepares it
         data = prepare_data(cache, quick)
     work = cache / ("runs_quick" if quick else f"runs_{steps['finetune']}")
     done = RunCache(work / "results.json")
     # seed by seed, the control right after the main runs of its seed: an interrupted run has both
-    plan = [(v, r, s) for s in sorted(set(seeds) | set(control_seeds)) for v, ss in (("pos", seeds), ("nopos", control_seeds))
-            if s in ss for r in reducers]
+    plan = [
+        (v, r, s)
+        for s in sorted(set(seeds) | set(control_seeds))
+        for v, ss in (("pos", seeds), ("nopos", control_seeds))
+        if s in ss
+        for r in reducers
+    ]
     if train:
-        run_plan([(f"{v}/{r}/{s}", lambda v=v, r=r, s=s: one_run(data, work, v, r, s, steps)) for v, r, s in plan],
-                 done, work / "claims", "bench_merge")
+        run_plan(
+            [(f"{v}/{r}/{s}", lambda v=v, r=r, s=s: one_run(data, work, v, r, s, steps)) for v, r, s in plan],
+            done,
+            work / "claims",
+            "bench_merge",
+        )
     sections = []
     summary: dict[str, Any] = {}
-    for variant, title in (("pos", "(c) Held-out accuracy per reducer (tower with position embeddings)"),
-                           ("nopos", "(c, control) Tower without absolute position embeddings")):
+    for variant, title in (
+        ("pos", "(c) Held-out accuracy per reducer (tower with position embeddings)"),
+        ("nopos", "(c, control) Tower without absolute position embeddings"),
+    ):
         rows, stats = [], {}
         for reducer in C_REDUCERS:
             runs = [v for k, v in done.items() if k.startswith(f"{variant}/{reducer}/")]
@@ -242,15 +334,26 @@ def part_c(quick: bool, seeds: list[int], control_seeds: list[int], steps: dict[
         if not rows:
             continue
         notes = verdicts(stats)
-        made = collections.Counter(v.get("commit", "unrecorded") + (f", {v['torch_threads']} thread(s)"
-                                                                    if "torch_threads" in v else "")
-                                   for k, v in done.items() if k.startswith(f"{variant}/"))
-        sections.append(Section(title=title, explain=(
-            f"Demo model (tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune {steps['finetune']}; "
-            "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds "
-            "(one seed: the single value). Runs by the commit and torch threads they trained with: "
-            + ", ".join(f"{k}: {n}" for k, n in sorted(made.items())) + "."),
-            headers=["reducer", "tokens/image", "seeds", *QTYPES, "overall"], rows=rows, notes=notes))
+        made = collections.Counter(
+            v.get("commit", "unrecorded") + (f", {v['torch_threads']} thread(s)" if "torch_threads" in v else "")
+            for k, v in done.items()
+            if k.startswith(f"{variant}/")
+        )
+        sections.append(
+            Section(
+                title=title,
+                explain=(
+                    f"Demo model (tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune {steps['finetune']}; "
+                    "same data, seeds and steps for every reducer), exact match on the held-out split in %, mean ± std over seeds "
+                    "(one seed: the single value). Runs by the commit and torch threads they trained with: "
+                    + ", ".join(f"{k}: {n}" for k, n in sorted(made.items()))
+                    + "."
+                ),
+                headers=["reducer", "tokens/image", "seeds", *QTYPES, "overall"],
+                rows=rows,
+                notes=notes,
+            )
+        )
         summary[variant] = stats
     return sections, {"runs": done, "summary": summary, "steps": steps}
 
@@ -267,9 +370,10 @@ def verdicts(stats: dict[str, Any]) -> list[str]:
             for t in ("position", "relation"):
                 lm, ts = stats[local][t], stats[rival][t]
                 gap, spread = lm["mean"] - ts["mean"], max(lm["std"], ts["std"])
-                notes.append(f"{t}: {local} - {rival} = {gap:+.1f} points"
-                             + (f"; larger std {spread:.1f} ({gap / spread:.1f} std)" if spread > 0 else
-                                " (one seed: no std)"))
+                notes.append(
+                    f"{t}: {local} - {rival} = {gap:+.1f} points"
+                    + (f"; larger std {spread:.1f} ({gap / spread:.1f} std)" if spread > 0 else " (one seed: no std)")
+                )
     return notes
 
 
@@ -315,52 +419,91 @@ def part_d(quick: bool, gpu_only: bool) -> tuple[Section, dict[str, Any]]:
                 assert model.tokens_per_image == tokens, (name, model.tokens_per_image, tokens)
             batch = make_batch(model, shape, len(tok), device)
             times = step_seconds(model, batch, steps=shape.steps, warmup=shape.warmup, amp=device == "cuda")
-            results[name] = {"visual_tokens": model.tokens_per_image, "seq_len": int(batch["input_ids"].shape[1]),
-                             "median_s": statistics.median(times), "times": times}
+            results[name] = {
+                "visual_tokens": model.tokens_per_image,
+                "seq_len": int(batch["input_ids"].shape[1]),
+                "median_s": statistics.median(times),
+                "times": times,
+            }
             del model, batch
             if device == "cuda":
                 torch.cuda.empty_cache()
         base = results["identity"]["median_s"]
         for name, r in results.items():
-            rows.append([label, name, r["visual_tokens"], f"{shape.batch_size} x {r['seq_len']}",
-                         round(r["median_s"], 3), round(r["median_s"] / base, 3)])
-        raw.append({"device": label, "shape": dataclasses.asdict(shape), "results": results,
-                    "ratio": results["local_merge r=0.75"]["median_s"] / base})
-    notes = [f"{r['device']}: step time ratio 144/576 visual tokens (local_merge) = {r['ratio']:.3f}"
-             + ("" if r["device"].startswith("CPU") else " (target <= 0.45 on an H100)") for r in raw]
+            rows.append(
+                [
+                    label,
+                    name,
+                    r["visual_tokens"],
+                    f"{shape.batch_size} x {r['seq_len']}",
+                    round(r["median_s"], 3),
+                    round(r["median_s"] / base, 3),
+                ]
+            )
+        raw.append(
+            {
+                "device": label,
+                "shape": dataclasses.asdict(shape),
+                "results": results,
+                "ratio": results["local_merge r=0.75"]["median_s"] / base,
+            }
+        )
+    notes = [
+        f"{r['device']}: step time ratio 144/576 visual tokens (local_merge) = {r['ratio']:.3f}"
+        + ("" if r["device"].startswith("CPU") else " (target <= 0.45 on an H100)")
+        for r in raw
+    ]
     if not torch.cuda.is_available():
-        notes.append("No GPU on this machine: the H100 row (target: ratio <= 0.45) needs "
-                     "`python -m benchmarks.bench_merge --gpu-only` on a lent GPU.")
+        notes.append(
+            "No GPU on this machine: the H100 row (target: ratio <= 0.45) needs "
+            "`python -m benchmarks.bench_merge --gpu-only` on a lent GPU."
+        )
     if quick:
         notes.append("QUICK: tiny shapes, numbers meaningless.")
     section = Section(
         title="(d) Training step time with 576 vs 144 visual tokens",
-        explain=(f"One image and {CPU_MID.text_tokens} text tokens per sample (labels on the last "
-                 f"{CPU_MID.answer_tokens}), forward + backward + AdamW, tower frozen, projector + LLM train; median of "
-                 "the timed steps after warm-up, device synchronised around each step. CPU: "
-                 f"{CPU_MID.name}, batch {CPU_MID.batch_size}. GPU (when present): {REALISTIC.name} (bench_train's "
-                 f"realistic shape), batch {REALISTIC.batch_size}, bf16 autocast over fp32 weights, SDPA."),
-        headers=["device", "reducer", "visual tokens", "batch x seq", "step s (median)", "x identity"], rows=rows,
-        notes=notes)
+        explain=(
+            f"One image and {CPU_MID.text_tokens} text tokens per sample (labels on the last "
+            f"{CPU_MID.answer_tokens}), forward + backward + AdamW, tower frozen, projector + LLM train; median of "
+            "the timed steps after warm-up, device synchronised around each step. CPU: "
+            f"{CPU_MID.name}, batch {CPU_MID.batch_size}. GPU (when present): {REALISTIC.name} (bench_train's "
+            f"realistic shape), batch {REALISTIC.batch_size}, bf16 autocast over fp32 weights, SDPA."
+        ),
+        headers=["device", "reducer", "visual tokens", "batch x seq", "step s (median)", "x identity"],
+        rows=rows,
+        notes=notes,
+    )
     return section, {"runs": raw}
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> list[str]:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_merge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_merge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--cache", default=str(CACHE))
     p.add_argument("--parts", default="a,b,c,d")
-    p.add_argument("--gpu-only", action="store_true",
-                   help="(a) and (d) on the GPU only (a lent device machine); writes merge_gpu.md")
+    p.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="(a) and (d) on the GPU only (a lent device machine); writes merge_gpu.md",
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--control-seeds", default="0", help="seeds of the no-position-embedding control")
-    p.add_argument("--steps", type=int, default=1000,
-                   help="finetune steps per run (pretrain 200, warm-up 400); about 5 min per run on 2 CPU cores")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="finetune steps per run (pretrain 200, warm-up 400); about 5 min per run on 2 CPU cores",
+    )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--reducers", default=",".join(C_REDUCERS), help="part (c) reducers to run (cached runs are reported)")
+    p.add_argument(
+        "--reducers", default=",".join(C_REDUCERS), help="part (c) reducers to run (cached runs are reported)"
+    )
     p.add_argument("--report-only", action="store_true", help="part (c): report the cached runs, train nothing")
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
@@ -389,25 +532,36 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         unknown = set(args.reducers.split(",")) - set(C_REDUCERS)
         if unknown:
             p.error(f"unknown --reducers {sorted(unknown)}; known: {', '.join(C_REDUCERS)}")
-        cs, raw["c"] = part_c(args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","),
-                              train=not args.report_only)
+        cs, raw["c"] = part_c(
+            args.quick, seeds, control, steps, Path(args.cache), args.reducers.split(","), train=not args.report_only
+        )
         sections += cs
     if "d" in parts:
         s, raw["d"] = part_d(args.quick, args.gpu_only)
         sections.append(s)
-    intro = ("Order-preserving local merging against ToMe-SD, average pooling and no reduction. "
-             + ("GPU rows of (a) and (d) only; the CPU parts are in merge.md." if args.gpu_only else
-                "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU "
-                "(`python -m benchmarks.bench_merge --gpu-only` writes merge_gpu.md); none was lent when this file "
-                "was written."))
+    intro = "Order-preserving local merging against ToMe-SD, average pooling and no reduction. " + (
+        "GPU rows of (a) and (d) only; the CPU parts are in merge.md."
+        if args.gpu_only
+        else "GPU rows ((a) on a GPU and (d), the H100 step time at 576 vs 144 visual tokens) need a lent GPU "
+        "(`python -m benchmarks.bench_merge --gpu-only` writes merge_gpu.md); none was lent when this file "
+        "was written."
+    )
     if "c" in parts:
-        intro += (f" Part (c) here: seeds {seeds} (control: {control}), finetune {steps['finetune']} steps per run; "
-                  "the acceptance plan is 3 seeds (`--seeds 0,1,2`), cached runs are reused.")
+        intro += (
+            f" Part (c) here: seeds {seeds} (control: {control}), finetune {steps['finetune']} steps per run; "
+            "the acceptance plan is 3 seeds (`--seeds 0,1,2`), cached runs are reused."
+        )
     if args.quick:
         intro = "QUICK MODE: tiny shapes and runs, the numbers are meaningless.\n\n" + intro
-    paths = write_results(args.out, "merge_gpu" if args.gpu_only else "merge", title="Token merging benchmark",
-                          intro=intro, sections=sections,
-                          raw=raw, machine=machine_info())
+    paths = write_results(
+        args.out,
+        "merge_gpu" if args.gpu_only else "merge",
+        title="Token merging benchmark",
+        intro=intro,
+        sections=sections,
+        raw=raw,
+        machine=machine_info(),
+    )
     print(paths["md"])
     return [paths["md"], paths["json"]]
 

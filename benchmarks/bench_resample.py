@@ -40,11 +40,21 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks.common import (RunCache, Section, claim, clip_tower, machine_info, median_seconds, results_dir,
-                               run_plan, write_results)
+from benchmarks.common import (
+    RunCache,
+    Section,
+    claim,
+    clip_tower,
+    machine_info,
+    median_seconds,
+    results_dir,
+    run_plan,
+    write_results,
+)
 from benchmarks.needle_recall import load_metas, measure
 from recipes import chain
 from recipes.chain import ChainPaths
@@ -139,9 +149,19 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
     projector = build_projector("mlp2x_gelu", tower.hidden_size, d_llm).eval()
     query = torch.randn(1, seq_len, d_llm)  # the whole sequence is handed in; its question is 32 tokens
     query_mask = torch.zeros(1, seq_len, dtype=torch.bool)
-    query_mask[0, 40:40 + q_len] = True
-    rows, raw = [], {"threads": torch.get_num_threads(), "tokens_per_frame": gh * gw, "dim": tower.hidden_size,
-                     "llm_dim": d_llm, "query_tokens": q_len, "sequence_tokens": seq_len, "inputs": {}}
+    query_mask[0, 40 : 40 + q_len] = True
+    rows, raw = (
+        [],
+        {
+            "threads": torch.get_num_threads(),
+            "tokens_per_frame": gh * gw,
+            "dim": tower.hidden_size,
+            "llm_dim": d_llm,
+            "query_tokens": q_len,
+            "sequence_tokens": seq_len,
+            "inputs": {},
+        },
+    )
     worst = worst_own = 0.0
     with torch.no_grad():
         for label, t in (("1 image", 1), (f"{frames}-frame clip", frames)):
@@ -158,20 +178,38 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
                 keep = int(round(n * fraction(budget)))
                 red = build_reducer("instruct_resample", {"tokens": keep}).eval()
                 full = lambda: red(feats, grid, query=query, query_mask=query_mask, project=projector)  # noqa: E731
+
                 # the resampler's own work: the projection handed in ready-made
-                own = lambda: red(feats, grid, query=query, query_mask=query_mask,  # noqa: E731
-                                  project=lambda x: projected)
+                def own():
+                    return red(feats, grid, query=query, query_mask=query_mask, project=lambda x: projected)
+
                 full(), own()
                 t_red, t_own = median_seconds(full, reps), median_seconds(own, 3 * reps)
                 t_kept = median_seconds(lambda: projector(feats[:, :keep]), reps)
                 share, share_own = t_red / t_tower, t_own / t_tower
                 worst, worst_own = max(worst, share), max(worst_own, share_own)
-                rows.append([label, budget, f"{n} -> {keep}", f"{1e3 * t_red:.1f}", f"{100 * share:.2f}%",
-                             f"{1e3 * t_own:.1f}", f"{100 * share_own:.3f}%", f"{1e3 * t_proj_all:.1f}",
-                             f"{1e3 * t_kept:.1f}", f"{1e3 * t_tower:.0f}"])
-                entry["budgets"][budget] = {"keep": keep, "resample_seconds": t_red, "own_seconds": t_own,
-                                            "projector_kept_seconds": t_kept, "fraction": share,
-                                            "own_fraction": share_own}
+                rows.append(
+                    [
+                        label,
+                        budget,
+                        f"{n} -> {keep}",
+                        f"{1e3 * t_red:.1f}",
+                        f"{100 * share:.2f}%",
+                        f"{1e3 * t_own:.1f}",
+                        f"{100 * share_own:.3f}%",
+                        f"{1e3 * t_proj_all:.1f}",
+                        f"{1e3 * t_kept:.1f}",
+                        f"{1e3 * t_tower:.0f}",
+                    ]
+                )
+                entry["budgets"][budget] = {
+                    "keep": keep,
+                    "resample_seconds": t_red,
+                    "own_seconds": t_own,
+                    "projector_kept_seconds": t_kept,
+                    "fraction": share,
+                    "own_fraction": share_own,
+                }
             raw["inputs"][label] = entry
     raw["worst_fraction"], raw["worst_own_fraction"] = worst, worst_own
     # multiply-adds per token: projector vs the tower up to its -2 feature layer (12 d^2 + 2 N d per layer)
@@ -180,27 +218,42 @@ def part_a(quick: bool, repeats: int) -> tuple[Section, dict[str, Any]]:
     head_macs = d * d_llm
     section = Section(
         title="(a) Resampler time vs the vision tower forward (CPU)",
-        explain=(f"{'Tiny quick shapes' if quick else 'CLIP ViT-L/14-336 shapes'} ({gh * gw} patch tokens per frame, "
-                 f"dim {tower.hidden_size}), random weights, {torch.get_num_threads()} torch thread(s); instruction of "
-                 f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'} inside a sequence of {seq_len} "
-                 "(the model hands the resampler the whole sequence and its instruction mask). "
-                 "`instruct_resample` (zero mode) "
-                 "= the projector minus its last layer on every token (the last layer is pulled back onto the "
-                 "instruction instead) + relevance + distinctiveness + top-K + merge of the rest; \"without projector\" "
-                 "times the same call with the projection handed in ready-made (the resampler's own work). For comparison, the projector on all N tokens, and on "
-                 "the K kept tokens (which every model runs after any reducer). Medians of a few runs (the clip's "
-                 "tower: one run). Target: resampler <= 3% of the tower forward."),
-        headers=["input", "budget", "tokens", "resampler ms", "share of tower", "without projector ms",
-                 "share without projector", "projector on all N ms", "projector on K ms", "tower ms"],
+        explain=(
+            f"{'Tiny quick shapes' if quick else 'CLIP ViT-L/14-336 shapes'} ({gh * gw} patch tokens per frame, "
+            f"dim {tower.hidden_size}), random weights, {torch.get_num_threads()} torch thread(s); instruction of "
+            f"{q_len} tokens of width {d_llm}{'' if quick else ' (LLaVA-1.5-7B)'} inside a sequence of {seq_len} "
+            "(the model hands the resampler the whole sequence and its instruction mask). "
+            "`instruct_resample` (zero mode) "
+            "= the projector minus its last layer on every token (the last layer is pulled back onto the "
+            'instruction instead) + relevance + distinctiveness + top-K + merge of the rest; "without projector" '
+            "times the same call with the projection handed in ready-made (the resampler's own work). For comparison, the projector on all N tokens, and on "
+            "the K kept tokens (which every model runs after any reducer). Medians of a few runs (the clip's "
+            "tower: one run). Target: resampler <= 3% of the tower forward."
+        ),
+        headers=[
+            "input",
+            "budget",
+            "tokens",
+            "resampler ms",
+            "share of tower",
+            "without projector ms",
+            "share without projector",
+            "projector on all N ms",
+            "projector on K ms",
+            "tower ms",
+        ],
         rows=rows,
-        notes=[f"worst resampler / tower = {100 * worst:.2f}% (target <= 3%: {'met' if worst <= 0.03 else 'NOT met'}); "
-               f"without the projector call {100 * worst_own:.3f}%",
-               f"the whole projector is {proj_macs / 1e6:.1f} M multiply-adds per token, its first layer (all the "
-               f"resampler runs on every token) {head_macs / 1e6:.1f} M, the tower's {layers} layers up to the -2 "
-               f"feature layer about {tower_macs / 1e6:.1f} M: projecting every token would cost "
-               f"{100 * proj_macs / tower_macs:.1f}% of the tower in FLOPs on any hardware, the first layer "
-               f"{100 * head_macs / tower_macs:.1f}%; the scoring, top-K and merge themselves are the \"without "
-               "projector\" column"])
+        notes=[
+            f"worst resampler / tower = {100 * worst:.2f}% (target <= 3%: {'met' if worst <= 0.03 else 'NOT met'}); "
+            f"without the projector call {100 * worst_own:.3f}%",
+            f"the whole projector is {proj_macs / 1e6:.1f} M multiply-adds per token, its first layer (all the "
+            f"resampler runs on every token) {head_macs / 1e6:.1f} M, the tower's {layers} layers up to the -2 "
+            f"feature layer about {tower_macs / 1e6:.1f} M: projecting every token would cost "
+            f"{100 * proj_macs / tower_macs:.1f}% of the tower in FLOPs on any hardware, the first layer "
+            f'{100 * head_macs / tower_macs:.1f}%; the scoring, top-K and merge themselves are the "without '
+            'projector" column',
+        ],
+    )
     return section, raw
 
 
@@ -215,17 +268,28 @@ def prepare_data(cache: Path, quick: bool) -> Path:
     run = cache / ("data_quick" if quick else "data")
     if (run / "tokenizer" / "tokenizer_config.json").is_file():
         return run
-    sizes = dict(n_pretrain=60, n_instruct=120, n_heldout=60) if quick else dict(n_pretrain=2000, n_instruct=8000,
-                                                                                 n_heldout=800)
+    sizes = (
+        dict(n_pretrain=60, n_instruct=120, n_heldout=60)
+        if quick
+        else dict(n_pretrain=2000, n_instruct=8000, n_heldout=800)
+    )
     data = generate(run / "data", progress=False, mix=MIX, **sizes)
     files = dict(data["files"])
     heldout = json.loads(Path(files["heldout"]).read_text(encoding="utf-8"))
     files["heldout_needle"] = str(run / "data" / "heldout_needle.json")
-    Path(files["heldout_needle"]).write_text(json.dumps([r for r in heldout if r["meta"]["modality"] == "needle"]),
-                                             encoding="utf-8")
+    Path(files["heldout_needle"]).write_text(
+        json.dumps([r for r in heldout if r["meta"]["modality"] == "needle"]), encoding="utf-8"
+    )
     for split in ("pretrain", "instruct", "heldout", "heldout_needle"):
-        convert([files[split]], [data["media_root"]], run / "shards" / split, shard_size=500, workers=1,
-                progress=False, overwrite=True)
+        convert(
+            [files[split]],
+            [data["media_root"]],
+            run / "shards" / split,
+            shard_size=500,
+            workers=1,
+            progress=False,
+            overwrite=True,
+        )
     records = [r for s in ("pretrain", "instruct", "heldout") for r in json.loads(Path(files[s]).read_text())]
     build_demo_tokenizer(demo_corpus(records=records)).save_pretrained(run / "tokenizer")
     return run
@@ -239,15 +303,30 @@ def prepare_clips(data: Path, quick: bool) -> Path:
 
     gen, shards = data / "clips", data / "shards" / "heldout_clip"
     if not (shards / "index.json").is_file():
-        made = generate(gen, n_pretrain=0, n_instruct=0, n_heldout=8 if quick else 240, seed=7, progress=False,
-                        mix={"needle_clip": 1.0})
-        convert([made["files"]["heldout"]], [made["media_root"]], shards, shard_size=500, workers=1, progress=False,
-                overwrite=True)
+        made = generate(
+            gen,
+            n_pretrain=0,
+            n_instruct=0,
+            n_heldout=8 if quick else 240,
+            seed=7,
+            progress=False,
+            mix={"needle_clip": 1.0},
+        )
+        convert(
+            [made["files"]["heldout"]],
+            [made["media_root"]],
+            shards,
+            shard_size=500,
+            workers=1,
+            progress=False,
+            overwrite=True,
+        )
     return gen
 
 
-def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int,
-                steps: dict[str, int]) -> dict[str, Any]:
+def train_model(
+    data: Path, work: Path, name: str, budget: str | None, seed: int, steps: dict[str, int]
+) -> dict[str, Any]:
     """Tower warm-up (cached per warm-up steps and seed, beside ``work``) -> pretrain -> finetune with
     reducer ``name`` at ``budget`` (cached in ``work``); returns the run folder and timings."""
     from benchmarks.bench_merge import train_stage
@@ -257,8 +336,11 @@ def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int
     paths = ChainPaths(data=data, tower=tower, pretrain=run / "pretrain", train=run / "train")
     with claim(tower.with_name(tower.name + ".lock")):  # processes sharing the cache train it once
         if not (tower / "result.json").is_file():
-            train_stage("tower", paths, [f"train.seed={seed}", f"data.seed={seed}", f"train.max_steps={steps['tower']}",
-                                         *WARMUP])
+            train_stage(
+                "tower",
+                paths,
+                [f"train.seed={seed}", f"data.seed={seed}", f"train.max_steps={steps['tower']}", *WARMUP],
+            )
     tower_seconds = json.loads((tower / "result.json").read_text())["seconds"]
     kind, options = reducer_spec(name, 64 if budget is None else int(round(64 * fraction(budget))))
     done = run / "done.json"
@@ -267,18 +349,31 @@ def train_model(data: Path, work: Path, name: str, budget: str | None, seed: int
     return {"run": str(run), "tower_seconds": tower_seconds, **json.loads(done.read_text())}
 
 
-def _train_run(paths: ChainPaths, done: Path, kind: str, options: dict[str, Any], seed: int,
-               steps: dict[str, int]) -> None:
+def _train_run(
+    paths: ChainPaths, done: Path, kind: str, options: dict[str, Any], seed: int, steps: dict[str, int]
+) -> None:
     from benchmarks.bench_merge import train_stage
 
     if not done.is_file():
-        common = [*IMAGES_ONLY, f"model.reducer.type={kind}", f"model.reducer.options={json.dumps(options)}",
-                  f"train.seed={seed}", f"data.seed={seed}"]
+        common = [
+            *IMAGES_ONLY,
+            f"model.reducer.type={kind}",
+            f"model.reducer.options={json.dumps(options)}",
+            f"train.seed={seed}",
+            f"data.seed={seed}",
+        ]
         t0 = time.perf_counter()
         train_stage("pretrain", paths, [f"train.max_steps={steps['pretrain']}", *common])
         result = train_stage("finetune", paths, [f"train.max_steps={steps['finetune']}", *common])
-        done.write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1),
-                                    "tokens_per_image": result["tokens_per_image"], "steps": steps}))
+        done.write_text(
+            json.dumps(
+                {
+                    "train_seconds": round(time.perf_counter() - t0, 1),
+                    "tokens_per_image": result["tokens_per_image"],
+                    "steps": steps,
+                }
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- recall and accuracy
@@ -287,8 +382,9 @@ def template() -> str:
     return chain.template()
 
 
-def measure_needles(model: Any, tok: Any, data: Path, metas: dict[str, Any],
-                    swap: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+def measure_needles(
+    model: Any, tok: Any, data: Path, metas: dict[str, Any], swap: tuple[str, dict[str, Any]] | None
+) -> dict[str, Any]:
     """Needle accuracy and recall on ``heldout_needle`` (``benchmarks.needle_recall``)."""
     return measure(model, tok, data / "shards" / "heldout_needle", metas, swap, "image", template())
 
@@ -298,35 +394,67 @@ def _pct(v: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- (b) and cheap (c)
-def swapped(data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
-            done: RunCache) -> dict[str, Any]:
+def swapped(
+    data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str], done: RunCache
+) -> dict[str, Any]:
     """Train identity per seed (cached), then measure every reducer swapped in at every budget."""
     metas = load_metas(data / "data", "heldout_needle")
     out: dict[str, Any] = {}
     for seed in seeds:
-        specs = {f"swap/{seed}/{name}/{budget or 'all'}": reducer_spec(name, 64 if budget is None else
-                                                                       int(round(64 * fraction(budget))))
-                 for name, budget in [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]}
-        out.update(swap_into_identity(data, work, seed, steps, specs, done,
-                                      lambda model, tok, spec: measure_needles(model, tok, data, metas, spec)))
+        specs = {
+            f"swap/{seed}/{name}/{budget or 'all'}": reducer_spec(
+                name, 64 if budget is None else int(round(64 * fraction(budget)))
+            )
+            for name, budget in [("identity", None)] + [(r, b) for b in budgets for r in SWAP_REDUCERS]
+        }
+        out.update(
+            swap_into_identity(
+                data,
+                work,
+                seed,
+                steps,
+                specs,
+                done,
+                lambda model, tok, spec: measure_needles(model, tok, data, metas, spec),
+            )
+        )
     return out
 
 
-def clip_recall(data: Path, clips: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
-                done: RunCache) -> dict[str, Any]:
+def clip_recall(
+    data: Path, clips: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str], done: RunCache
+) -> dict[str, Any]:
     """Part (d): the identity models of (b) on long needle clips, each clip reducer swapped in as the
     video reducer at each budget of the clip's 512 tokens; recall only (the models never saw a clip)."""
     metas = load_metas(clips, "heldout", "video", frames=CLIP_GRID[0])
     out: dict[str, Any] = {}
     for seed in seeds:
         specs = {f"clip/{seed}/{name}/{b}": clip_reducer_spec(name, b) for b in budgets for name in CLIP_REDUCERS}
-        out.update(swap_into_identity(data, work, seed, steps, specs, done, lambda model, tok, spec: measure(
-            model, tok, data / "shards" / "heldout_clip", metas, spec, "video", template())))
+        out.update(
+            swap_into_identity(
+                data,
+                work,
+                seed,
+                steps,
+                specs,
+                done,
+                lambda model, tok, spec: measure(
+                    model, tok, data / "shards" / "heldout_clip", metas, spec, "video", template()
+                ),
+            )
+        )
     return out
 
 
-def swap_into_identity(data: Path, work: Path, seed: int, steps: dict[str, int],
-                       specs: dict[str, tuple[str, dict[str, Any]]], done: RunCache, measure_fn: Any) -> dict[str, Any]:
+def swap_into_identity(
+    data: Path,
+    work: Path,
+    seed: int,
+    steps: dict[str, int],
+    specs: dict[str, tuple[str, dict[str, Any]]],
+    done: RunCache,
+    measure_fn: Any,
+) -> dict[str, Any]:
     """``measure_fn(model, tok, spec)`` for each key's reducer spec on seed ``seed``'s identity model
     (trained once, cached), stored in ``done`` under the key; redone when the reducers' code or the
     spec changed since."""
@@ -338,38 +466,72 @@ def swap_into_identity(data: Path, work: Path, seed: int, steps: dict[str, int],
     def one(spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
         if not loaded:
             loaded.extend(load_bundle(Path(info["run"]) / "train" / "final"))
-        return {**measure_fn(*loaded, spec), "spec": list(spec), "code": code_version(),
-                "train_seconds": info["train_seconds"], "tower_seconds": info["tower_seconds"]}
+        return {
+            **measure_fn(*loaded, spec),
+            "spec": list(spec),
+            "code": code_version(),
+            "train_seconds": info["train_seconds"],
+            "tower_seconds": info["tower_seconds"],
+        }
 
     def stale(key: str) -> bool:
         return done[key].get("code") != code_version() or done[key].get("spec") != list(specs[key])
 
-    run_plan([(key, lambda spec=spec: one(spec)) for key, spec in specs.items()], done, work / "claims",
-             "bench_resample", stale)
+    run_plan(
+        [(key, lambda spec=spec: one(spec)) for key, spec in specs.items()],
+        done,
+        work / "claims",
+        "bench_resample",
+        stale,
+    )
     return {key: done[key] for key in specs}
 
 
 def table_d(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
     t, h, w = CLIP_GRID
     section = recall_table(
-        results, seeds, budgets, "clip", CLIP_REDUCERS, t * h * w,
+        results,
+        seeds,
+        budgets,
+        "clip",
+        CLIP_REDUCERS,
+        t * h * w,
         "(d) Needle-token recall in long clips (identity-trained model, video reducer swapped in)",
         f"Held-out needle clips (`data_tools.synth_needle_clip`: 32 frames, {t} sampled uniformly; the needle shows "
-        "in one segment, so in one sampled frame; the other shapes stay all along)")
+        "in one segment, so in one sampled frame; the other shapes stay all along)",
+    )
     windows = ", ".join(f"{b}: {'x'.join(map(str, CLIP_WINDOWS[b]))}" for b in budgets)
-    section.notes = [*section.notes, f"(t, h, w) windows of local_merge and avgpool per budget: {windows}; "
-                     "instruct_resample adds temporal novelty (weight 0.5) to its scores on clips"]
+    section.notes = [
+        *section.notes,
+        f"(t, h, w) windows of local_merge and avgpool per budget: {windows}; "
+        "instruct_resample adds temporal novelty (weight 0.5) to its scores on clips",
+    ]
     return section
 
 
 def table_b(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
-    return recall_table(results, seeds, budgets, "swap", SWAP_REDUCERS, 64,
-                        "(b) Needle-token recall per budget (identity-trained demo model, reducer swapped in at inference)",
-                        "Held-out needle questions")
+    return recall_table(
+        results,
+        seeds,
+        budgets,
+        "swap",
+        SWAP_REDUCERS,
+        64,
+        "(b) Needle-token recall per budget (identity-trained demo model, reducer swapped in at inference)",
+        "Held-out needle questions",
+    )
 
 
-def recall_table(results: dict[str, Any], seeds: list[int], budgets: Sequence[str], prefix: str,
-                 reducers: Sequence[str], n: int, title: str, what: str) -> Section:
+def recall_table(
+    results: dict[str, Any],
+    seeds: list[int],
+    budgets: Sequence[str],
+    prefix: str,
+    reducers: Sequence[str],
+    n: int,
+    title: str,
+    what: str,
+) -> Section:
     """Recall rows of ``results[f"{prefix}/{seed}/{reducer}/{budget}"]`` for ``n`` visual tokens per item."""
     rows = []
     for budget in budgets:
@@ -378,13 +540,31 @@ def recall_table(results: dict[str, Any], seeds: list[int], budgets: Sequence[st
             runs = [results[k] for s in seeds if (k := f"{prefix}/{s}/{name}/{budget}") in results]
             if not runs:
                 continue
-            avg = {f: statistics.mean(r[f] for r in runs) for f in
-                   ("recall_kept", "recall_unmixed", "needle_share", "hit_rate", "kept_on_objects", "object_patch_fraction")}
+            avg = {
+                f: statistics.mean(r[f] for r in runs)
+                for f in (
+                    "recall_kept",
+                    "recall_unmixed",
+                    "needle_share",
+                    "hit_rate",
+                    "kept_on_objects",
+                    "object_patch_fraction",
+                )
+            }
             pooled = name == "avgpool"  # every token averages a window: no patch is kept as its own token
-            rows.append([budget, name, keep, _pct(None if pooled else avg["recall_kept"]),
-                         _pct(None if pooled else avg["recall_unmixed"]), _pct(avg["needle_share"]),
-                         _pct(None if pooled else avg["hit_rate"]), _pct(avg["kept_on_objects"]),
-                         f"{100 * keep / n:.1f}"])
+            rows.append(
+                [
+                    budget,
+                    name,
+                    keep,
+                    _pct(None if pooled else avg["recall_kept"]),
+                    _pct(None if pooled else avg["recall_unmixed"]),
+                    _pct(avg["needle_share"]),
+                    _pct(None if pooled else avg["hit_rate"]),
+                    _pct(avg["kept_on_objects"]),
+                    f"{100 * keep / n:.1f}",
+                ]
+            )
     first = next((v for k, v in results.items() if k.startswith(prefix + "/")), {})
     notes = []
     for budget in budgets:
@@ -393,26 +573,47 @@ def recall_table(results: dict[str, Any], seeds: list[int], budgets: Sequence[st
             on, base = (statistics.mean(r[f] for r in runs) for f in ("kept_on_objects", "object_patch_fraction"))
             kept = statistics.mean(r["recall_kept"] for r in runs)
             rand = fraction(budget)
-            notes.append(f"{budget}: instruct_resample keeps needle patches at {100 * kept:.1f}% vs {100 * rand:.1f}% for a "
-                         f"random choice, and object patches at {100 * on:.1f}% of its tokens vs {100 * base:.1f}% of all "
-                         "patches: its selection " + ("prefers the needle" if kept > 1.5 * rand else
-                                                             "does not prefer the needle" if kept >= rand else
-                                                             "ranks the needle BELOW a random choice") + ".")
+            notes.append(
+                f"{budget}: instruct_resample keeps needle patches at {100 * kept:.1f}% vs {100 * rand:.1f}% for a "
+                f"random choice, and object patches at {100 * on:.1f}% of its tokens vs {100 * base:.1f}% of all "
+                "patches: its selection "
+                + (
+                    "prefers the needle"
+                    if kept > 1.5 * rand
+                    else "does not prefer the needle"
+                    if kept >= rand
+                    else "ranks the needle BELOW a random choice"
+                )
+                + "."
+            )
     return Section(
         title=title,
-        explain=(f"{what} ({first.get('questions', 0)} per row; each question conditions "
-                 "`instruct_resample` on its own prompt). Needle patches: >= 50% inside the needle's box "
-                 f"({first.get('needle_patches_per_question', 0):.1f} per needle on average, of {n}). "
-                 "recall kept = share of needle patches that survive as a token at their own position; unmixed = "
-                 "kept and holding no other patch; needle share = mean fraction of needle patches in the token "
-                 "each needle patch ends up in (applies to every reducer); hit = questions with >= 1 needle patch "
-                 "kept; kept on objects = share of output tokens whose patch lies on any object (>= 50%), against "
-                 f"{100 * first.get('object_patch_fraction', 0):.1f}% of all patches; random = recall of a uniform "
-                 "random choice of K patches. Mean over seeds "
-                 f"{seeds}."),
-        headers=["budget", "reducer", "tokens", "recall kept %", "recall unmixed %", "needle share %", "hit %",
-                 "kept on objects %", "random recall %"],
-        rows=rows, notes=notes)
+        explain=(
+            f"{what} ({first.get('questions', 0)} per row; each question conditions "
+            "`instruct_resample` on its own prompt). Needle patches: >= 50% inside the needle's box "
+            f"({first.get('needle_patches_per_question', 0):.1f} per needle on average, of {n}). "
+            "recall kept = share of needle patches that survive as a token at their own position; unmixed = "
+            "kept and holding no other patch; needle share = mean fraction of needle patches in the token "
+            "each needle patch ends up in (applies to every reducer); hit = questions with >= 1 needle patch "
+            "kept; kept on objects = share of output tokens whose patch lies on any object (>= 50%), against "
+            f"{100 * first.get('object_patch_fraction', 0):.1f}% of all patches; random = recall of a uniform "
+            "random choice of K patches. Mean over seeds "
+            f"{seeds}."
+        ),
+        headers=[
+            "budget",
+            "reducer",
+            "tokens",
+            "recall kept %",
+            "recall unmixed %",
+            "needle share %",
+            "hit %",
+            "kept on objects %",
+            "random recall %",
+        ],
+        rows=rows,
+        notes=notes,
+    )
 
 
 def table_c_swap(results: dict[str, Any], seeds: list[int], budgets: Sequence[str]) -> Section:
@@ -422,8 +623,10 @@ def table_c_swap(results: dict[str, Any], seeds: list[int], budgets: Sequence[st
         runs = [results[k] for k in keys if k in results]
         if not runs:
             return
-        vals = {t: [100 * (r["overall"] if t == "overall" else r["accuracy"].get(t, float("nan"))) for r in runs]
-                for t in (*NEEDLE_QTYPES, "overall")}
+        vals = {
+            t: [100 * (r["overall"] if t == "overall" else r["accuracy"].get(t, float("nan"))) for r in runs]
+            for t in (*NEEDLE_QTYPES, "overall")
+        }
         stats[(budget, name)] = statistics.mean(vals["overall"])
         rows.append([budget, name, runs[0]["tokens"], len(runs), *(_mean_std(v) for v in vals.values())])
 
@@ -438,20 +641,28 @@ def table_c_swap(results: dict[str, Any], seeds: list[int], budgets: Sequence[st
     notes = acceptance(stats, base, budgets)
     first = next((v for k, v in results.items() if k.endswith("/identity/all")), {})
     majority = first.get("majority", {})
-    notes.append("majority-answer baselines: " + ", ".join(f"{t} {100 * majority[t]:.1f}%" for t in NEEDLE_QTYPES
-                                                            if t in majority))
+    notes.append(
+        "majority-answer baselines: "
+        + ", ".join(f"{t} {100 * majority[t]:.1f}%" for t in NEEDLE_QTYPES if t in majority)
+    )
     for t in NEEDLE_QTYPES:
         if t in majority and t in first.get("accuracy", {}) and first["accuracy"][t] < majority[t] + 0.05:
-            notes.append(f"identity answers {t} at {100 * first['accuracy'][t]:.1f}%, within 5 points of the majority "
-                         f"answer: the model has not learned {t} at this training budget, so its column compares "
-                         "nothing (train longer: --tower-steps, --steps)")
+            notes.append(
+                f"identity answers {t} at {100 * first['accuracy'][t]:.1f}%, within 5 points of the majority "
+                f"answer: the model has not learned {t} at this training budget, so its column compares "
+                "nothing (train longer: --tower-steps, --steps)"
+            )
     return Section(
         title="(c) Needle accuracy per budget: swapped at inference, trained with identity",
-        explain=("NOT the acceptance protocol (that trains each reducer at its budget: `--train-grid`). The model "
-                 "of (b), trained with all 64 tokens, answers the held-out needle questions with each reducer "
-                 "swapped in at inference; exact match in %, mean ± std over seeds (one seed: the value)."),
-        headers=["budget", "reducer", "tokens", "seeds", *NEEDLE_QTYPES, "overall", "of identity"], rows=rows,
-        notes=notes)
+        explain=(
+            "NOT the acceptance protocol (that trains each reducer at its budget: `--train-grid`). The model "
+            "of (b), trained with all 64 tokens, answers the held-out needle questions with each reducer "
+            "swapped in at inference; exact match in %, mean ± std over seeds (one seed: the value)."
+        ),
+        headers=["budget", "reducer", "tokens", "seeds", *NEEDLE_QTYPES, "overall", "of identity"],
+        rows=rows,
+        notes=notes,
+    )
 
 
 def acceptance(stats: dict[tuple[str, str], float], base: float | None, budgets: Sequence[str]) -> list[str]:
@@ -461,11 +672,15 @@ def acceptance(stats: dict[tuple[str, str], float], base: float | None, budgets:
             continue
         ir = stats[("1/8", name)]
         if base:
-            notes.append(f"1/8: {name} keeps {100 * ir / base:.1f}% of identity's accuracy "
-                         f"(target >= 95%: {'met' if ir >= 0.95 * base else 'NOT met'})")
+            notes.append(
+                f"1/8: {name} keeps {100 * ir / base:.1f}% of identity's accuracy "
+                f"(target >= 95%: {'met' if ir >= 0.95 * base else 'NOT met'})"
+            )
         if ("1/8", "avgpool") in stats:
             gap = ir - stats[("1/8", "avgpool")]
-            notes.append(f"1/8: {name} - avgpool = {gap:+.1f} points (target >= +10: {'met' if gap >= 10 else 'NOT met'})")
+            notes.append(
+                f"1/8: {name} - avgpool = {gap:+.1f} points (target >= +10: {'met' if gap >= 10 else 'NOT met'})"
+            )
     return notes
 
 
@@ -475,8 +690,15 @@ def _mean_std(vals: list[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- (c) trained grid
-def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], budgets: Sequence[str],
-               reducers: Sequence[str], done: RunCache) -> Section:
+def train_grid(
+    data: Path,
+    work: Path,
+    seeds: list[int],
+    steps: dict[str, int],
+    budgets: Sequence[str],
+    reducers: Sequence[str],
+    done: RunCache,
+) -> Section:
     from llava_wb.model.bundle import load_bundle
 
     metas = load_metas(data / "data", "heldout_needle")
@@ -485,64 +707,113 @@ def train_grid(data: Path, work: Path, seeds: list[int], steps: dict[str, int], 
         info = train_model(data, work, name, budget, seed, steps)
         model, tok = load_bundle(Path(info["run"]) / "train" / "final")
         keep = 64 if budget is None else int(round(64 * fraction(budget)))
-        return {**measure_needles(model, tok, data, metas, None), "train_seconds": info["train_seconds"],
-                "tower_seconds": info["tower_seconds"], "spec": list(reducer_spec(name, keep)), "code": code_version()}
+        return {
+            **measure_needles(model, tok, data, metas, None),
+            "train_seconds": info["train_seconds"],
+            "tower_seconds": info["tower_seconds"],
+            "spec": list(reducer_spec(name, keep)),
+            "code": code_version(),
+        }
 
     plan = [(r, b, s) for s in seeds for r, b in [("identity", None)] + [(r, b) for b in budgets for r in reducers]]
-    run_plan([(f"train/{s}/{r}/{b or 'all'}", lambda r=r, b=b, s=s: one(r, b, s)) for r, b, s in plan], done,
-             work / "claims", "bench_resample")
+    run_plan(
+        [(f"train/{s}/{r}/{b or 'all'}", lambda r=r, b=b, s=s: one(r, b, s)) for r, b, s in plan],
+        done,
+        work / "claims",
+        "bench_resample",
+    )
     rows, stats, per_seed = [], {}, []
     for budget, name in [("-", "identity")] + [(b, r) for b in budgets for r in reducers]:
         keys = [f"train/{s}/{name}/{'all' if budget == '-' else budget}" for s in seeds]
         runs = [done[k] for k in keys if k in done]
         if not runs:
             continue
-        vals = {t: [100 * (r["overall"] if t == "overall" else r["accuracy"].get(t, float("nan"))) for r in runs]
-                for t in (*NEEDLE_QTYPES, "overall")}
+        vals = {
+            t: [100 * (r["overall"] if t == "overall" else r["accuracy"].get(t, float("nan"))) for r in runs]
+            for t in (*NEEDLE_QTYPES, "overall")
+        }
         label = "identity" if budget == "-" else f"{budget} {name}"
-        per_seed.append(f"{label}: " + ", ".join(f"{o:.1f} ({p:.1f})"
-                                                 for o, p in zip(vals["overall"], vals[NEEDLE_QTYPES[1]])))
+        per_seed.append(
+            f"{label}: " + ", ".join(f"{o:.1f} ({p:.1f})" for o, p in zip(vals["overall"], vals[NEEDLE_QTYPES[1]]))
+        )
         stats[(budget, name)] = statistics.mean(vals["overall"])
         recall = None if name in ("avgpool", "identity") else statistics.mean(r["recall_kept"] for r in runs)
-        rows.append([budget, name, runs[0]["tokens"], len(runs), *(_mean_std(v) for v in vals.values()),
-                     _pct(recall), f"{statistics.mean(r['train_seconds'] for r in runs):.0f}"])
+        rows.append(
+            [
+                budget,
+                name,
+                runs[0]["tokens"],
+                len(runs),
+                *(_mean_std(v) for v in vals.values()),
+                _pct(recall),
+                f"{statistics.mean(r['train_seconds'] for r in runs):.0f}",
+            ]
+        )
     base = stats.get(("-", "identity"))
     return Section(
         title="(c, trained) Needle accuracy per budget, each reducer trained at its budget",
-        explain=(f"One demo training per reducer, budget and seed (tower warm-up {steps['tower']} steps per seed, "
-                 f"pretrain {steps['pretrain']}, finetune {steps['finetune']}, same data and seeds for every reducer); "
-                 "exact match on the held-out needle questions in %, mean ± std over seeds; recall kept as in (b); "
-                 "train s = pretrain + finetune wall seconds per run (the warm-up is shared by a seed's runs)."),
+        explain=(
+            f"One demo training per reducer, budget and seed (tower warm-up {steps['tower']} steps per seed, "
+            f"pretrain {steps['pretrain']}, finetune {steps['finetune']}, same data and seeds for every reducer); "
+            "exact match on the held-out needle questions in %, mean ± std over seeds; recall kept as in (b); "
+            "train s = pretrain + finetune wall seconds per run (the warm-up is shared by a seed's runs)."
+        ),
         headers=["budget", "reducer", "tokens", "seeds", *NEEDLE_QTYPES, "overall", "recall kept %", "train s"],
-        rows=rows, notes=acceptance(stats, base, budgets) + [
+        rows=rows,
+        notes=acceptance(stats, base, budgets)
+        + [
             f"overall per seed {seeds}, {NEEDLE_QTYPES[1]} in brackets: " + "; ".join(per_seed),
             "the majority answer to needle_position is right about half the time (baselines under (c)): "
-            "a model near 50% there has not learned where the needle is"])
+            "a model near 50% there has not learned where the needle is",
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> list[str]:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_resample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_resample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (smoke test; numbers meaningless)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--cache", default=str(CACHE))
-    p.add_argument("--parts", default="a,b,c,d",
-                   help="a: time, b: recall, c: accuracy (swapped; --train-grid: trained), d: recall in long clips")
+    p.add_argument(
+        "--parts",
+        default="a,b,c,d",
+        help="a: time, b: recall, c: accuracy (swapped; --train-grid: trained), d: recall in long clips",
+    )
     p.add_argument("--seeds", default="0,1,2", help="seeds of the --train-grid runs")
-    p.add_argument("--swap-seeds", default="0", help="seeds of the identity model(s) that (b) and (c) swap reducers into")
+    p.add_argument(
+        "--swap-seeds", default="0", help="seeds of the identity model(s) that (b) and (c) swap reducers into"
+    )
     p.add_argument("--budgets", default=",".join(BUDGETS))
     p.add_argument("--grid-budgets", default=None, help="budgets of --train-grid (default: --budgets)")
-    p.add_argument("--steps", type=int, default=1500,
-                   help="finetune steps per run (at 600 the identity model answers needle_position at its majority rate)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1500,
+        help="finetune steps per run (at 600 the identity model answers needle_position at its majority rate)",
+    )
     p.add_argument("--pretrain-steps", type=int, default=200)
-    p.add_argument("--tower-steps", type=int, default=1000,
-                   help="tower warm-up steps (once per seed; 400 leaves small shapes at ~70%% per-patch accuracy)")
+    p.add_argument(
+        "--tower-steps",
+        type=int,
+        default=1000,
+        help="tower warm-up steps (once per seed; 400 leaves small shapes at ~70%% per-patch accuracy)",
+    )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--train-grid", action="store_true",
-                   help="(c): train every reducer at every budget and seed (expensive; cached and resumable)")
-    p.add_argument("--grid-reducers", default=",".join(GRID_REDUCERS),
-                   help="reducers of --train-grid (also: 'local_merge 8x8', 'instruct_resample learned')")
+    p.add_argument(
+        "--train-grid",
+        action="store_true",
+        help="(c): train every reducer at every budget and seed (expensive; cached and resumable)",
+    )
+    p.add_argument(
+        "--grid-reducers",
+        default=",".join(GRID_REDUCERS),
+        help="reducers of --train-grid (also: 'local_merge 8x8', 'instruct_resample learned')",
+    )
     p.add_argument("--no-progress", action="store_true", help="(accepted for run_all; training logs stay)")
     args = p.parse_args(argv)
     args.out = results_dir(args.out, args.quick)
@@ -573,7 +844,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         cache = Path(args.cache)
         with claim(cache / f"data{'_quick' if args.quick else ''}.lock"):  # one process prepares it
             data = prepare_data(cache, args.quick)
-        work = cache / ("runs_quick" if args.quick else f"runs_t{steps['tower']}_p{steps['pretrain']}_f{steps['finetune']}")
+        work = cache / (
+            "runs_quick" if args.quick else f"runs_t{steps['tower']}_p{steps['pretrain']}_f{steps['finetune']}"
+        )
         work.mkdir(parents=True, exist_ok=True)
         done = RunCache(work / "results.json")
         results = swapped(data, work, swap_seeds, steps, budgets, done) if parts & {"b", "c"} else {}
@@ -588,24 +861,38 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             sections.append(table_c_swap(results, swap_seeds, budgets))
             if args.train_grid:
                 sections.append(train_grid(data, work, seeds, steps, grid_budgets, reducers, done))
-                chosen = {f"train/{s}/{r}/{b}" for s in seeds for r, b in [("identity", "all")] +
-                          [(r, b) for b in grid_budgets for r in reducers]}
+                chosen = {
+                    f"train/{s}/{r}/{b}"
+                    for s in seeds
+                    for r, b in [("identity", "all")] + [(r, b) for b in grid_budgets for r in reducers]
+                }
                 raw["train_grid"] = {k: v for k, v in done.items() if k in chosen}
         if "d" in parts:
             sections.append(table_d(raw["clip"], swap_seeds, budgets))
-    intro = ("`instruct_resample` (issue 6) against `local_merge`, `avgpool` and no reduction on needle questions: "
-             "one small object among 6-10 answers the question (`data_tools.synth_needle`). "
-             f"Demo training: tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune "
-             f"{steps['finetune']}, data mix {MIX}. CPU only; no GPU rows.")
+    intro = (
+        "`instruct_resample` (issue 6) against `local_merge`, `avgpool` and no reduction on needle questions: "
+        "one small object among 6-10 answers the question (`data_tools.synth_needle`). "
+        f"Demo training: tower warm-up {steps['tower']} steps, pretrain {steps['pretrain']}, finetune "
+        f"{steps['finetune']}, data mix {MIX}. CPU only; no GPU rows."
+    )
     if args.train_grid:
         intro += f" Trained grid: seeds {seeds}, budgets {grid_budgets}, reducers {reducers}."
     else:
-        intro += (" The trained grid of the acceptance (one training per reducer, budget and seed) is behind "
-                  "`--train-grid` and was not run for this file.")
+        intro += (
+            " The trained grid of the acceptance (one training per reducer, budget and seed) is behind "
+            "`--train-grid` and was not run for this file."
+        )
     if args.quick:
         intro = "QUICK MODE: tiny shapes and runs, the numbers are meaningless.\n\n" + intro
-    paths = write_results(args.out, "resample", title="Instruction-aware resampling benchmark", intro=intro,
-                          sections=sections, raw=raw, machine=machine_info())
+    paths = write_results(
+        args.out,
+        "resample",
+        title="Instruction-aware resampling benchmark",
+        intro=intro,
+        sections=sections,
+        raw=raw,
+        machine=machine_info(),
+    )
     print(paths["md"])
     return [paths["md"], paths["json"]]
 

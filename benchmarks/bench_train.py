@@ -32,21 +32,35 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import (DEFAULT_CACHE, ROOT, CpuMeter, Section, machine_info, machine_line, results_dir,
-                               write_results)
+from benchmarks.common import (
+    DEFAULT_CACHE,
+    ROOT,
+    CpuMeter,
+    Section,
+    machine_info,
+    machine_line,
+    results_dir,
+    write_results,
+)
 from benchmarks.train_shapes import gpu_section, kept_note, measure_gpu
 
 NAME = "train"
-PHASES = {"data_wait": "data wait (blocked on the loader's next batch)",
-          "tower_fwd": "vision tower forward", "proj_fwd": "reducer + projector forward",
-          "llm_fwd": "splice + LLM forward + loss", "bwd_llm": "backward, loss -> projector input (LLM + projector)",
-          "bwd_tower": "backward, tower (from the tower output's gradient to the end)",
-          "optim": "optimizer step + zero_grad", "step": "whole step (sum of the above)"}
+PHASES = {
+    "data_wait": "data wait (blocked on the loader's next batch)",
+    "tower_fwd": "vision tower forward",
+    "proj_fwd": "reducer + projector forward",
+    "llm_fwd": "splice + LLM forward + loss",
+    "bwd_llm": "backward, loss -> projector input (LLM + projector)",
+    "bwd_tower": "backward, tower (from the tower output's gradient to the end)",
+    "optim": "optimizer step + zero_grad",
+    "step": "whole step (sum of the above)",
+}
 
 
 def _say(msg: str) -> None:
@@ -54,8 +68,13 @@ def _say(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- one timed step
-def split_step(model: Any, batch: dict[str, Any], opt: Any, sync: Callable[[], None],
-               amp: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+def split_step(
+    model: Any,
+    batch: dict[str, Any],
+    opt: Any,
+    sync: Callable[[], None],
+    amp: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, float]:
     """One training step with ``model.forward``'s computation done part by part; seconds per phase.
 
     ``sync`` runs before every clock read (``torch.cuda.synchronize`` on a GPU)."""
@@ -114,8 +133,11 @@ def split_step(model: Any, batch: dict[str, Any], opt: Any, sync: Callable[[], N
 
 def _counts(batch: dict[str, Any], tokens_per_image: int) -> dict[str, float]:
     pv = batch.get("pixel_values")
-    return {"samples": float(batch["input_ids"].shape[0]), "llm_tokens": float(batch["attention_mask"].sum()),
-            "visual_tokens": float(0 if pv is None else pv.shape[0] * tokens_per_image)}
+    return {
+        "samples": float(batch["input_ids"].shape[0]),
+        "llm_tokens": float(batch["attention_mask"].sum()),
+        "visual_tokens": float(0 if pv is None else pv.shape[0] * tokens_per_image),
+    }
 
 
 def summarize(steps: list[dict[str, float]]) -> dict[str, Any]:
@@ -123,11 +145,14 @@ def summarize(steps: list[dict[str, float]]) -> dict[str, Any]:
     for s in steps:
         s["step"] = sum(s.get(p, 0.0) for p in PHASES if p != "step")
     total = sum(s["step"] for s in steps)
-    out = {"steps": len(steps), "median_ms": {p: 1e3 * statistics.median(s.get(p, 0.0) for s in steps) for p in PHASES},
-           "samples_per_s": sum(s["samples"] for s in steps) / total,
-           "llm_tokens_per_s": sum(s["llm_tokens"] for s in steps) / total,
-           "visual_tokens_per_sample": sum(s["visual_tokens"] for s in steps) / sum(s["samples"] for s in steps),
-           "per_step": steps}
+    out = {
+        "steps": len(steps),
+        "median_ms": {p: 1e3 * statistics.median(s.get(p, 0.0) for s in steps) for p in PHASES},
+        "samples_per_s": sum(s["samples"] for s in steps) / total,
+        "llm_tokens_per_s": sum(s["llm_tokens"] for s in steps) / total,
+        "visual_tokens_per_sample": sum(s["visual_tokens"] for s in steps) / sum(s["samples"] for s in steps),
+        "per_step": steps,
+    }
     out["p90_step_ms"] = 1e3 * sorted(s["step"] for s in steps)[int(0.9 * (len(steps) - 1))]
     return out
 
@@ -148,8 +173,14 @@ def prepare_demo(quick: bool, cache: str) -> tuple[str, str, str]:
 
     def build(folder: Path) -> dict[str, Any]:
         data = generate(folder / "data", n_pretrain=0, n_instruct=n, n_heldout=0, seed=0, progress=False)
-        convert([data["files"]["instruct"]], [data["media_root"]], folder / "shards", shard_size=shard, workers=2,
-                progress=False)
+        convert(
+            [data["files"]["instruct"]],
+            [data["media_root"]],
+            folder / "shards",
+            shard_size=shard,
+            workers=2,
+            progress=False,
+        )
         records = json.loads(Path(data["files"]["instruct"]).read_text(encoding="utf-8"))
         build_demo_tokenizer(demo_corpus(records=records)).save_pretrained(str(folder / "tokenizer"))
         return {"records": n}
@@ -171,13 +202,22 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
     from llava_wb.train.stages import apply_stage, param_groups
 
     shards, tok_dir, tower = prepare_demo(quick, cache)
-    cfg = load_config(config, [f"tokenizer={tok_dir}", f"data.sources=[{shards}]", f"model.vision.path={tower}",
-                               "train.init_from=null"])
+    cfg = load_config(
+        config,
+        [f"tokenizer={tok_dir}", f"data.sources=[{shards}]", f"model.vision.path={tower}", "train.init_from=null"],
+    )
     tok = load_tokenizer(tok_dir)
-    out: dict[str, Any] = {"run": True, "measured_on": machine_line(machine_info()), "config": config,
-                           "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "warmup": warmup,
-                           "default_threads": torch.get_num_threads(), "runs": {},
-                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+    out: dict[str, Any] = {
+        "run": True,
+        "measured_on": machine_line(machine_info()),
+        "config": config,
+        "batch_size": cfg.data.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "warmup": warmup,
+        "default_threads": torch.get_num_threads(),
+        "runs": {},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+    }
     for n in dict.fromkeys(t or torch.get_num_threads() for t in threads):
         torch.set_num_threads(n)
         torch.manual_seed(0)
@@ -191,8 +231,10 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
         tpi = out["tokens_per_image"] = model.tokens_per_image
         loader = build_train_loader(cfg.data, tok, media_tokens={"image": tpi})
         kept, streamed, load0 = [], [], os.getloadavg()
-        _say(f"CPU: {n} torch thread(s), batch {cfg.data.batch_size}, {cfg.data.num_workers} workers, "
-             f"{warmup} warm-up + {steps} steps")
+        _say(
+            f"CPU: {n} torch thread(s), batch {cfg.data.batch_size}, {cfg.data.num_workers} workers, "
+            f"{warmup} warm-up + {steps} steps"
+        )
         with CpuMeter() as meter:
             it = iter(loader)
             for i in range(warmup + steps):
@@ -209,9 +251,14 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
                     kept.append(batch)
             it.close()
         replay = [{"data_wait": 0.0, **split_step(model, b, opt, lambda: None), **_counts(b, tpi)} for b in kept]
-        out["runs"][str(n)] = {"torch_threads": n, "other_share": meter.other_share, "loadavg_before": load0,
-                               "loadavg_after": os.getloadavg(), "streaming": summarize(streamed),
-                               "in_memory": summarize(replay)}
+        out["runs"][str(n)] = {
+            "torch_threads": n,
+            "other_share": meter.other_share,
+            "loadavg_before": load0,
+            "loadavg_after": os.getloadavg(),
+            "streaming": summarize(streamed),
+            "in_memory": summarize(replay),
+        }
     torch.set_num_threads(out["default_threads"])
     return out
 
@@ -229,33 +276,61 @@ def sections(raw: dict[str, Any], machine: dict[str, Any]) -> list[Section]:
             head += [f"streaming, {n} thr (ms)", "share", f"in memory, {n} thr (ms)"]
             for row, p in zip(rows, PHASES):
                 row += [s[p], f"{s[p] / s['step']:.0%}", m[p]]
-        out.append(Section(
-            "(1a) CPU, demo config: where a training step's time goes",
-            f"`{Path(cpu['config']).name}` model and data settings (tower trained, {cpu['tokens_per_image']} visual "
-            f"tokens per image), batch {cpu['batch_size']}, {cpu['num_workers']} loader workers, optimizer "
-            f"{cpu['optimizer']}, at torch's default thread count ({cpu['default_threads']}, what training uses) and "
-            f"at 1 thread; OMP_WAIT_POLICY {cpu.get('omp_wait_policy')}. Median milliseconds per phase over {runs[0]['streaming']['steps']} steps after "
-            f"{cpu['warmup']} warm-up steps; the last row is the median of per-step sums, so the phase medians need "
-            "not add up to it. Data wait: time `next()` on the streaming loader blocked (its workers prefetch). "
-            "Tower, reducer + projector and LLM forward are timed separately (`LlavaWBForCausalLM.forward`'s "
-            "computation, part by part; same loss and gradients); backward is one `loss.backward()`, split where "
-            "the gradient reaches the tower output (a tensor hook): before it LLM + projector, after it the tower. "
-            "'In memory' replays the same batches with no loader running: the difference is what the dataloader "
-            "workers cost the compute on this machine.", head, rows, kept_note(cpu)))
-        rows = [[f"{r['torch_threads']} thr, {label}", x["samples_per_s"], x["llm_tokens_per_s"],
-                 x["visual_tokens_per_sample"], x["median_ms"]["step"], x["p90_step_ms"],
-                 f"{r['other_share']:.0%}" if label == "streaming" else "",
-                 f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f}" if label == "streaming" else ""]
-                for r in runs for label, x in (("streaming", r["streaming"]), ("in memory", r["in_memory"]))]
-        out.append(Section(
-            "(1b) CPU, demo config: throughput",
-            "Samples and LLM tokens (attention-mask sum: text + visual, padding excluded) per second of summed "
-            "step time over the measured steps; visual tokens per sample = images x tokens per image / samples. "
-            "'Others' CPU': share of the machine's cores that other processes used during the streaming run; "
-            "'load': 1-minute load average before / after it. Colleagues' jobs share this machine, so absolute "
-            "times are noisy; medians damp single slow steps, p90 shows the tail.",
-            ["run", "samples/s", "LLM tokens/s", "visual tokens/sample", "median step (ms)", "p90 step (ms)",
-             "others' CPU", "load"], rows, [f"Trainable parameters: {cpu['trainable_parameters']}."]))
+        out.append(
+            Section(
+                "(1a) CPU, demo config: where a training step's time goes",
+                f"`{Path(cpu['config']).name}` model and data settings (tower trained, {cpu['tokens_per_image']} visual "
+                f"tokens per image), batch {cpu['batch_size']}, {cpu['num_workers']} loader workers, optimizer "
+                f"{cpu['optimizer']}, at torch's default thread count ({cpu['default_threads']}, what training uses) and "
+                f"at 1 thread; OMP_WAIT_POLICY {cpu.get('omp_wait_policy')}. Median milliseconds per phase over {runs[0]['streaming']['steps']} steps after "
+                f"{cpu['warmup']} warm-up steps; the last row is the median of per-step sums, so the phase medians need "
+                "not add up to it. Data wait: time `next()` on the streaming loader blocked (its workers prefetch). "
+                "Tower, reducer + projector and LLM forward are timed separately (`LlavaWBForCausalLM.forward`'s "
+                "computation, part by part; same loss and gradients); backward is one `loss.backward()`, split where "
+                "the gradient reaches the tower output (a tensor hook): before it LLM + projector, after it the tower. "
+                "'In memory' replays the same batches with no loader running: the difference is what the dataloader "
+                "workers cost the compute on this machine.",
+                head,
+                rows,
+                kept_note(cpu),
+            )
+        )
+        rows = [
+            [
+                f"{r['torch_threads']} thr, {label}",
+                x["samples_per_s"],
+                x["llm_tokens_per_s"],
+                x["visual_tokens_per_sample"],
+                x["median_ms"]["step"],
+                x["p90_step_ms"],
+                f"{r['other_share']:.0%}" if label == "streaming" else "",
+                f"{r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f}" if label == "streaming" else "",
+            ]
+            for r in runs
+            for label, x in (("streaming", r["streaming"]), ("in memory", r["in_memory"]))
+        ]
+        out.append(
+            Section(
+                "(1b) CPU, demo config: throughput",
+                "Samples and LLM tokens (attention-mask sum: text + visual, padding excluded) per second of summed "
+                "step time over the measured steps; visual tokens per sample = images x tokens per image / samples. "
+                "'Others' CPU': share of the machine's cores that other processes used during the streaming run; "
+                "'load': 1-minute load average before / after it. Colleagues' jobs share this machine, so absolute "
+                "times are noisy; medians damp single slow steps, p90 shows the tail.",
+                [
+                    "run",
+                    "samples/s",
+                    "LLM tokens/s",
+                    "visual tokens/sample",
+                    "median step (ms)",
+                    "p90 step (ms)",
+                    "others' CPU",
+                    "load",
+                ],
+                rows,
+                [f"Trainable parameters: {cpu['trainable_parameters']}."],
+            )
+        )
     out.append(gpu_section(gpu))
     return out
 
@@ -268,15 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="run config of part (1)")
     p.add_argument("--steps", type=int, default=None, help="measured CPU steps (default 40; --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="CPU warm-up steps (default 5; --quick 1)")
-    p.add_argument("--threads", default=None, help="comma list of torch thread counts for part (1) (default: torch's "
-                   "default, as training uses, then 1)")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="comma list of torch thread counts for part (1) (default: torch's default, as training uses, then 1)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gpu-only", action="store_true", help="only part (2); keeps the CPU section of <out>/train.json")
     g.add_argument("--cpu-only", action="store_true", help="only part (1)")
     p.add_argument("--gpu-precision", default="amp,bf16", help="comma list of amp (bf16 autocast), bf16 (bf16 weights)")
     p.add_argument("--gpu-batch", type=int, default=None, help="GPU batch size (default 16)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the LLM (GPU part)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: by device name)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: by device name)"
+    )
     return p
 
 
@@ -289,25 +369,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
     old = {} if old.get("quick") or args.quick else old  # a quick run never mixes with real numbers
     if not args.gpu_only:
-        raw["cpu"] = measure_cpu(args.quick, args.cache, args.config, args.warmup or (1 if args.quick else 5),
-                                 args.steps or (3 if args.quick else 40),
-                                 [int(x) for x in args.threads.split(",")] if args.threads else [0, 1])
+        raw["cpu"] = measure_cpu(
+            args.quick,
+            args.cache,
+            args.config,
+            args.warmup or (1 if args.quick else 5),
+            args.steps or (3 if args.quick else 40),
+            [int(x) for x in args.threads.split(",")] if args.threads else [0, 1],
+        )
     if not args.cpu_only:
-        raw["gpu"] = measure_gpu(split_step, quick=args.quick, grad_ckpt=args.grad_ckpt, peak_override=args.peak_tflops,
-                                 precisions=[s.strip() for s in args.gpu_precision.split(",") if s.strip()],
-                                 batch_size=args.gpu_batch)
+        raw["gpu"] = measure_gpu(
+            split_step,
+            quick=args.quick,
+            grad_ckpt=args.grad_ckpt,
+            peak_override=args.peak_tflops,
+            precisions=[s.strip() for s in args.gpu_precision.split(",") if s.strip()],
+            batch_size=args.gpu_batch,
+        )
     for part in ("cpu", "gpu"):  # keep what this run did not measure (e.g. an earlier H100 run)
         now = raw.get(part) or {"run": False, "reason": f"not run (--{'gpu' if part == 'cpu' else 'cpu'}-only)"}
         raw[part] = {**old[part], "this_run": now["reason"]} if not now["run"] and old.get(part, {}).get("run") else now
     raw["total_seconds"] = time.perf_counter() - started
-    intro = ("Time per training step, split into its parts, on this CPU machine with the demo config (1), and "
-             "throughput and model FLOPs utilization of a realistic LLaVA shape on a GPU (2). A part that a run "
-             "does not measure (`--gpu-only`, `--cpu-only`, no GPU) keeps its earlier result from `train.json`, "
-             "with a note saying where that was measured.")
+    intro = (
+        "Time per training step, split into its parts, on this CPU machine with the demo config (1), and "
+        "throughput and model FLOPs utilization of a realistic LLaVA shape on a GPU (2). A part that a run "
+        "does not measure (`--gpu-only`, `--cpu-only`, no GPU) keeps its earlier result from `train.json`, "
+        "with a note saying where that was measured."
+    )
     if args.quick:
         intro = "QUICK MODE: tiny sizes, numbers meaningless.\n\n" + intro
-    paths = write_results(out, NAME, title="Training step benchmark", intro=intro, sections=sections(raw, machine),
-                          raw=raw, machine=machine)
+    paths = write_results(
+        out,
+        NAME,
+        title="Training step benchmark",
+        intro=intro,
+        sections=sections(raw, machine),
+        raw=raw,
+        machine=machine,
+    )
     _say(f"done in {raw['total_seconds']:.0f} s: {paths['md']}")
     print(paths["md"])
     return paths

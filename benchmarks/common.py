@@ -29,9 +29,10 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "runs" / "bench_cache"
@@ -68,8 +69,9 @@ def _ram_gib() -> float | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -81,16 +83,27 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "ram_gib": _ram_gib(),
-            "python": platform.python_version(), "torch": torch.__version__, "pillow": PIL.__version__,
-            "torch_threads": torch.get_num_threads(), "os": platform.platform(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "git": _git_commit()}
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "ram_gib": _ram_gib(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "os": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git": _git_commit(),
+    }
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m['cpu']}, {m['usable_cores']} usable core(s) of {m['cores']}, {m['ram_gib']} GiB RAM; "
-            f"Python {m['python']}, torch {m['torch']}, Pillow {m['pillow']}; {m['os']}; "
-            f"{m['date']}; commit {m['git']}")
+    return (
+        f"{m['cpu']}, {m['usable_cores']} usable core(s) of {m['cores']}, {m['ram_gib']} GiB RAM; "
+        f"Python {m['python']}, torch {m['torch']}, Pillow {m['pillow']}; {m['os']}; "
+        f"{m['date']}; commit {m['git']}"
+    )
 
 
 # ----------------------------------------------------------------------------- timing
@@ -120,7 +133,7 @@ class CpuMeter:
     reaped by the end (``gc.collect()`` runs first so abandoned dataloader iterators shut down).
     """
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         gc.collect()
         self._cpu0, self._busy0, self._t0 = _own_cpu(), _proc_stat_busy(), time.perf_counter()
         return self
@@ -173,10 +186,18 @@ class Timing:
         return statistics.median(self.other_share)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "units": self.units,
-                "rates": self.rates, "cpu_rates": self.cpu_rates, "other_share": self.other_share,
-                "median_rate": self.rate, "median_cpu_rate": self.cpu_rate,
-                "median_seconds": self.median, "median_other_share": self.contention}
+        return {
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "units": self.units,
+            "rates": self.rates,
+            "cpu_rates": self.cpu_rates,
+            "other_share": self.other_share,
+            "median_rate": self.rate,
+            "median_cpu_rate": self.cpu_rate,
+            "median_seconds": self.median,
+            "median_other_share": self.contention,
+        }
 
 
 def repeat_timed(fn: Callable[[], float], repeats: int, *, timing: Timing | None = None) -> Timing:
@@ -204,10 +225,17 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 # ----------------------------------------------------------------------------- tower shapes
 # CLIP ViT-L/14-336 (LLaVA-1.5's tower: 24 x 24 = 576 patches of dim 1024) and a tiny stand-in for --quick.
-CLIP_L14_336_SHAPE = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
-                          num_hidden_layers=24, num_attention_heads=16)
-CLIP_QUICK_SHAPE = dict(image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                        num_attention_heads=4)
+CLIP_L14_336_SHAPE = dict(
+    image_size=336,
+    patch_size=14,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+)
+CLIP_QUICK_SHAPE = dict(
+    image_size=112, patch_size=14, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4
+)
 
 
 def clip_tower(quick: bool = False, seed: int = 0) -> Any:
@@ -243,7 +271,7 @@ class TreeMemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemorySampler":
+    def __enter__(self) -> TreeMemorySampler:
         self._thread.start()
         return self
 
@@ -343,11 +371,17 @@ def claim(path: str | os.PathLike, *, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_plan(plan: Sequence[tuple[str, Callable[[], dict[str, Any]]]], done: RunCache, claims: Path,
-             label: str, stale: Callable[[str], bool] = lambda key: False) -> None:
+def run_plan(
+    plan: Sequence[tuple[str, Callable[[], dict[str, Any]]]],
+    done: RunCache,
+    claims: Path,
+    label: str,
+    stale: Callable[[str], bool] = lambda key: False,
+) -> None:
     """Run each ``(key, fn)`` whose key is missing from ``done`` (or ``stale``), storing ``fn()`` under
     it. Processes started on the same cache share the plan: each run is claimed, a run another
     process holds is skipped and waited for at the end, so N processes fill the grid N at a time."""
+
     def needed(key: str) -> bool:
         done.refresh()
         return key not in done or stale(key)
@@ -396,8 +430,16 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out_dir: str | os.PathLike, name: str, *, title: str, intro: str,
-                  sections: Sequence[Section], raw: dict[str, Any], machine: dict[str, Any]) -> dict[str, str]:
+def write_results(
+    out_dir: str | os.PathLike,
+    name: str,
+    *,
+    title: str,
+    intro: str,
+    sections: Sequence[Section],
+    raw: dict[str, Any],
+    machine: dict[str, Any],
+) -> dict[str, str]:
     """Write ``<out>/<name>.md`` and ``<out>/<name>.json`` (atomically); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,16 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(n=400, shard_size=50, repeats=1, pass_batches=None, mem_batches=8, mem_repeats=1, convert_repeats=1,
-              ceiling_samples=200)
+QUICK = Sizes(
+    n=400,
+    shard_size=50,
+    repeats=1,
+    pass_batches=None,
+    mem_batches=8,
+    mem_repeats=1,
+    convert_repeats=1,
+    ceiling_samples=200,
+)
 
 
 @dataclass
@@ -125,38 +133,68 @@ def prepare(sizes: Sizes, cache: str | os.PathLike | None = None, progress: bool
     from data_tools.make_synthetic import GENERATOR_VERSION, generate
 
     cache = Path(cache or DEFAULT_CACHE)
-    gen_params = {"n": sizes.n, "image_size": sizes.image_size, "format": "jpg", "seed": sizes.seed,
-                  "generator": GENERATOR_VERSION}
+    gen_params = {
+        "n": sizes.n,
+        "image_size": sizes.image_size,
+        "format": "jpg",
+        "seed": sizes.seed,
+        "generator": GENERATOR_VERSION,
+    }
     root = cache / f"synth-n{sizes.n}-{sizes.image_size}px-{_key(gen_params)}"
     data_dir = root / "data"
 
     def gen(folder: Path) -> dict[str, Any]:
-        out = generate(folder, n_pretrain=0, n_instruct=sizes.n, n_heldout=0, seed=sizes.seed,
-                       image_size=sizes.image_size, image_format="jpg", progress=progress)
+        out = generate(
+            folder,
+            n_pretrain=0,
+            n_instruct=sizes.n,
+            n_heldout=0,
+            seed=sizes.seed,
+            image_size=sizes.image_size,
+            image_format="jpg",
+            progress=progress,
+        )
         return dict(out["counts"]["instruct"])
 
     counts = _cached(data_dir, gen_params, gen)
     records = str(data_dir / "instruct.json")
 
     derived = {**gen_params, "factor": sizes.big_factor}
-    extra = _cached(root / "records", derived, lambda d: {
-        "big": _write_repeated(records, d / f"instruct_x{sizes.big_factor}.json", sizes.big_factor),
-        "image_only": _write_image_only(records, d / "instruct_images.json")})
+    extra = _cached(
+        root / "records",
+        derived,
+        lambda d: {
+            "big": _write_repeated(records, d / f"instruct_x{sizes.big_factor}.json", sizes.big_factor),
+            "image_only": _write_image_only(records, d / "instruct_images.json"),
+        },
+    )
     big_records = str(root / "records" / f"instruct_x{sizes.big_factor}.json")
     image_records = str(root / "records" / "instruct_images.json")
 
     def shards(src: str, validate: bool):
         def build(folder: Path) -> dict[str, Any]:
-            s = convert([src], [str(data_dir)], folder, shard_size=sizes.shard_size, workers=os.cpu_count(),
-                        validate_media=validate, progress=progress, overwrite=True)
+            s = convert(
+                [src],
+                [str(data_dir)],
+                folder,
+                shard_size=sizes.shard_size,
+                workers=os.cpu_count(),
+                validate_media=validate,
+                progress=progress,
+                overwrite=True,
+            )
             return {"converted": s.converted, "rejected": s.rejected, "shards": s.shards}
+
         return build
 
     conv = {**gen_params, "shard_size": sizes.shard_size, "converter": CONVERTER_VERSION}
     main_info = _cached(root / "shards", {**conv, "src": "main"}, shards(records, True))
     # The big set repeats the already-validated images: convert it without full image decoding.
-    big_info = _cached(root / f"shards_x{sizes.big_factor}", {**conv, "src": "big", "factor": sizes.big_factor},
-                       shards(big_records, False))
+    big_info = _cached(
+        root / f"shards_x{sizes.big_factor}",
+        {**conv, "src": "big", "factor": sizes.big_factor},
+        shards(big_records, False),
+    )
 
     def tok(folder: Path) -> dict[str, Any]:
         from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
@@ -168,10 +206,18 @@ def prepare(sizes: Sizes, cache: str | os.PathLike | None = None, progress: bool
         return {"vocab": len(t)}
 
     tok_info = _cached(root / "tokenizer", gen_params, tok)
-    return Fixture(sizes=sizes, data=str(data_dir), records=records, big_records=big_records,
-                   image_records=image_records, media_root=str(data_dir), shards=str(root / "shards"),
-                   big_shards=str(root / f"shards_x{sizes.big_factor}"), tokenizer=str(root / "tokenizer"),
-                   counts={**counts, **extra, "shards": main_info, "big_shards": big_info, "tokenizer": tok_info})
+    return Fixture(
+        sizes=sizes,
+        data=str(data_dir),
+        records=records,
+        big_records=big_records,
+        image_records=image_records,
+        media_root=str(data_dir),
+        shards=str(root / "shards"),
+        big_shards=str(root / f"shards_x{sizes.big_factor}"),
+        tokenizer=str(root / "tokenizer"),
+        counts={**counts, **extra, "shards": main_info, "big_shards": big_info, "tokenizer": tok_info},
+    )
 
 
 def load_tokenizer(path: str):
@@ -187,27 +233,42 @@ def stream_loader(shards: str, tokenizer, sizes: Sizes, *, num_workers: int, see
     from llava_wb.data.config import DataConfig
     from llava_wb.data.loader import build_train_loader
 
-    cfg = DataConfig.from_dict({"sources": [shards], "batch_size": sizes.batch_size, "num_workers": num_workers,
-                                "epoch_mode": "exact", "seed": seed, "template": sizes.template,
-                                "max_length": sizes.max_length, "image": {"size": sizes.proc_size}})
+    cfg = DataConfig.from_dict(
+        {
+            "sources": [shards],
+            "batch_size": sizes.batch_size,
+            "num_workers": num_workers,
+            "epoch_mode": "exact",
+            "seed": seed,
+            "template": sizes.template,
+            "max_length": sizes.max_length,
+            "image": {"size": sizes.proc_size},
+        }
+    )
     return build_train_loader(cfg, tokenizer, media_tokens={"image": sizes.media_tokens})
 
 
 def baseline_dataset(records: str, media_root: str, tokenizer, sizes: Sizes):
+    from benchmarks.llava_baseline import LazySupervisedDataset
     from llava_wb.data.config import ImageConfig
 
-    from benchmarks.llava_baseline import LazySupervisedDataset
-
-    return LazySupervisedDataset(records, media_root, tokenizer, template=sizes.template,
-                                 max_length=sizes.max_length, image=ImageConfig(size=sizes.proc_size),
-                                 media_tokens={"image": sizes.media_tokens})
+    return LazySupervisedDataset(
+        records,
+        media_root,
+        tokenizer,
+        template=sizes.template,
+        max_length=sizes.max_length,
+        image=ImageConfig(size=sizes.proc_size),
+        media_tokens={"image": sizes.media_tokens},
+    )
 
 
 def baseline_loader(dataset, tokenizer, sizes: Sizes, *, num_workers: int, seed: int = 0):
     from benchmarks.llava_baseline import build_baseline_loader
 
-    return build_baseline_loader(dataset, batch_size=sizes.batch_size, num_workers=num_workers,
-                                 pad_token_id=tokenizer.pad_token_id, seed=seed)
+    return build_baseline_loader(
+        dataset, batch_size=sizes.batch_size, num_workers=num_workers, pad_token_id=tokenizer.pad_token_id, seed=seed
+    )
 
 
 def iterate(loader, max_batches: int | None = None) -> int:

@@ -32,10 +32,18 @@ from llava_wb.data.decode import MODAL_TAGS, ImageTransform
 class LazySupervisedDataset(Dataset):
     """Map-style dataset over a LLaVA JSON array: records in memory, images read per item."""
 
-    def __init__(self, data_path: str | os.PathLike, media_root: str | os.PathLike, tokenizer, *,
-                 template: str = "vicuna_v1", max_length: int = 2048,
-                 image: ImageConfig | None = None, media_tokens: dict[str, int] | None = None):
-        with open(data_path, "r", encoding="utf-8") as f:
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        media_root: str | os.PathLike,
+        tokenizer,
+        *,
+        template: str = "vicuna_v1",
+        max_length: int = 2048,
+        image: ImageConfig | None = None,
+        media_tokens: dict[str, int] | None = None,
+    ):
+        with open(data_path, encoding="utf-8") as f:
             self.list_data_dict: list[dict[str, Any]] = json.load(f)  # the whole file, as LLaVA does
         self.media_root = os.fspath(media_root)
         self.template = get_template(template, tokenizer)
@@ -60,21 +68,42 @@ class LazySupervisedDataset(Dataset):
             with open(os.path.join(self.media_root, rel), "rb") as f:
                 images.append(self.transform(f.read()))
         media = {"image": images} if images else {}
-        tok = self.template.tokenize(record["conversations"], max_length=self.max_length,
-                                     media_tokens=self.media_tokens,
-                                     expected_media={m: len(v) for m, v in media.items()})
-        return {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
-                "labels": torch.tensor(tok.labels, dtype=torch.long),
-                "media": media, "id": record.get("id", str(i)),
-                "modal_list": [MODAL_TAGS["image"]] * len(images), "meta": record}
+        tok = self.template.tokenize(
+            record["conversations"],
+            max_length=self.max_length,
+            media_tokens=self.media_tokens,
+            expected_media={m: len(v) for m, v in media.items()},
+        )
+        return {
+            "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
+            "labels": torch.tensor(tok.labels, dtype=torch.long),
+            "media": media,
+            "id": record.get("id", str(i)),
+            "modal_list": [MODAL_TAGS["image"]] * len(images),
+            "meta": record,
+        }
 
 
-def build_baseline_loader(dataset: LazySupervisedDataset, *, batch_size: int, num_workers: int,
-                          pad_token_id: int, prefetch_factor: int = 2, seed: int = 0) -> DataLoader:
+def build_baseline_loader(
+    dataset: LazySupervisedDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    pad_token_id: int,
+    prefetch_factor: int = 2,
+    seed: int = 0,
+) -> DataLoader:
     """LLaVA's way to iterate: a shuffled map-style DataLoader with our collator."""
     kw: dict[str, Any] = {}
     if num_workers > 0:
         kw.update(prefetch_factor=prefetch_factor, persistent_workers=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                      collate_fn=Collator(pad_token_id=pad_token_id), drop_last=False,
-                      generator=torch.Generator().manual_seed(seed), **kw)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        collate_fn=Collator(pad_token_id=pad_token_id),
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )

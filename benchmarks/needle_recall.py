@@ -49,8 +49,15 @@ def load_metas(generated: Path, split: str, kind: str = "image", frames: int | N
     return {r["id"]: {**r["meta"], **extra} for r in json.loads((generated / f"{split}.json").read_text())}
 
 
-def measure(model: Any, tok: Any, shards: str | Path, metas: dict[str, Any], swap: tuple[str, dict[str, Any]] | None,
-            kind: str = "image", template: str = "chat_template") -> dict[str, Any]:
+def measure(
+    model: Any,
+    tok: Any,
+    shards: str | Path,
+    metas: dict[str, Any],
+    swap: tuple[str, dict[str, Any]] | None,
+    kind: str = "image",
+    template: str = "chat_template",
+) -> dict[str, Any]:
     """Needle accuracy and recall of ``model`` on ``shards`` (``swap``: reducer put in first; for
     clips the video reducer)."""
     import torch
@@ -69,7 +76,8 @@ def measure(model: Any, tok: Any, shards: str | Path, metas: dict[str, Any], swa
     target = model.reducer if kind == "image" else model.video_reducer
     captured: list[tuple[torch.Tensor, ...]] = []
     hook = target.register_forward_hook(
-        lambda mod, args, out: captured.append((out.positions.cpu(), out.sizes.cpu(), out.group_ids.cpu())))
+        lambda mod, args, out: captured.append((out.positions.cpu(), out.sizes.cpu(), out.group_ids.cpu()))
+    )
     image_cfg = image_config_for(model)
     t0 = time.perf_counter()
     try:
@@ -86,17 +94,31 @@ def measure(model: Any, tok: Any, shards: str | Path, metas: dict[str, Any], swa
         needle, fg = needle_masks(metas[pred["id"]], image_cfg, grid, patch, kind)
         tot.add(needle, fg, positions[i], sizes[i], groups[i])
     per_type = ev.per_type
-    return {**tot.result(), "tokens": int(positions.shape[1]),
-            "accuracy": {t: per_type[t]["accuracy"] for t in per_type}, "overall": ev.overall["accuracy"],
-            "majority": {t: per_type[t]["majority_accuracy"] for t in per_type}, "eval_seconds": round(seconds, 1)}
+    return {
+        **tot.result(),
+        "tokens": int(positions.shape[1]),
+        "accuracy": {t: per_type[t]["accuracy"] for t in per_type},
+        "overall": ev.overall["accuracy"],
+        "majority": {t: per_type[t]["majority_accuracy"] for t in per_type},
+        "eval_seconds": round(seconds, 1),
+    }
 
 
 class _Totals:
     """Recall counts summed over questions (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.t = {"needle_patches": 0, "kept": 0, "unmixed": 0, "share": 0.0, "hit": 0, "questions": 0,
-                  "kept_on_objects": 0.0, "object_patches": 0.0, "no_needle_patch": 0}
+        self.t = {
+            "needle_patches": 0,
+            "kept": 0,
+            "unmixed": 0,
+            "share": 0.0,
+            "hit": 0,
+            "questions": 0,
+            "kept_on_objects": 0.0,
+            "object_patches": 0.0,
+            "no_needle_patch": 0,
+        }
 
     def add(self, needle: Any, fg: Any, pos: Any, size: Any, gid: Any) -> None:
         import torch
@@ -123,7 +145,14 @@ class _Totals:
         t = self.t
         npatch, nq = max(t["needle_patches"], 1), max(t["questions"], 1)
         with_needle = max(nq - t["no_needle_patch"], 1)
-        return {"questions": t["questions"], "recall_kept": t["kept"] / npatch, "recall_unmixed": t["unmixed"] / npatch,
-                "needle_share": t["share"] / npatch, "hit_rate": t["hit"] / with_needle,
-                "kept_on_objects": t["kept_on_objects"] / nq, "object_patch_fraction": t["object_patches"] / nq,
-                "needle_patches_per_question": t["needle_patches"] / with_needle, "no_needle_patch": t["no_needle_patch"]}
+        return {
+            "questions": t["questions"],
+            "recall_kept": t["kept"] / npatch,
+            "recall_unmixed": t["unmixed"] / npatch,
+            "needle_share": t["share"] / npatch,
+            "hit_rate": t["hit"] / with_needle,
+            "kept_on_objects": t["kept_on_objects"] / nq,
+            "object_patch_fraction": t["object_patches"] / nq,
+            "needle_patches_per_question": t["needle_patches"] / with_needle,
+            "no_needle_patch": t["no_needle_patch"],
+        }

@@ -33,31 +33,68 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 w = key.split("/")[1]
                 ratio = _rate(raw, key) / _rate(raw, f"baseline/{w}")
                 cpu = _rate(raw, key, cpu=True) / _rate(raw, f"baseline/{w}", cpu=True)
-                out.append({"id": f"a_{w}", "what": f"(a) streaming / baseline samples/s, {w[1:]} workers",
-                            "target": ">= 1.0x", "value": f"{ratio:.2f}x wall ({cpu:.2f}x per CPU-second)",
-                            "ratio": ratio, "cpu_ratio": cpu, "met": ratio >= 1.0})
+                out.append(
+                    {
+                        "id": f"a_{w}",
+                        "what": f"(a) streaming / baseline samples/s, {w[1:]} workers",
+                        "target": ">= 1.0x",
+                        "value": f"{ratio:.2f}x wall ({cpu:.2f}x per CPU-second)",
+                        "ratio": ratio,
+                        "cpu_ratio": cpu,
+                        "met": ratio >= 1.0,
+                    }
+                )
     mem = raw.get("memory")
     if mem:
         growth, what = _growth(mem, "stream"), f"peak {_metric(mem).upper()} growth, metadata x{_factor(mem)}"
-        out.append({"id": "b_stream", "what": f"(b) streaming {what}", "target": "<= +10%",
-                    "value": f"{growth:+.1%}", "met": growth <= 0.10})
-        out.append({"id": "b_baseline", "what": f"(b) baseline {what}", "target": "shown",
-                    "value": f"{_growth(mem, 'baseline'):+.1%}", "met": True})
+        out.append(
+            {
+                "id": "b_stream",
+                "what": f"(b) streaming {what}",
+                "target": "<= +10%",
+                "value": f"{growth:+.1%}",
+                "met": growth <= 0.10,
+            }
+        )
+        out.append(
+            {
+                "id": "b_baseline",
+                "what": f"(b) baseline {what}",
+                "target": "shown",
+                "value": f"{_growth(mem, 'baseline'):+.1%}",
+                "met": True,
+            }
+        )
     conv = raw.get("converter")
     if conv:
         r = conv["runs"]
         speed = r["ours_no_validation"]["median_rate"] / r["naive"]["median_rate"]
         bound = 2 * r["ours_no_validation"]["median_cpu_rate"] / r["naive"]["median_cpu_rate"]
-        out.append({"id": "c", "what": "(c) converter, validation off / naive loop (2 workers)", "target": ">= 1.5x",
-                    "value": f"{speed:.2f}x wall (CPU-bound estimate on 2 free cores: {bound:.2f}x)",
-                    "ratio": speed, "cpu_bound_ratio": bound, "met": speed >= 1.5})
+        out.append(
+            {
+                "id": "c",
+                "what": "(c) converter, validation off / naive loop (2 workers)",
+                "target": ">= 1.5x",
+                "value": f"{speed:.2f}x wall (CPU-bound estimate on 2 free cores: {bound:.2f}x)",
+                "ratio": speed,
+                "cpu_bound_ratio": bound,
+                "met": speed >= 1.5,
+            }
+        )
     ceil = raw.get("ceiling")
     if ceil and tp and "stream/w0" in tp["runs"]:
         frac = _rate(raw, "stream/w0", cpu=True) / ceil["train_sample"]["median_cpu_rate"]
         wall = _rate(raw, "stream/w0") / ceil["train_sample"]["median_rate"]
-        out.append({"id": "d", "what": "(d) streaming loader at 0 workers / decode+preprocess ceiling, per CPU-second",
-                    "target": ">= 0.9", "value": f"{frac:.2f} (wall-clock: {wall:.2f})", "ratio": frac,
-                    "met": frac >= 0.9})
+        out.append(
+            {
+                "id": "d",
+                "what": "(d) streaming loader at 0 workers / decode+preprocess ceiling, per CPU-second",
+                "target": ">= 0.9",
+                "value": f"{frac:.2f} (wall-clock: {wall:.2f})",
+                "ratio": frac,
+                "met": frac >= 0.9,
+            }
+        )
     return out
 
 
@@ -80,8 +117,11 @@ def _growth(mem: dict[str, Any], kind: str) -> float:
 
 def other_load(raw: dict[str, Any]) -> float | None:
     """Median share of the machine's cores used by other processes during all timed runs."""
-    timings = [*raw.get("throughput", {}).get("runs", {}).values(), *raw.get("converter", {}).get("runs", {}).values(),
-               *(v for v in raw.get("ceiling", {}).values() if isinstance(v, dict))]
+    timings = [
+        *raw.get("throughput", {}).get("runs", {}).values(),
+        *raw.get("converter", {}).get("runs", {}).values(),
+        *(v for v in raw.get("ceiling", {}).values() if isinstance(v, dict)),
+    ]
     shares = [x for t in timings for x in t.get("other_share", [])]
     return statistics.median(shares) if shares else None
 
@@ -92,11 +132,13 @@ def _intro(raw: dict[str, Any]) -> str:
     quick = "**QUICK MODE: tiny sizes for smoke tests; the numbers mean nothing.**\n\n" if raw["quick"] else ""
     load = other_load(raw)
     if load is not None and load > 0.2:
-        quick += (f"**Shared machine: other processes used a median {load:.0%} of the cores during the timed runs** "
-                  "(from /proc/stat, minus this benchmark's own CPU time). Wall-clock rates are depressed and "
-                  "noisy under such load, parallel speed-ups cannot show, and even per-CPU-second rates drop "
-                  "(shared caches and memory bandwidth); compare the per-CPU-second columns, and rerun on an idle "
-                  "machine for wall-clock figures.\n\n")
+        quick += (
+            f"**Shared machine: other processes used a median {load:.0%} of the cores during the timed runs** "
+            "(from /proc/stat, minus this benchmark's own CPU time). Wall-clock rates are depressed and "
+            "noisy under such load, parallel speed-ups cannot show, and even per-CPU-second rates drop "
+            "(shared caches and memory bandwidth); compare the per-CPU-second columns, and rerun on an idle "
+            "machine for wall-clock figures.\n\n"
+        )
     return quick + (
         f"Input: the synthetic generator's instruct split, {s['n']:,} records "
         f"({c.get('by_modality', {})}), {s['image_size']} px JPEG images (quality 95), converted to "
@@ -111,13 +153,18 @@ def _intro(raw: dict[str, Any]) -> str:
         f"so 'per core' means one core; dataloader workers always use one thread. The page cache is warm "
         f"for both (every shard and image read once before timing): on network storage, loose small files "
         f"favour streaming further. Total run time {raw['total_seconds']:.0f} s "
-        f"(input preparation {raw['prepare_seconds']:.0f} s; cached inputs are reused on reruns).")
+        f"(input preparation {raw['prepare_seconds']:.0f} s; cached inputs are reused on reruns)."
+    )
 
 
 def _targets_section(raw: dict[str, Any]) -> Section:
     rows = [[t["what"], t["target"], t["value"], "yes" if t["met"] else "**no**"] for t in raw["targets"]]
-    return Section("Targets", "Each acceptance target of the data issue, measured in this run.",
-                   ["target", "wanted", "measured", "met"], rows)
+    return Section(
+        "Targets",
+        "Each acceptance target of the data issue, measured in this run.",
+        ["target", "wanted", "measured", "met"],
+        rows,
+    )
 
 
 def _throughput_section(raw: dict[str, Any]) -> Section:
@@ -129,8 +176,18 @@ def _throughput_section(raw: dict[str, Any]) -> Section:
         if kind == "stream":
             ratio = f"{run['median_rate'] / _rate(raw, f'baseline/{w}'):.2f}x"
             cpu_ratio = f"{run['median_cpu_rate'] / _rate(raw, f'baseline/{w}', cpu=True):.2f}x"
-        rows.append([kind, w[1:], run["median_rate"], ", ".join(f"{r:,.0f}" for r in run["rates"]),
-                     run["median_cpu_rate"], _load(run["median_other_share"]), ratio, cpu_ratio])
+        rows.append(
+            [
+                kind,
+                w[1:],
+                run["median_rate"],
+                ", ".join(f"{r:,.0f}" for r in run["rates"]),
+                run["median_cpu_rate"],
+                _load(run["median_other_share"]),
+                ratio,
+                cpu_ratio,
+            ]
+        )
     first = next(iter(tp["runs"].values()))
     n, size = len(first["rates"]), int(first["units"][0])
     what = "one full epoch" if tp.get("pass_batches") is None else f"{size:,} samples ({tp['pass_batches']} batches)"
@@ -145,8 +202,18 @@ def _throughput_section(raw: dict[str, Any]) -> Section:
         "when it is well above 0 the wall-clock rates are depressed and noisy, and the per-CPU-second ratio "
         "is the more trustworthy comparison. Dataset construction is outside the runs: the baseline's "
         f"`json.load` took {tp['baseline_init_seconds']:.2f} s here (it grows with the metadata, see (b)).",
-        ["loader", "workers", "samples/s (median)", "each run", "samples per CPU-s", "other load",
-         "stream / baseline (wall)", "stream / baseline (per CPU-s)"], rows)
+        [
+            "loader",
+            "workers",
+            "samples/s (median)",
+            "each run",
+            "samples per CPU-s",
+            "other load",
+            "stream / baseline (wall)",
+            "stream / baseline (per CPU-s)",
+        ],
+        rows,
+    )
 
 
 def _memory_section(raw: dict[str, Any]) -> Section:
@@ -161,9 +228,21 @@ def _memory_section(raw: dict[str, Any]) -> Section:
             at = r["at_peak"]  # the root (loader main process) first, then its workers
             split = f"{mib(at[0][metric])} / " + ", ".join(str(mib(p[metric])) for p in at[1:]) if at else ""
             each = ", ".join(str(mib(x)) for x in r["peaks_each"][metric])
-            rows.append([kind, label, f"{r['records_file_bytes'] / 1e6:,.1f} MB", mib(pb[metric]), each,
-                         f"{pb[metric] / small - 1:+.1%}", mib(pb["rss"]), mib(pb["uss"]), r["processes"],
-                         split, f"{r['build_seconds']:.1f}"])
+            rows.append(
+                [
+                    kind,
+                    label,
+                    f"{r['records_file_bytes'] / 1e6:,.1f} MB",
+                    mib(pb[metric]),
+                    each,
+                    f"{pb[metric] / small - 1:+.1%}",
+                    mib(pb["rss"]),
+                    mib(pb["uss"]),
+                    r["processes"],
+                    split,
+                    f"{r['build_seconds']:.1f}",
+                ]
+            )
     return Section(
         f"(b) Peak memory of the loader's process tree as metadata grows x{_factor(mem)}",
         f"Each loader runs in a fresh child process (`benchmarks/memprobe.py`) that builds it and iterates "
@@ -179,23 +258,46 @@ def _memory_section(raw: dict[str, Any]) -> Section:
         "with new ids (same images), so the metadata file grows and everything per sample stays the same. "
         "The streaming loader never reads the records file: its metadata is only `index.json` (one line "
         "per shard). 'main / workers': each process's share at the median probe's peak.",
-        ["loader", "records", "metadata file", f"peak {metric.upper()} MiB", "each probe", "vs N", "peak RSS sum MiB",
-         "peak USS sum MiB", "processes", f"main / workers {metric.upper()} MiB", "build s"], rows)
+        [
+            "loader",
+            "records",
+            "metadata file",
+            f"peak {metric.upper()} MiB",
+            "each probe",
+            "vs N",
+            "peak RSS sum MiB",
+            "peak USS sum MiB",
+            "processes",
+            f"main / workers {metric.upper()} MiB",
+            "build s",
+        ],
+        rows,
+    )
 
 
 def _converter_section(raw: dict[str, Any]) -> Section:
     conv = raw["converter"]
     r = conv["runs"]
     naive, naive_cpu = r["naive"]["median_rate"], r["naive"]["median_cpu_rate"]
-    names = {"naive": "seed-note tarfile loop (`naive_convert`), 1 process",
-             "ours_no_validation": "`convert(workers=2, validate_media=False)`",
-             "ours_validation": "`convert(workers=2, validate_media=True)`"}
+    names = {
+        "naive": "seed-note tarfile loop (`naive_convert`), 1 process",
+        "ours_no_validation": "`convert(workers=2, validate_media=False)`",
+        "ours_validation": "`convert(workers=2, validate_media=True)`",
+    }
     rows = []
     for k, v in r.items():
         procs = 1 if k == "naive" else conv["workers"]
-        rows.append([names[k], v["median_rate"], v["median_seconds"], 1e3 / v["median_cpu_rate"],
-                     _load(v["median_other_share"]), f"{v['median_rate'] / naive:.2f}x",
-                     f"{procs * v['median_cpu_rate'] / naive_cpu:.2f}x"])
+        rows.append(
+            [
+                names[k],
+                v["median_rate"],
+                v["median_seconds"],
+                1e3 / v["median_cpu_rate"],
+                _load(v["median_other_share"]),
+                f"{v['median_rate'] / naive:.2f}x",
+                f"{procs * v['median_cpu_rate'] / naive_cpu:.2f}x",
+            ]
+        )
     on, off = r["ours_validation"], r["ours_no_validation"]
     cost_ms = 1e3 / on["median_cpu_rate"] - 1e3 / off["median_cpu_rate"]
     return Section(
@@ -210,21 +312,41 @@ def _converter_section(raw: dict[str, Any]) -> Section:
         "media format from the bytes, sanitizes keys, checks every conversation, writes reproducible "
         "tars, a sha256 per shard, the journal, index.json and errors.jsonl; the naive loop does none of "
         "this. Validation on fully decodes every image (catches truncated/corrupt files before training).",
-        ["converter", "records/s (median)", "seconds", "CPU ms/record", "other load", "vs naive (wall)",
-         "vs naive (CPU-bound, free cores)"], rows,
-        notes=[f"Full media validation costs {on['median_seconds'] / off['median_seconds']:.2f}x the wall time of "
-               f"validation off here, {cost_ms:.2f} ms of CPU per record more."])
+        [
+            "converter",
+            "records/s (median)",
+            "seconds",
+            "CPU ms/record",
+            "other load",
+            "vs naive (wall)",
+            "vs naive (CPU-bound, free cores)",
+        ],
+        rows,
+        notes=[
+            f"Full media validation costs {on['median_seconds'] / off['median_seconds']:.2f}x the wall time of "
+            f"validation off here, {cost_ms:.2f} ms of CPU per record more."
+        ],
+    )
 
 
 def _ceiling_section(raw: dict[str, Any]) -> Section:
     ceil = raw["ceiling"]
     top, top_wall = ceil["train_sample"]["median_cpu_rate"], ceil["train_sample"]["median_rate"]
     rows: list[list[Any]] = [["`TrainSample` over raw samples in memory (the ceiling)", top, "1.00", top_wall, "1.00"]]
-    for key, label in (("train_sample_collate", "`TrainSample` + `Collator` (batches of the same samples)"),
-                       ("image_decode_transform", "part: JPEG decode + `ImageTransform` only (per image)"),
-                       ("tokenize_template", "part: template + tokenizer only")):
-        rows.append([label, ceil[key]["median_cpu_rate"], f"{ceil[key]['median_cpu_rate'] / top:.2f}",
-                     ceil[key]["median_rate"], ""])
+    for key, label in (
+        ("train_sample_collate", "`TrainSample` + `Collator` (batches of the same samples)"),
+        ("image_decode_transform", "part: JPEG decode + `ImageTransform` only (per image)"),
+        ("tokenize_template", "part: template + tokenizer only"),
+    ):
+        rows.append(
+            [
+                label,
+                ceil[key]["median_cpu_rate"],
+                f"{ceil[key]['median_cpu_rate'] / top:.2f}",
+                ceil[key]["median_rate"],
+                "",
+            ]
+        )
     rows.append(["part: raw tar reading only (`iter_shard`, all shards)", "", "", ceil["tar_read_samples_per_s"], ""])
     for key in ("stream/w0", "stream/w2", "baseline/w0", "baseline/w2"):
         run = raw.get("throughput", {}).get("runs", {}).get(key)
@@ -234,8 +356,9 @@ def _ceiling_section(raw: dict[str, Any]) -> Section:
         cores = max(1, min(w, 2))
         wall = run["median_rate"] / cores
         label = f"{key.split('/')[0]} loader, {w} workers" + (f" (wall rate / {cores} cores)" if w else "")
-        rows.append([label, run["median_cpu_rate"], f"{run['median_cpu_rate'] / top:.2f}", wall,
-                     f"{wall / top_wall:.2f}"])
+        rows.append(
+            [label, run["median_cpu_rate"], f"{run['median_cpu_rate'] / top:.2f}", wall, f"{wall / top_wall:.2f}"]
+        )
     return Section(
         "(d) Decode + preprocess ceiling and the loader's fraction of it",
         f"The ceiling is `TrainSample` (sample json parse, JPEG decode, `ImageTransform`, template, "
@@ -247,14 +370,20 @@ def _ceiling_section(raw: dict[str, Any]) -> Section:
         "ceiling whatever else ran on the machine; the wall-clock columns divide the loader's rate by "
         "the cores it can use. At 0 workers everything (tar reading, shuffle buffer, collate) runs in "
         "one process; at 2 workers each batch also travels to the main process through shared memory.",
-        ["stage", "samples per CPU-s", "fraction (CPU)", "samples/s wall (per core)", "fraction (wall)"], rows)
+        ["stage", "samples per CPU-s", "fraction (CPU)", "samples/s wall (per core)", "fraction (wall)"],
+        rows,
+    )
 
 
 def write_report(out: str, name: str, raw: dict[str, Any], machine: dict[str, Any]) -> dict[str, str]:
     raw["targets"] = targets(raw)
     sections = [_targets_section(raw)]
-    for key, build in (("throughput", _throughput_section), ("memory", _memory_section),
-                       ("converter", _converter_section), ("ceiling", _ceiling_section)):
+    for key, build in (
+        ("throughput", _throughput_section),
+        ("memory", _memory_section),
+        ("converter", _converter_section),
+        ("ceiling", _ceiling_section),
+    ):
         if key in raw:
             sections.append(build(raw))
     return write_results(out, name, title=TITLE, intro=_intro(raw), sections=sections, raw=raw, machine=machine)

@@ -17,22 +17,29 @@ import pkgutil
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def discover() -> list[str]:
     """Module names ``benchmarks.bench_*``, sorted."""
-    return sorted(f"benchmarks.{m.name}" for m in pkgutil.iter_modules([str(PACKAGE_DIR)])
-                  if m.name.startswith("bench_") and not m.ispkg)
+    return sorted(
+        f"benchmarks.{m.name}"
+        for m in pkgutil.iter_modules([str(PACKAGE_DIR)])
+        if m.name.startswith("bench_") and not m.ispkg
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; numbers meaningless)")
-    p.add_argument("--out", default=None, help="results folder for every benchmark (default benchmarks/results; --quick: runs/bench_quick)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder for every benchmark (default benchmarks/results; --quick: runs/bench_quick)",
+    )
     p.add_argument("--only", default="", help="comma-separated names to run, e.g. 'data' for bench_data")
     args = p.parse_args(argv)
     names = discover()

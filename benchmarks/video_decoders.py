@@ -34,8 +34,9 @@ import statistics
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,11 @@ CACHE = ROOT / "runs" / "bench_cache" / "video_decoders"
 ENV060 = ROOT / "runs" / "bench_envs" / "decord060"
 COUNTS = (8, 16, 32)
 # name, (width, height), frames, keyframe interval (None: libx264's default 250, i.e. only frame 0)
-CLIPS = [("336x336 96f gop30", (336, 336), 96, 30),
-         ("640x360 128f gop12", (640, 360), 128, 12),
-         ("640x360 128f 1 keyframe", (640, 360), 128, None)]
+CLIPS = [
+    ("336x336 96f gop30", (336, 336), 96, 30),
+    ("640x360 128f gop12", (640, 360), 128, 12),
+    ("640x360 128f 1 keyframe", (640, 360), 128, None),
+]
 QUICK_CLIPS = [("336x336 24f gop12", (336, 336), 24, 12), ("640x360 24f 1 keyframe", (640, 360), 24, None)]
 PYPI_PACKAGES = ("decord2", "decord", "av")
 
@@ -60,10 +63,10 @@ def pattern(i: int, width: int, height: int) -> np.ndarray:
     img = np.stack([(x + 4 * i) % 256, (2 * y + 3 * i) % 256, ((x + y) // 2 + 6 * i) % 256], axis=-1).astype(np.uint8)
     side = min(width, height) // 6
     sx, sy = (9 * i) % (width - side), (5 * i) % (height - side)
-    img[sy:sy + side, sx:sx + side] = 255
+    img[sy : sy + side, sx : sx + side] = 255
     bar = width // 8
     for b in range(8):
-        img[:24, b * bar:(b + 1) * bar] = 255 if (i >> b) & 1 else 0
+        img[:24, b * bar : (b + 1) * bar] = 255 if (i >> b) & 1 else 0
     return img
 
 
@@ -81,8 +84,16 @@ def write_clips(clips: Sequence[tuple], folder: Path) -> list[dict[str, Any]]:
         path = folder / f"clip{k}_{size[0]}x{size[1]}_{frames}_{gop or 'none'}.mp4"
         if not path.is_file():
             path.write_bytes(make_clip(size, frames, gop))
-        out.append({"name": name, "path": str(path), "size": list(size), "frames": frames, "gop": gop,
-                    "bytes": path.stat().st_size})
+        out.append(
+            {
+                "name": name,
+                "path": str(path),
+                "size": list(size),
+                "frames": frames,
+                "gop": gop,
+                "bytes": path.stat().st_size,
+            }
+        )
     return out
 
 
@@ -109,8 +120,9 @@ def padded_row_widths() -> list[int]:
 
     bad = []
     for w in range(16, 257, 8):
-        vr = decord.VideoReader(io.BytesIO(encode_mp4(np.zeros((2, 32, w, 3), np.uint8), fps=2)), ctx=decord.cpu(0),
-                                num_threads=1)
+        vr = decord.VideoReader(
+            io.BytesIO(encode_mp4(np.zeros((2, 32, w, 3), np.uint8), fps=2)), ctx=decord.cpu(0), num_threads=1
+        )
         if vr[0].shape[-1] != 3:
             bad.append(w)
     return bad
@@ -132,9 +144,17 @@ def measure(backend: str, clips: list[dict[str, Any]], counts: Sequence[int], re
             diff = np.abs(frames.astype(np.int16) - ref[requested].astype(np.int16))
             timing = repeat_timed(lambda: len(read_video(data, num_frames=n, backend=backend)[0]), repeats)
             results[f"{clip['name']}|{n}"] = {
-                "clip": clip["name"], "num_frames": n, "requested": requested, "nearest_reference": nearest,
-                "indices_ok": nearest == requested, "frames_total": info["frames_total"], "fps": info["fps"],
-                "max_abs_diff": int(diff.max()), "mean_abs_diff": float(diff.mean()), "timing": timing.as_dict()}
+                "clip": clip["name"],
+                "num_frames": n,
+                "requested": requested,
+                "nearest_reference": nearest,
+                "indices_ok": nearest == requested,
+                "frames_total": info["frames_total"],
+                "fps": info["fps"],
+                "max_abs_diff": int(diff.max()),
+                "mean_abs_diff": float(diff.mean()),
+                "timing": timing.as_dict(),
+            }
     return results
 
 
@@ -143,8 +163,12 @@ def _worker(args: argparse.Namespace) -> None:
     import decord
 
     clips = json.loads(Path(args.clips).read_text(encoding="utf-8"))
-    out = {"version": decord.__version__, "module_file": decord.__file__, "padded_row_widths": padded_row_widths(),
-           "results": measure("decord", clips, [int(c) for c in args.counts.split(",")], args.repeats)}
+    out = {
+        "version": decord.__version__,
+        "module_file": decord.__file__,
+        "padded_row_widths": padded_row_widths(),
+        "results": measure("decord", clips, [int(c) for c in args.counts.split(",")], args.repeats),
+    }
     print(f"decord {decord.__version__} from {decord.__file__}", file=sys.stderr)
     Path(args.worker_out).write_text(json.dumps(out), encoding="utf-8")
 
@@ -153,10 +177,23 @@ def ensure_decord060() -> str | None:
     """Install decord 0.6.0 into ``ENV060`` if missing; return None, or why it is not there."""
     if (ENV060 / "decord" / "__init__.py").is_file():
         return None
-    print(f"installing decord==0.6.0 into {ENV060} (separate folder: decord2 has the same import name)",
-          file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--target", str(ENV060), "decord==0.6.0", "--no-deps",
-           "--disable-pip-version-check", "--quiet"]
+    print(
+        f"installing decord==0.6.0 into {ENV060} (separate folder: decord2 has the same import name)",
+        file=sys.stderr,
+        flush=True,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(ENV060),
+        "decord==0.6.0",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
@@ -175,8 +212,20 @@ def measure_decord060(clips_file: Path, counts: Sequence[int], repeats: int) -> 
     out_file = clips_file.with_name("decord060.json")
     paths = [str(ENV060), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    cmd = [sys.executable, "-m", "benchmarks.video_decoders", "--worker", "--clips", str(clips_file),
-           "--worker-out", str(out_file), "--counts", ",".join(map(str, counts)), "--repeats", str(repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.video_decoders",
+        "--worker",
+        "--clips",
+        str(clips_file),
+        "--worker-out",
+        str(out_file),
+        "--counts",
+        ",".join(map(str, counts)),
+        "--repeats",
+        str(repeats),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         return {"error": f"worker exited {proc.returncode}: {proc.stderr.strip()[-500:]}"}
@@ -187,9 +236,13 @@ def measure_decord060(clips_file: Path, counts: Sequence[int], repeats: int) -> 
 
 
 # ----------------------------------------------------------------------------- wheels
-PLATFORMS = {"Linux x86_64": ("linux", "x86_64"), "Linux aarch64": ("linux", "aarch64"),
-             "macOS arm64": ("macosx", "arm64"), "macOS x86_64": ("macosx", "x86_64"),
-             "Windows x86_64": ("win_amd64", "")}
+PLATFORMS = {
+    "Linux x86_64": ("linux", "x86_64"),
+    "Linux aarch64": ("linux", "aarch64"),
+    "macOS arm64": ("macosx", "arm64"),
+    "macOS x86_64": ("macosx", "x86_64"),
+    "Windows x86_64": ("win_amd64", ""),
+}
 
 
 def _pypi(pkg: str) -> dict[str, Any]:
@@ -205,13 +258,21 @@ def _wheel_summary(meta: dict[str, Any], version: str) -> dict[str, Any]:
     tags = [f["filename"][:-4].split("-")[-3:] for f in files if f["packagetype"] == "bdist_wheel"]
     platforms: dict[str, list[str]] = {}
     for label, (os_key, arch) in PLATFORMS.items():
-        found = {py + ("-abi3" if abi == "abi3" else "") for py, abi, plat in tags
-                 if os_key in plat and (arch in plat or (os_key == "macosx" and "universal2" in plat))}
+        found = {
+            py + ("-abi3" if abi == "abi3" else "")
+            for py, abi, plat in tags
+            if os_key in plat and (arch in plat or (os_key == "macosx" and "universal2" in plat))
+        }
         platforms[label] = sorted(found, key=lambda s: (len(s), s))
     requires = {f.get("requires_python") for f in files} - {None, ""}
-    return {"version": version, "released": min(f["upload_time"][:10] for f in files),
-            "requires_python": ", ".join(sorted(requires)) or None, "wheels": len(tags),
-            "platforms": platforms, "sdist": any(f["packagetype"] == "sdist" for f in files)}
+    return {
+        "version": version,
+        "released": min(f["upload_time"][:10] for f in files),
+        "requires_python": ", ".join(sorted(requires)) or None,
+        "wheels": len(tags),
+        "platforms": platforms,
+        "sdist": any(f["packagetype"] == "sdist" for f in files),
+    }
 
 
 def _installed(pkg: str) -> str | None:
@@ -246,8 +307,10 @@ def _wheel_line(pkg: str, f: dict[str, Any]) -> str:
         return f"{pkg}: {f['error']}"
     pkg = pkg.split(" ")[0]
     plats = "; ".join(f"{label} {', '.join(tags) if tags else 'NONE'}" for label, tags in f["platforms"].items())
-    return (f"{pkg} {f['version']} (released {f['released']}, requires Python {f['requires_python'] or 'unstated'}, "
-            f"sdist {'yes' if f['sdist'] else 'no'}): {plats}")
+    return (
+        f"{pkg} {f['version']} (released {f['released']}, requires Python {f['requires_python'] or 'unstated'}, "
+        f"sdist {'yes' if f['sdist'] else 'no'}): {plats}"
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -270,8 +333,10 @@ def part_decoders(quick: bool, repeats: int | None = None) -> tuple[Section, dic
         import decord
 
         backends[f"decord2 {decord.__version__}"] = {
-            "results": measure("decord", clips, counts, repeats), "module_file": decord.__file__,
-            "padded_row_widths": padded_row_widths()}
+            "results": measure("decord", clips, counts, repeats),
+            "module_file": decord.__file__,
+            "padded_row_widths": padded_row_widths(),
+        }
     except ImportError as e:
         backends["decord2"] = {"error": f"not installed ({e})"}
     backends[f"pyav {av.__version__}"] = {"results": measure("pyav", clips, counts, repeats)}
@@ -285,10 +350,19 @@ def part_decoders(quick: bool, repeats: int | None = None) -> tuple[Section, dic
             continue
         for r in b["results"].values():
             t = r["timing"]
-            rows.append([name, r["clip"], r["num_frames"], f"{1e3 * t['median_seconds']:.1f}",
-                         round(t["median_rate"], 1), round(t["median_cpu_rate"], 1),
-                         "yes" if r["indices_ok"] else f"NO {r['nearest_reference']} vs {r['requested']}",
-                         r["max_abs_diff"], f"{r['mean_abs_diff']:.3f}"])
+            rows.append(
+                [
+                    name,
+                    r["clip"],
+                    r["num_frames"],
+                    f"{1e3 * t['median_seconds']:.1f}",
+                    round(t["median_rate"], 1),
+                    round(t["median_cpu_rate"], 1),
+                    "yes" if r["indices_ok"] else f"NO {r['nearest_reference']} vs {r['requested']}",
+                    r["max_abs_diff"],
+                    f"{r['mean_abs_diff']:.3f}",
+                ]
+            )
     measured = {n: b for n, b in backends.items() if "error" not in b}
     summary: dict[str, Any] = {}
     names = list(measured)
@@ -296,51 +370,91 @@ def part_decoders(quick: bool, repeats: int | None = None) -> tuple[Section, dic
         base = names[0]  # decord2
         for other in names[1:]:
             mine, theirs = measured[base]["results"], measured[other]["results"]
-            ratios = [mine[k]["timing"]["median_rate"] / theirs[k]["timing"]["median_rate"] for k in mine if k in theirs]
-            cpu = [mine[k]["timing"]["median_cpu_rate"] / theirs[k]["timing"]["median_cpu_rate"]
-                   for k in mine if k in theirs]
-            summary[f"{base} / {other}"] = {"geomean_speed_ratio": _geomean(ratios), "min": min(ratios),
-                                            "max": max(ratios), "geomean_cpu_speed_ratio": _geomean(cpu),
-                                            "cpu_min": min(cpu), "cpu_max": max(cpu)}
-            notes.append(f"speed {base} / {other}, geometric mean over clips and frame counts: {_geomean(ratios):.2f}x "
-                         f"by wall clock (range {min(ratios):.2f}-{max(ratios):.2f}x), {_geomean(cpu):.2f}x per CPU "
-                         f"second (range {min(cpu):.2f}-{max(cpu):.2f}x)")
+            ratios = [
+                mine[k]["timing"]["median_rate"] / theirs[k]["timing"]["median_rate"] for k in mine if k in theirs
+            ]
+            cpu = [
+                mine[k]["timing"]["median_cpu_rate"] / theirs[k]["timing"]["median_cpu_rate"]
+                for k in mine
+                if k in theirs
+            ]
+            summary[f"{base} / {other}"] = {
+                "geomean_speed_ratio": _geomean(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+                "geomean_cpu_speed_ratio": _geomean(cpu),
+                "cpu_min": min(cpu),
+                "cpu_max": max(cpu),
+            }
+            notes.append(
+                f"speed {base} / {other}, geometric mean over clips and frame counts: {_geomean(ratios):.2f}x "
+                f"by wall clock (range {min(ratios):.2f}-{max(ratios):.2f}x), {_geomean(cpu):.2f}x per CPU "
+                f"second (range {min(cpu):.2f}-{max(cpu):.2f}x)"
+            )
     for name, b in measured.items():
         ok = all(r["indices_ok"] for r in b["results"].values())
         worst = max(r["max_abs_diff"] for r in b["results"].values())
-        notes.append(f"{name}: every sampled frame is the requested one: {'yes' if ok else 'NO'}; "
-                     f"largest pixel difference to the PyAV reference {worst}")
+        notes.append(
+            f"{name}: every sampled frame is the requested one: {'yes' if ok else 'NO'}; "
+            f"largest pixel difference to the PyAV reference {worst}"
+        )
         if "padded_row_widths" in b:
-            notes.append(f"{name}: widths (16..256 px, step 8, height 32) returned with padded rows: "
-                         f"{b['padded_row_widths'] or 'none'}"
-                         + (f"; imported from {b['module_file']}" if "module_file" in b else ""))
-    contention = statistics.median(r["timing"]["median_other_share"] for b in measured.values()
-                                   for r in b["results"].values())
+            notes.append(
+                f"{name}: widths (16..256 px, step 8, height 32) returned with padded rows: "
+                f"{b['padded_row_widths'] or 'none'}"
+                + (f"; imported from {b['module_file']}" if "module_file" in b else "")
+            )
+    contention = statistics.median(
+        r["timing"]["median_other_share"] for b in measured.values() for r in b["results"].values()
+    )
     notes.append(f"other processes kept {100 * contention:.0f}% of the machine's cores busy (median over measurements)")
     wheels = wheel_facts()
     notes += [f"wheels: {_wheel_line(p, f)}" for p, f in wheels.items()]
     clip_line = "; ".join(f"{c['name']} ({c['bytes'] / 1024:.0f} KiB)" for c in clips)
     section = Section(
         title="Video decoders: decord2 vs decord 0.6.0 vs PyAV",
-        explain=(f"`read_video` with each backend, uniform sampling of {', '.join(map(str, counts))} frames, "
-                 f"from the mp4 bytes every time, one decoder thread, median of {repeats} run(s) after a warm-up. "
-                 "Clips (H.264 crf 18, 30 fps, "
-                 f"pattern that changes with the frame index): {clip_line}. 'ms per clip': one read_video call; "
-                 "'frames/s': sampled frames per wall second; 'frames/CPU-s': per CPU second of this process "
-                 "(robust to other load). 'right frames': each sampled frame is closest to the requested index among "
-                 "all frames of the PyAV reference decode; 'max/mean diff': absolute pixel difference (0-255) to that "
-                 "reference frame."),
-        headers=["backend", "clip", "frames", "ms per clip", "frames/s", "frames/CPU-s", "right frames", "max diff",
-                 "mean diff"],
-        rows=rows, notes=notes)
-    raw = {"quick": quick, "repeats": repeats, "counts": list(counts), "clips": clips, "backends": backends,
-           "summary": summary, "wheels": wheels}
+        explain=(
+            f"`read_video` with each backend, uniform sampling of {', '.join(map(str, counts))} frames, "
+            f"from the mp4 bytes every time, one decoder thread, median of {repeats} run(s) after a warm-up. "
+            "Clips (H.264 crf 18, 30 fps, "
+            f"pattern that changes with the frame index): {clip_line}. 'ms per clip': one read_video call; "
+            "'frames/s': sampled frames per wall second; 'frames/CPU-s': per CPU second of this process "
+            "(robust to other load). 'right frames': each sampled frame is closest to the requested index among "
+            "all frames of the PyAV reference decode; 'max/mean diff': absolute pixel difference (0-255) to that "
+            "reference frame."
+        ),
+        headers=[
+            "backend",
+            "clip",
+            "frames",
+            "ms per clip",
+            "frames/s",
+            "frames/CPU-s",
+            "right frames",
+            "max diff",
+            "mean diff",
+        ],
+        rows=rows,
+        notes=notes,
+    )
+    raw = {
+        "quick": quick,
+        "repeats": repeats,
+        "counts": list(counts),
+        "clips": clips,
+        "backends": backends,
+        "summary": summary,
+        "wheels": wheels,
+    }
     return section, raw
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str] | None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.video_decoders", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.video_decoders",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="two short clips, 8/16 frames, one run (smoke test)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: runs/bench_quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 9, quick 1)")
@@ -355,12 +469,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str] | None:
         _worker(args)
         return None
     section, raw = part_decoders(args.quick, args.repeats)
-    intro = ("Which video backend `data.video.backend` should default to: decord2 (the maintained fork of decord, "
-             "same import name), the original decord 0.6.0, or PyAV. See `docs/video_audio.md` for the pick.")
+    intro = (
+        "Which video backend `data.video.backend` should default to: decord2 (the maintained fork of decord, "
+        "same import name), the original decord 0.6.0, or PyAV. See `docs/video_audio.md` for the pick."
+    )
     if args.quick:
         intro += "\n\nQUICK MODE: short clips and one run; the numbers are not meaningful."
-    paths = write_results(args.out, "video_decoders", title="Video decoder comparison", intro=intro, sections=[section],
-                          raw=raw, machine=machine_info())
+    paths = write_results(
+        args.out,
+        "video_decoders",
+        title="Video decoder comparison",
+        intro=intro,
+        sections=[section],
+        raw=raw,
+        machine=machine_info(),
+    )
     print(paths["md"])
     return paths
 

@@ -24,10 +24,10 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
 
 from data_tools import journal
 from data_tools.media import (
@@ -74,8 +74,7 @@ class ConvertSummary:
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
-        d["verify"] = None if self.verify is None else {"ok": self.verify.ok,
-                                                        "problems": self.verify.problems}
+        d["verify"] = None if self.verify is None else {"ok": self.verify.ok, "problems": self.verify.problems}
         return d
 
     @property
@@ -131,8 +130,9 @@ def _start_pool(workers: int, mp_context: str | None) -> ProcessPoolExecutor:
 
 
 def _shard_failed(shard: int, exc: BaseException) -> ConversionError:
-    return ConversionError(f"writing shard {shard} failed ({type(exc).__name__}: {exc}); "
-                           "finished shards are kept: rerun with --resume")
+    return ConversionError(
+        f"writing shard {shard} failed ({type(exc).__name__}: {exc}); finished shards are kept: rerun with --resume"
+    )
 
 
 def _check_writable(out_dir: str) -> None:
@@ -144,13 +144,14 @@ def _check_writable(out_dir: str) -> None:
             pass
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"output folder {out_dir} cannot be written "
-                          f"({exc.strerror or exc}); choose another --out or fix its "
-                          "permissions") from None
+        raise OutputError(
+            f"output folder {out_dir} cannot be written "
+            f"({exc.strerror or exc}); choose another --out or fix its "
+            "permissions"
+        ) from None
 
 
-def _prepare_out_dir(out_dir: str, prefix: str, header: dict, resume: bool,
-                     overwrite: bool) -> dict[int, ShardResult]:
+def _prepare_out_dir(out_dir: str, prefix: str, header: dict, resume: bool, overwrite: bool) -> dict[int, ShardResult]:
     _check_writable(out_dir)
     existing = journal.owned_files(out_dir, prefix)
     if overwrite:
@@ -162,13 +163,16 @@ def _prepare_out_dir(out_dir: str, prefix: str, header: dict, resume: bool,
             names = ", ".join(os.path.basename(p) for p in existing[:3])
             raise journal.ResumeError(
                 f"{out_dir} already holds conversion output ({names}{', ...' if len(existing) > 3 else ''}). "
-                "Use --resume to continue an interrupted conversion, or --overwrite to replace it.")
+                "Use --resume to continue an interrupted conversion, or --overwrite to replace it."
+            )
         return {}
     journal.remove_temp_files(out_dir, prefix)
     has_shards = any(p.endswith(".tar") for p in journal.owned_files(out_dir, prefix))
     if has_shards and not os.path.exists(os.path.join(out_dir, journal.PROGRESS)):
-        raise journal.ResumeError(f"{out_dir} has shards but no {journal.PROGRESS}, so the finished "
-                                  "shards are unknown; use --overwrite to start over.")
+        raise journal.ResumeError(
+            f"{out_dir} has shards but no {journal.PROGRESS}, so the finished "
+            "shards are unknown; use --overwrite to start over."
+        )
     return journal.load_progress(out_dir, header)
 
 
@@ -220,9 +224,15 @@ def convert(
         raise ValueError("resume and overwrite exclude each other")
     if max_media_bytes < 1 or max_image_pixels < 1:
         raise ValueError("max_media_bytes and max_image_pixels must be >= 1")
-    header = journal.make_header([input_fingerprint(p) for p in inputs], roots, shard_size,
-                                 prefix, validate_media, max_media_bytes=max_media_bytes,
-                                 max_image_pixels=max_image_pixels)
+    header = journal.make_header(
+        [input_fingerprint(p) for p in inputs],
+        roots,
+        shard_size,
+        prefix,
+        validate_media,
+        max_media_bytes=max_media_bytes,
+        max_image_pixels=max_image_pixels,
+    )
     done = _prepare_out_dir(out, prefix, header, resume, overwrite)
     reset_decode_cache()  # each run (and each worker forked from it) starts with an empty cache
     resumed = len(done)
@@ -264,14 +274,23 @@ def convert(
                 if done[shard].records != len(window):
                     raise journal.ResumeError(
                         f"shard {shard}: journal says {done[shard].records} records, input now has "
-                        f"{len(window)}; the input changed. Use --overwrite to start over.")
+                        f"{len(window)}; the input changed. Use --overwrite to start over."
+                    )
                 bar.update(len(window))
                 continue
-            task = ShardTask(shard=shard, first_index=shard * shard_size,
-                             last_index=shard * shard_size + len(window) - 1, records=window,
-                             out_dir=out, prefix=prefix, sources=sources, media_roots=roots,
-                             validate_media=validate_media, max_media_bytes=max_media_bytes,
-                             max_image_pixels=max_image_pixels)
+            task = ShardTask(
+                shard=shard,
+                first_index=shard * shard_size,
+                last_index=shard * shard_size + len(window) - 1,
+                records=window,
+                out_dir=out,
+                prefix=prefix,
+                sources=sources,
+                media_roots=roots,
+                validate_media=validate_media,
+                max_media_bytes=max_media_bytes,
+                max_image_pixels=max_image_pixels,
+            )
             if executor is None:
                 try:
                     result = write_shard(task)
@@ -293,8 +312,10 @@ def convert(
 
     stale = [s for s in results if s * shard_size >= records_read]
     if stale:
-        raise journal.ResumeError(f"journal lists shards {stale[:5]} beyond the input's "
-                                  f"{records_read} records; use --overwrite to start over.")
+        raise journal.ResumeError(
+            f"journal lists shards {stale[:5]} beyond the input's "
+            f"{records_read} records; use --overwrite to start over."
+        )
     index = journal.write_outputs(out, header, results)
     totals = index["totals"]
     fixes: dict[str, int] = {}
@@ -304,11 +325,19 @@ def convert(
     seconds = time.perf_counter() - start
     records_this_run = sum(r.records for s, r in results.items() if s not in done)
     summary = ConvertSummary(
-        out_dir=out, records=totals["records"], converted=totals["converted"],
-        rejected=totals["rejected"], rejected_by_reason=totals["rejected_by_reason"],
-        by_modality=totals["by_modality"], fixes=dict(sorted(fixes.items())), bytes=totals["bytes"],
-        shards=len(results), shards_resumed=resumed, seconds=seconds,
-        records_per_second=records_this_run / seconds if seconds > 0 else 0.0)
+        out_dir=out,
+        records=totals["records"],
+        converted=totals["converted"],
+        rejected=totals["rejected"],
+        rejected_by_reason=totals["rejected_by_reason"],
+        by_modality=totals["by_modality"],
+        fixes=dict(sorted(fixes.items())),
+        bytes=totals["bytes"],
+        shards=len(results),
+        shards_resumed=resumed,
+        seconds=seconds,
+        records_per_second=records_this_run / seconds if seconds > 0 else 0.0,
+    )
     if verify:
         summary.verify = verify_output(out)
     return summary
@@ -318,46 +347,82 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llava-wb-convert",
         description="Convert LLaVA-format records (JSON array or JSONL) plus media folders into "
-                    "WebDataset shards with index.json and errors.jsonl (see docs/data_format.md).",
+        "WebDataset shards with index.json and errors.jsonl (see docs/data_format.md).",
         epilog="examples:\n"
-               "  llava-wb-convert llava_instruct.json --media-root data/ --out shards/ --workers 8\n"
-               "  llava-wb-convert a.jsonl b.jsonl --media-root r1 --media-root r2 --out o/ --resume\n"
-               "  llava-wb-convert --verify-only shards/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="LLaVA records: a JSON array or JSONL file; several are read in order and "
-                        "indexed together (index = position across all of them)")
-    p.add_argument("--media-root", action="append", default=[], metavar="DIR",
-                   help="folder that media paths are relative to; repeat it: each path is looked "
-                        "up in every root in order, the first hit wins")
+        "  llava-wb-convert llava_instruct.json --media-root data/ --out shards/ --workers 8\n"
+        "  llava-wb-convert a.jsonl b.jsonl --media-root r1 --media-root r2 --out o/ --resume\n"
+        "  llava-wb-convert --verify-only shards/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="LLaVA records: a JSON array or JSONL file; several are read in order and "
+        "indexed together (index = position across all of them)",
+    )
+    p.add_argument(
+        "--media-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder that media paths are relative to; repeat it: each path is looked "
+        "up in every root in order, the first hit wins",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder for shards, index.json, errors.jsonl")
     p.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
-    p.add_argument("--shard-size", type=int, default=1000,
-                   help="input records per shard window (default: 1000)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes (default: CPU count; 1 = convert in this process)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted conversion in --out (finished shards are kept)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete earlier output with this prefix in --out and start over")
-    p.add_argument("--no-validate-media", dest="validate_media", action="store_false",
-                   help="only check media magic bytes instead of fully decoding every image")
-    p.add_argument("--max-media-bytes", type=int, default=DEFAULT_MAX_MEDIA_BYTES, metavar="N",
-                   help="refuse media files larger than N bytes (default: 1 GiB)")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
-                   help="refuse images whose header gives more than N pixels, also with "
-                        "--no-validate-media (default: PIL's bomb limit, 89478485)")
-    p.add_argument("--max-reject-rate", type=float, default=DEFAULT_MAX_REJECT_RATE, metavar="R",
-                   help="exit with status 3 when more than this fraction of records is rejected "
-                        "(default: 0.05, the loader's max_skip_rate)")
-    p.add_argument("--verify", action="store_true",
-                   help="after converting, re-read every shard and check it against index.json")
-    p.add_argument("--verify-only", metavar="OUT",
-                   help="do not convert: verify an existing output folder and exit")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
-    p.add_argument("--energon", action="store_true",
-                   help="also write the Megatron-Energon description (.nv-meta), see data_tools/energon.py")
+    p.add_argument("--shard-size", type=int, default=1000, help="input records per shard window (default: 1000)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: CPU count; 1 = convert in this process)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted conversion in --out (finished shards are kept)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete earlier output with this prefix in --out and start over"
+    )
+    p.add_argument(
+        "--no-validate-media",
+        dest="validate_media",
+        action="store_false",
+        help="only check media magic bytes instead of fully decoding every image",
+    )
+    p.add_argument(
+        "--max-media-bytes",
+        type=int,
+        default=DEFAULT_MAX_MEDIA_BYTES,
+        metavar="N",
+        help="refuse media files larger than N bytes (default: 1 GiB)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse images whose header gives more than N pixels, also with "
+        "--no-validate-media (default: PIL's bomb limit, 89478485)",
+    )
+    p.add_argument(
+        "--max-reject-rate",
+        type=float,
+        default=DEFAULT_MAX_REJECT_RATE,
+        metavar="R",
+        help="exit with status 3 when more than this fraction of records is rejected "
+        "(default: 0.05, the loader's max_skip_rate)",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="after converting, re-read every shard and check it against index.json"
+    )
+    p.add_argument("--verify-only", metavar="OUT", help="do not convert: verify an existing output folder and exit")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--energon",
+        action="store_true",
+        help="also write the Megatron-Energon description (.nv-meta), see data_tools/energon.py",
+    )
     return p
 
 
@@ -379,25 +444,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.max_reject_rate <= 1.0:
         parser.error(f"--max-reject-rate must be in [0, 1], got {args.max_reject_rate}")
     try:
-        summary = convert(args.inputs, args.media_root, args.out, prefix=args.prefix,
-                          shard_size=args.shard_size, workers=args.workers, resume=args.resume,
-                          overwrite=args.overwrite, validate_media=args.validate_media,
-                          verify=args.verify, progress=args.progress,
-                          max_media_bytes=args.max_media_bytes,
-                          max_image_pixels=args.max_image_pixels)
+        summary = convert(
+            args.inputs,
+            args.media_root,
+            args.out,
+            prefix=args.prefix,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            validate_media=args.validate_media,
+            verify=args.verify,
+            progress=args.progress,
+            max_media_bytes=args.max_media_bytes,
+            max_image_pixels=args.max_image_pixels,
+        )
     except (InputError, OutputError, journal.ResumeError, ConversionError, ValueError) as exc:
         print(f"llava-wb-convert: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llava-wb-convert: interrupted; finished shards are kept: rerun with --resume",
-              file=sys.stderr)
+        print("llava-wb-convert: interrupted; finished shards are kept: rerun with --resume", file=sys.stderr)
         return 130
     print(summary.format())
     if summary.reject_rate > args.max_reject_rate:
-        print(f"llava-wb-convert: error: {summary.rejected} of {summary.records} records rejected "
-              f"({100 * summary.reject_rate:.1f}% > --max-reject-rate "
-              f"{100 * args.max_reject_rate:.1f}%); top reasons: {summary.top_reasons()}; "
-              f"details in {os.path.join(args.out, journal.ERRORS)}", file=sys.stderr)
+        print(
+            f"llava-wb-convert: error: {summary.rejected} of {summary.records} records rejected "
+            f"({100 * summary.reject_rate:.1f}% > --max-reject-rate "
+            f"{100 * args.max_reject_rate:.1f}%); top reasons: {summary.top_reasons()}; "
+            f"details in {os.path.join(args.out, journal.ERRORS)}",
+            file=sys.stderr,
+        )
         return EXIT_TOO_MANY_REJECTED
     if args.energon:
         from data_tools.energon import write_energon_meta

@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 try:
     from megatron.energon import Sample
@@ -101,15 +102,18 @@ def write_energon_meta(out_dir: str | os.PathLike, split: str = "train", workers
     with open(os.path.join(meta, "sample_loader.py"), "w", encoding="utf-8") as f:
         f.write(_SAMPLE_LOADER_PY)
     with open(os.path.join(meta, "dataset.yaml"), "w", encoding="utf-8") as f:
-        f.write("# Written by data_tools.energon (llava_wb shards, docs/data_format.md).\n"
-                "sample_type:\n  __module__: data_tools.energon\n  __class__: LlavaWbSample\n"
-                "sample_loader: sample_loader.py:sample_loader\npart_filter: sample_loader.py:part_filter\n")
+        f.write(
+            "# Written by data_tools.energon (llava_wb shards, docs/data_format.md).\n"
+            "sample_type:\n  __module__: data_tools.energon\n  __class__: LlavaWbSample\n"
+            "sample_loader: sample_loader.py:sample_loader\npart_filter: sample_loader.py:part_filter\n"
+        )
     return meta
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_tools.energon", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m data_tools.energon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", help="a folder written by llava-wb-convert")
     p.add_argument("--split", default="train", help="the Energon split every shard goes to (default: train)")
     p.add_argument("--workers", type=int, default=1)

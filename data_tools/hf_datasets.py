@@ -20,7 +20,8 @@ as a JSON string, so fields that vary between samples are never dropped).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from llava_wb.data.tario import iter_shard
 
@@ -37,22 +38,37 @@ def hf_samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
             out: dict[str, Any] = {column: [] for column in _KIND_COLUMN.values()}
             for m in record.get("media", []):
                 if m["field"] not in raw:
-                    raise ValueError(f"{url}: sample {raw['__key__']} names media field {m['field']!r} "
-                                     "but the tar has no such member")
+                    raise ValueError(
+                        f"{url}: sample {raw['__key__']} names media field {m['field']!r} "
+                        "but the tar has no such member"
+                    )
                 data = raw[m["field"]]
-                out[_KIND_COLUMN[m["modality"]]].append({"bytes": data, "path": None} if m["modality"] == "image"
-                                                        else data)
-            yield {"id": str(record.get("id", "")), "key": raw["__key__"],
-                   "conversations": [{"from": t["from"], "value": t["value"]} for t in record["conversations"]],
-                   "media_formats": [m["field"] for m in record.get("media", [])],
-                   "record": json.dumps(record, ensure_ascii=False), **out}
+                out[_KIND_COLUMN[m["modality"]]].append(
+                    {"bytes": data, "path": None} if m["modality"] == "image" else data
+                )
+            yield {
+                "id": str(record.get("id", "")),
+                "key": raw["__key__"],
+                "conversations": [{"from": t["from"], "value": t["value"]} for t in record["conversations"]],
+                "media_formats": [m["field"] for m in record.get("media", [])],
+                "record": json.dumps(record, ensure_ascii=False),
+                **out,
+            }
 
 
 def hf_features():
     """The ``datasets.Features`` of :func:`hf_samples` (needs the ``datasets`` package)."""
     from datasets import Features, Image, List, Value
 
-    return Features({"id": Value("string"), "key": Value("string"),
-                     "conversations": List({"from": Value("string"), "value": Value("string")}),
-                     "images": List(Image()), "videos": List(Value("binary")), "audios": List(Value("binary")),
-                     "media_formats": List(Value("string")), "record": Value("string")})
+    return Features(
+        {
+            "id": Value("string"),
+            "key": Value("string"),
+            "conversations": List({"from": Value("string"), "value": Value("string")}),
+            "images": List(Image()),
+            "videos": List(Value("binary")),
+            "audios": List(Value("binary")),
+            "media_formats": List(Value("string")),
+            "record": Value("string"),
+        }
+    )

@@ -21,7 +21,8 @@ import glob
 import hashlib
 import json
 import os
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from data_tools.shards import ShardResult, shard_name
 
@@ -45,12 +46,26 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def make_header(sources: list[dict[str, Any]], media_roots: list[str], shard_size: int,
-                prefix: str, validate_media: bool, **caps: int) -> dict[str, Any]:
+def make_header(
+    sources: list[dict[str, Any]],
+    media_roots: list[str],
+    shard_size: int,
+    prefix: str,
+    validate_media: bool,
+    **caps: int,
+) -> dict[str, Any]:
     """The settings line that a resumed run must match (``caps``: the media size caps)."""
-    return {"type": "header", "format": FORMAT_TAG, "converter_version": CONVERTER_VERSION,
-            "sources": sources, "media_roots": media_roots, "shard_size": shard_size,
-            "prefix": prefix, "validate_media": validate_media, **caps}
+    return {
+        "type": "header",
+        "format": FORMAT_TAG,
+        "converter_version": CONVERTER_VERSION,
+        "sources": sources,
+        "media_roots": media_roots,
+        "shard_size": shard_size,
+        "prefix": prefix,
+        "validate_media": validate_media,
+        **caps,
+    }
 
 
 def owned_files(out_dir: str, prefix: str) -> list[str]:
@@ -90,8 +105,9 @@ def load_progress(out_dir: str, header: dict[str, Any]) -> dict[int, ShardResult
         except json.JSONDecodeError:
             if n == len(lines) - 1:  # the last line, torn by a kill mid-write: ignore it
                 continue
-            raise ResumeError(f"{path}: line {n + 1} is not valid JSON; the journal is damaged. "
-                              "Rerun with --overwrite to start over.") from None
+            raise ResumeError(
+                f"{path}: line {n + 1} is not valid JSON; the journal is damaged. Rerun with --overwrite to start over."
+            ) from None
     if not entries:
         return {}
     old = entries[0]
@@ -100,14 +116,19 @@ def load_progress(out_dir: str, header: dict[str, Any]) -> dict[int, ShardResult
     diffs = [k for k in header if k != "type" and old.get(k) != header[k]]
     if diffs:
         details = "; ".join(f"{k}: was {old.get(k)!r}, now {header[k]!r}" for k in diffs)
-        raise ResumeError(f"cannot resume {out_dir}: settings differ from the interrupted run "
-                          f"({details}). Use the same settings, or --overwrite to start over.")
+        raise ResumeError(
+            f"cannot resume {out_dir}: settings differ from the interrupted run "
+            f"({details}). Use the same settings, or --overwrite to start over."
+        )
     done: dict[int, ShardResult] = {}
     for entry in entries[1:]:
         result = ShardResult.from_json(entry)
         shard_file = os.path.join(out_dir, result.name)
-        if (os.path.isfile(shard_file) and os.path.getsize(shard_file) == result.bytes
-                and file_sha256(shard_file) == result.sha256):
+        if (
+            os.path.isfile(shard_file)
+            and os.path.getsize(shard_file) == result.bytes
+            and file_sha256(shard_file) == result.sha256
+        ):
             done[result.shard] = result
     return done
 
@@ -169,8 +190,14 @@ def _write_atomic(path: str, write: Any) -> None:
 
 def totals_from(results: Iterable[ShardResult]) -> dict[str, Any]:
     """Sum the shard results into the ``totals`` block of index.json."""
-    totals: dict[str, Any] = {"records": 0, "converted": 0, "rejected": 0,
-                              "rejected_by_reason": {}, "bytes": 0, "by_modality": {}}
+    totals: dict[str, Any] = {
+        "records": 0,
+        "converted": 0,
+        "rejected": 0,
+        "rejected_by_reason": {},
+        "bytes": 0,
+        "by_modality": {},
+    }
     for r in results:
         totals["records"] += r.records
         totals["converted"] += r.samples
@@ -201,8 +228,17 @@ def write_outputs(out_dir: str, header: dict[str, Any], results: dict[int, Shard
         "shard_size": header["shard_size"],
         "prefix": header["prefix"],
         "validate_media": header["validate_media"],
-        "shards": [{"name": r.name, "samples": r.samples, "bytes": r.bytes, "sha256": r.sha256,
-                    "first_index": r.first_index, "last_index": r.last_index} for r in ordered],
+        "shards": [
+            {
+                "name": r.name,
+                "samples": r.samples,
+                "bytes": r.bytes,
+                "sha256": r.sha256,
+                "first_index": r.first_index,
+                "last_index": r.last_index,
+            }
+            for r in ordered
+        ],
         "totals": totals_from(ordered),
     }
     assert all(r.name == shard_name(header["prefix"], r.shard) for r in ordered)
@@ -213,6 +249,7 @@ def write_outputs(out_dir: str, header: dict[str, Any], results: dict[int, Shard
                 f.write(json_line(err))
 
     _write_atomic(os.path.join(out_dir, ERRORS), write_errors)
-    _write_atomic(os.path.join(out_dir, INDEX),
-                  lambda f: f.write(json.dumps(index, ensure_ascii=False, indent=2) + "\n"))
+    _write_atomic(
+        os.path.join(out_dir, INDEX), lambda f: f.write(json.dumps(index, ensure_ascii=False, indent=2) + "\n")
+    )
     return index

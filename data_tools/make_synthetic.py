@@ -21,6 +21,7 @@ seed gives byte-identical files and changing ``n`` never changes earlier records
 Extending: a modality is one :class:`TaskSpec` (a function ``SampleContext -> Sample``, the styles it
 supports and its answer vocabulary) passed to :func:`register_task`; ``mix`` picks how often it occurs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,33 @@ import functools
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from data_tools.synth_core import (  # noqa: F401  (re-exported: the public names of the generator)
-    BACKGROUND, COL_NAMES, COLOURS, COUNT_WORDS, IMAGE_FORMATS, ROW_NAMES, SHAPES, TASKS, Sample,
-    SAVE_OPTIONS, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, draw_shape, register_task, render_image)
+    BACKGROUND,
+    COL_NAMES,
+    COLOURS,
+    COUNT_WORDS,
+    IMAGE_FORMATS,
+    ROW_NAMES,
+    SAVE_OPTIONS,
+    SHAPES,
+    TASKS,
+    Sample,
+    SampleContext,
+    SynthConfig,
+    TaskSpec,
+    _turns,
+    _with_placeholder,
+    draw_shape,
+    register_task,
+    render_image,
+)
 
 GENERATOR_VERSION = "1.0.0"
 FORMAT = "llava_wb-synthetic/1"
@@ -45,31 +64,56 @@ SPLIT_CODES = {"pretrain": 1, "instruct": 2, "heldout": 3}  # never reuse: they 
 SPLIT_STYLE = {"pretrain": "caption", "instruct": "qa", "heldout": "qa"}
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
-CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short description of the picture.",
-                   "What is in this image?", "Render a clear and concise summary of the photo.",
-                   "List the shapes you see.")
+CAPTION_PROMPTS = (
+    "Describe the image briefly.",
+    "Give a short description of the picture.",
+    "What is in this image?",
+    "Render a clear and concise summary of the photo.",
+    "List the shapes you see.",
+)
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "colour": ("What colour is the {shape}?", "Which colour does the {shape} have?"),
     "shape": ("What shape is the {colour} object?", "Which shape is {colour}?"),
-    "position": ("Is the {colour} {shape} on the left or the right?",
-                 "Is the {colour} {shape} on the left side or the right side?"),
-    "relation": ("Is the {a} to the left or to the right of the {b}?",
-                 "Is the {a} left or right of the {b}?"),
+    "position": (
+        "Is the {colour} {shape} on the left or the right?",
+        "Is the {colour} {shape} on the left side or the right side?",
+    ),
+    "relation": ("Is the {a} to the left or to the right of the {b}?", "Is the {a} left or right of the {b}?"),
     "count": ("How many shapes are there?", "How many objects are in the image?"),
 }
 # Relation applies to fewer images (needs two columns): ask it more often to even out turns per type.
 QTYPE_WEIGHTS = {"colour": 1.0, "shape": 1.0, "position": 1.0, "relation": 2.0, "count": 1.0}
 TEXT_FACTS: tuple[tuple[str, str], ...] = (
-    *((f"What colour do you get by mixing {a} and {b}?", c) for a, b, c in (
-        ("blue", "yellow", "green"), ("red", "yellow", "orange"), ("red", "blue", "purple"),
-        ("black", "white", "gray"), ("red", "white", "pink"))),
+    *(
+        (f"What colour do you get by mixing {a} and {b}?", c)
+        for a, b, c in (
+            ("blue", "yellow", "green"),
+            ("red", "yellow", "orange"),
+            ("red", "blue", "purple"),
+            ("black", "white", "gray"),
+            ("red", "white", "pink"),
+        )
+    ),
     *((f"What is the plural of {w}?", f"{w}s") for w in (*SHAPES, "shape")),
-    *((f"What is the opposite of {a}?", b) for a, b in (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))),
-    *((f"What colour is {thing}?", c) for thing, c in (
-        ("grass", "green"), ("a ripe banana", "yellow"), ("a ripe tomato", "red"), ("the sky on a clear day", "blue"))),
-    ("How many sides does a triangle have?", "three"), ("How many sides does a square have?", "four"),
-    ("How many corners does a circle have?", "zero"), ("What number comes after one?", "two"),
-    ("What number comes after two?", "three"), ("What is two plus two?", "four"),
+    *(
+        (f"What is the opposite of {a}?", b)
+        for a, b in (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
+    ),
+    *(
+        (f"What colour is {thing}?", c)
+        for thing, c in (
+            ("grass", "green"),
+            ("a ripe banana", "yellow"),
+            ("a ripe tomato", "red"),
+            ("the sky on a clear day", "blue"),
+        )
+    ),
+    ("How many sides does a triangle have?", "three"),
+    ("How many sides does a square have?", "four"),
+    ("How many corners does a circle have?", "zero"),
+    ("What number comes after one?", "two"),
+    ("What number comes after two?", "three"),
+    ("What is two plus two?", "four"),
 )
 
 
@@ -89,8 +133,16 @@ def layout_objects(rng: np.random.Generator, n: int, grid: int, size: int) -> li
         side = min(cell_px - 2, int(round(cell_px * rng.uniform(0.7, 0.9))))
         x0 = pad + col * cell_px + 1 + int(rng.integers(0, cell_px - side - 1))
         y0 = pad + row * cell_px + 1 + int(rng.integers(0, cell_px - side - 1))
-        objects.append({"shape": SHAPES[si], "colour": list(COLOURS)[ci], "cx": x0 + side / 2,
-                        "cy": y0 + side / 2, "cell": [row, col], "bbox": [x0, y0, x0 + side, y0 + side]})
+        objects.append(
+            {
+                "shape": SHAPES[si],
+                "colour": list(COLOURS)[ci],
+                "cx": x0 + side / 2,
+                "cy": y0 + side / 2,
+                "cell": [row, col],
+                "bbox": [x0, y0, x0 + side, y0 + side],
+            }
+        )
     return sorted(objects, key=lambda o: o["cell"])
 
 
@@ -176,9 +228,20 @@ def make_text_sample(ctx: SampleContext) -> Sample:
     return Sample(_turns(pairs), meta)
 
 
-register_task(TaskSpec("image", make_image_sample, ("caption", "qa"), {
-    "colour": list(COLOURS), "shape": list(SHAPES), "position": ["left", "right"],
-    "relation": ["left", "right"], "count": list(COUNT_WORDS[1:])}))
+register_task(
+    TaskSpec(
+        "image",
+        make_image_sample,
+        ("caption", "qa"),
+        {
+            "colour": list(COLOURS),
+            "shape": list(SHAPES),
+            "position": ["left", "right"],
+            "relation": ["left", "right"],
+            "count": list(COUNT_WORDS[1:]),
+        },
+    )
+)
 register_task(TaskSpec("text", make_text_sample, ("qa",), {"text": sorted({a for _, a in TEXT_FACTS})}))
 
 
@@ -220,8 +283,12 @@ def make_record(cfg: SynthConfig, split: str, index: int) -> tuple[dict[str, Any
     modality = pick_modality(resolve_mix(dict(cfg.mix), SPLIT_STYLE[split]), index, _stream_offset(cfg.seed, split))
     rng = np.random.default_rng([cfg.seed, SPLIT_CODES[split], index])
     sample = TASKS[modality].make(SampleContext(split, index, SPLIT_STYLE[split], rng, cfg))
-    record: dict[str, Any] = {"id": f"{split}-{index:06d}", **sample.fields,
-                              "conversations": sample.conversations, "meta": {"split": split, **sample.meta}}
+    record: dict[str, Any] = {
+        "id": f"{split}-{index:06d}",
+        **sample.fields,
+        "conversations": sample.conversations,
+        "meta": {"split": split, **sample.meta},
+    }
     return record, sample.files
 
 
@@ -248,16 +315,33 @@ def _write_split(root: Path, split: str, n: int, cfg: SynthConfig, jsonl: bool, 
                 per_type.setdefault(qtype, Counter())[answer if qtype != "caption" else "*"] += 1
             bar.update(1)
         fh.write("" if jsonl else ("\n]\n" if n else "]\n"))
-    counts = {"records": n, "by_modality": dict(sorted(modalities.items())),
-              "turns_by_qtype": {t: sum(c.values()) for t, c in sorted(per_type.items())}}
+    counts = {
+        "records": n,
+        "by_modality": dict(sorted(modalities.items())),
+        "turns_by_qtype": {t: sum(c.values()) for t, c in sorted(per_type.items())},
+    }
     return {"path": str(path), "counts": counts, "answers": per_type}
 
 
-def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4000, n_heldout: int = 500,
-             seed: int = 0, image_size: int = 64, image_format: str = "png", text_only_frac: float = 0.05,
-             jsonl: bool = False, progress: bool = True, grid: int = 2, noise: int = 6,
-             mix: Mapping[str, float] | None = None, video_frames: int = 8, video_fps: int = 8,
-             audio_seconds: float = 2.0) -> dict[str, Any]:
+def generate(
+    out_dir: str | Path,
+    *,
+    n_pretrain: int = 2000,
+    n_instruct: int = 4000,
+    n_heldout: int = 500,
+    seed: int = 0,
+    image_size: int = 64,
+    image_format: str = "png",
+    text_only_frac: float = 0.05,
+    jsonl: bool = False,
+    progress: bool = True,
+    grid: int = 2,
+    noise: int = 6,
+    mix: Mapping[str, float] | None = None,
+    video_frames: int = 8,
+    video_fps: int = 8,
+    audio_seconds: float = 2.0,
+) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir``; return its root, files and counts.
 
     ``mix`` (modality -> weight) overrides ``{"image": 1 - text_only_frac, "text": text_only_frac}``
@@ -272,9 +356,17 @@ def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4
     if not 0.0 <= text_only_frac < 1.0:
         raise ValueError(f"text_only_frac must be in [0, 1), got {text_only_frac}")
     mix_in = dict(mix) if mix is not None else {"image": 1.0 - text_only_frac, "text": text_only_frac}
-    cfg = SynthConfig(seed=seed, image_size=image_size, image_format=image_format, grid=grid, noise=noise,
-                      mix=tuple(mix_in.items()), video_frames=video_frames, video_fps=video_fps,
-                      audio_seconds=audio_seconds)
+    cfg = SynthConfig(
+        seed=seed,
+        image_size=image_size,
+        image_format=image_format,
+        grid=grid,
+        noise=noise,
+        mix=tuple(mix_in.items()),
+        video_frames=video_frames,
+        video_fps=video_fps,
+        audio_seconds=audio_seconds,
+    )
     for split in (s for s in SPLITS if sizes[s]):
         resolve_mix(mix_in, SPLIT_STYLE[split])  # fail before writing anything
     root = Path(out_dir)
@@ -285,24 +377,53 @@ def generate(out_dir: str | Path, *, n_pretrain: int = 2000, n_instruct: int = 4
     # Modalities outside the mix add nothing, so the default mix keeps the bytes of earlier versions.
     used = {m for m, w in mix_in.items() if w > 0}
     listed = [spec for spec in TASKS.values() if spec.modality in _DEFAULT_MODALITIES or spec.modality in used]
-    extra_params = {**({"video_frames": video_frames, "video_fps": video_fps} if "video" in used else {}),
-                    **({"audio_seconds": audio_seconds} if "audio" in used else {})}
-    info = {"format": FORMAT, "generator_version": GENERATOR_VERSION,
-            "params": {**sizes, "seed": seed, "image_size": image_size, "image_format": image_format,
-                       "text_only_frac": text_only_frac, "jsonl": jsonl, "grid": grid, "noise": noise, "mix": mix_in,
-                       **extra_params},
-            "files": {s: Path(w["path"]).name for s, w in written.items()}, "media_root": ".", "counts": counts,
-            "vocab": {t: list(v) for spec in listed for t, v in spec.vocab.items()},
-            "answer_counts": {s: {t: dict(sorted(c.items())) for t, c in sorted(w["answers"].items())}
-                              for s, w in written.items() if SPLIT_STYLE[s] == "qa"},
-            "majority_baseline": majority_baseline(written["heldout"]["answers"]),
-            "render": {"colours": COLOURS, "shapes": list(SHAPES), "background": BACKGROUND,
-                       "cell_px": image_size // grid, "position_rule": "left/right from the object's grid column",
-                       **{s.modality: s.describe(cfg) for s in listed if s.describe and s.modality in used}}}
+    extra_params = {
+        **({"video_frames": video_frames, "video_fps": video_fps} if "video" in used else {}),
+        **({"audio_seconds": audio_seconds} if "audio" in used else {}),
+    }
+    info = {
+        "format": FORMAT,
+        "generator_version": GENERATOR_VERSION,
+        "params": {
+            **sizes,
+            "seed": seed,
+            "image_size": image_size,
+            "image_format": image_format,
+            "text_only_frac": text_only_frac,
+            "jsonl": jsonl,
+            "grid": grid,
+            "noise": noise,
+            "mix": mix_in,
+            **extra_params,
+        },
+        "files": {s: Path(w["path"]).name for s, w in written.items()},
+        "media_root": ".",
+        "counts": counts,
+        "vocab": {t: list(v) for spec in listed for t, v in spec.vocab.items()},
+        "answer_counts": {
+            s: {t: dict(sorted(c.items())) for t, c in sorted(w["answers"].items())}
+            for s, w in written.items()
+            if SPLIT_STYLE[s] == "qa"
+        },
+        "majority_baseline": majority_baseline(written["heldout"]["answers"]),
+        "render": {
+            "colours": COLOURS,
+            "shapes": list(SHAPES),
+            "background": BACKGROUND,
+            "cell_px": image_size // grid,
+            "position_rule": "left/right from the object's grid column",
+            **{s.modality: s.describe(cfg) for s in listed if s.describe and s.modality in used},
+        },
+    }
     info_path = root / "dataset_info.json"
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"root": str(root), "media_root": str(root), "info": str(info_path), "counts": counts,
-            "files": {split: w["path"] for split, w in written.items()}}
+    return {
+        "root": str(root),
+        "media_root": str(root),
+        "info": str(info_path),
+        "counts": counts,
+        "files": {split: w["path"] for split, w in written.items()},
+    }
 
 
 def majority_baseline(per_type: Mapping[str, Counter[str]]) -> dict[str, dict[str, Any]]:
@@ -326,10 +447,12 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="llava-wb-synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="llava-wb-synthetic",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Write a synthetic LLaVA-format dataset (shapes images, captions, multi-turn QA, text-only "
-                    "records; optionally video clips and beeps): OUT/{pretrain,instruct,heldout}.json, "
-                    "OUT/images/<split>/ (videos/, audio/), OUT/dataset_info.json.")
+        "records; optionally video clips and beeps): OUT/{pretrain,instruct,heldout}.json, "
+        "OUT/images/<split>/ (videos/, audio/), OUT/dataset_info.json.",
+    )
     p.add_argument("out", help="output folder (also the media root for the records' media paths)")
     p.add_argument("--n-pretrain", type=int, default=2000, help="caption records for stage-1 pretraining")
     p.add_argument("--n-instruct", type=int, default=4000, help="multi-turn QA records (with text-only ones)")
@@ -340,9 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, choices=sorted(ROW_NAMES), default=2, help="cells per side")
     p.add_argument("--noise", type=int, default=6, help="amplitude of gray pixel noise (0: flat)")
     p.add_argument("--text-only-frac", type=float, default=0.05, help="fraction of text-only QA records")
-    p.add_argument("--mix", type=_parse_mix, default=None,
-                   help="modality weights for QA splits, e.g. 'image=0.6,video=0.15,audio=0.15,text=0.1' "
-                        f"(overrides --text-only-frac; modalities: {', '.join(TASKS)})")
+    p.add_argument(
+        "--mix",
+        type=_parse_mix,
+        default=None,
+        help="modality weights for QA splits, e.g. 'image=0.6,video=0.15,audio=0.15,text=0.1' "
+        f"(overrides --text-only-frac; modalities: {', '.join(TASKS)})",
+    )
     p.add_argument("--video-frames", type=int, default=8, help="frames per video clip (mix with video)")
     p.add_argument("--video-fps", type=int, default=8, help="frame rate of the video clips")
     p.add_argument("--audio-seconds", type=float, default=2.0, help="length of the audio clips (16 kHz mono)")
@@ -356,12 +483,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = generate(args.out, n_pretrain=args.n_pretrain, n_instruct=args.n_instruct,
-                          n_heldout=args.n_heldout, seed=args.seed, image_size=args.image_size,
-                          image_format=args.image_format, text_only_frac=args.text_only_frac, jsonl=args.jsonl,
-                          progress=not args.no_progress, grid=args.grid, noise=args.noise, mix=args.mix,
-                          video_frames=args.video_frames, video_fps=args.video_fps,
-                          audio_seconds=args.audio_seconds)
+        result = generate(
+            args.out,
+            n_pretrain=args.n_pretrain,
+            n_instruct=args.n_instruct,
+            n_heldout=args.n_heldout,
+            seed=args.seed,
+            image_size=args.image_size,
+            image_format=args.image_format,
+            text_only_frac=args.text_only_frac,
+            jsonl=args.jsonl,
+            progress=not args.no_progress,
+            grid=args.grid,
+            noise=args.noise,
+            mix=args.mix,
+            video_frames=args.video_frames,
+            video_fps=args.video_fps,
+            audio_seconds=args.audio_seconds,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     for split, path in result["files"].items():

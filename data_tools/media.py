@@ -24,7 +24,7 @@ import hashlib
 import io
 import os
 import stat
-from typing import Sequence
+from collections.abc import Sequence
 
 MODALITIES = ("image", "video", "audio")
 
@@ -48,8 +48,20 @@ FORMATS: dict[str, tuple[str, str]] = {
 
 _PIL_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 # ISO-BMFF brands that are still images or audio, not video.
-_NON_VIDEO_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif",
-                     b"avis", b"M4A ", b"M4B ", b"M4P "}
+_NON_VIDEO_BRANDS = {
+    b"heic",
+    b"heix",
+    b"hevc",
+    b"heim",
+    b"heis",
+    b"mif1",
+    b"msf1",
+    b"avif",
+    b"avis",
+    b"M4A ",
+    b"M4B ",
+    b"M4P ",
+}
 
 
 class MediaProblem(Exception):
@@ -152,8 +164,7 @@ def resolve_media(path: str, roots: Sequence[str]) -> str:
     raise MediaProblem("missing_media", f"{path} not found under {', '.join(roots)}")
 
 
-def read_first(path: str, roots: Sequence[str],
-               max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
+def read_first(path: str, roots: Sequence[str], max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
     """Read the file :func:`resolve_media` finds; return (real path, bytes).
 
     Only regular files are read: the file is opened non-blocking (a FIFO cannot hang the open)
@@ -169,11 +180,9 @@ def read_first(path: str, roots: Sequence[str],
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise MediaProblem("not_a_regular_file", f"{full}: not a regular file "
-                                                     f"({_file_kind(st.st_mode)})")
+            raise MediaProblem("not_a_regular_file", f"{full}: not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size > max_bytes:
-            raise MediaProblem("media_too_large", f"{full}: {st.st_size} bytes > cap {max_bytes} "
-                                                  "(--max-media-bytes)")
+            raise MediaProblem("media_too_large", f"{full}: {st.st_size} bytes > cap {max_bytes} (--max-media-bytes)")
         try:
             # Sized by fstat (a 1 GiB read buffer would cost a huge allocation per file), still
             # bounded by the cap: a file growing meanwhile is caught below.
@@ -188,17 +197,27 @@ def read_first(path: str, roots: Sequence[str],
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return name
     return "not a plain file"
 
 
-def read_media(path: str, roots: Sequence[str], modality: str, validate: bool, *,
-               max_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[bytes, str]:
+def read_media(
+    path: str,
+    roots: Sequence[str],
+    modality: str,
+    validate: bool,
+    *,
+    max_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[bytes, str]:
     """Find, read and check one media item; return (bytes exactly as on disk, format name).
 
     Raises MediaProblem when the file is missing, unreadable, outside the media roots, not a
@@ -214,8 +233,9 @@ def read_media(path: str, roots: Sequence[str], modality: str, validate: bool, *
         raise MediaProblem("unsupported_media", f"{full}: bytes are of no known format")
     real_modality = FORMATS[fmt][0]
     if real_modality != modality:
-        raise MediaProblem("unsupported_media", f"{full}: listed as {modality} but its bytes are "
-                                                f"{fmt} ({real_modality})")
+        raise MediaProblem(
+            "unsupported_media", f"{full}: listed as {modality} but its bytes are {fmt} ({real_modality})"
+        )
     if real_modality == "image":
         check_image_pixels(data, fmt, full, max_pixels)
         if validate:
@@ -239,11 +259,11 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
                 i += 1
                 continue
             if marker in _JPEG_SOF:
-                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
             if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
                 i += 2
                 continue
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
 
@@ -264,8 +284,10 @@ def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int) -> Non
     except Exception:  # header unreadable: not a bomb; full validation (if on) judges the rest
         return
     if width * height > max_pixels:
-        raise MediaProblem("image_too_large", f"{name}: {width} x {height} = {width * height} "
-                                              f"pixels > cap {max_pixels} (--max-image-pixels)")
+        raise MediaProblem(
+            "image_too_large",
+            f"{name}: {width} x {height} = {width * height} pixels > cap {max_pixels} (--max-image-pixels)",
+        )
 
 
 # Digests of image bytes that already decoded in this process. LLaVA data points many records at
@@ -298,8 +320,10 @@ def _decode(data: bytes, fmt: str, name: str) -> None:
     from PIL import Image, ImageFile
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process; truncated "
-                           "images would pass validation. Unset it before converting.")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process; truncated "
+            "images would pass validation. Unset it before converting."
+        )
     pil_format = _PIL_NAMES[fmt]
     try:
         if fmt == "png":
@@ -312,5 +336,4 @@ def _decode(data: bytes, fmt: str, name: str) -> None:
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
-        raise MediaProblem("corrupt_media", f"{name}: {fmt} does not decode "
-                                            f"({type(exc).__name__}: {exc})") from None
+        raise MediaProblem("corrupt_media", f"{name}: {fmt} does not decode ({type(exc).__name__}: {exc})") from None

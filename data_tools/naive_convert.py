@@ -15,10 +15,9 @@ import os
 import tarfile
 
 
-def create_sharded_tars_image(json_file: str, image_dir: str, output_dir: str,
-                              shard_size: int = 1000) -> int:
+def create_sharded_tars_image(json_file: str, image_dir: str, output_dir: str, shard_size: int = 1000) -> int:
     """Write ``shard-%05d.tar`` files the seed-note way; return the number of records written."""
-    with open(json_file, "r") as f:
+    with open(json_file) as f:
         data = json.load(f)
     os.makedirs(output_dir, exist_ok=True)
     shard_idx = 0

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 CHUNK_CHARS = 1 << 20
 _WHITESPACE = " \t\n\r"
@@ -69,9 +69,7 @@ def detect_kind(path: str) -> str:
         return "json"
     if first == "{":
         return "jsonl"
-    raise InputError(
-        f"{path}: starts with {first!r}; expected a JSON array ('[') or JSONL objects ('{{')"
-    )
+    raise InputError(f"{path}: starts with {first!r}; expected a JSON array ('[') or JSONL objects ('{{')")
 
 
 def iter_records(paths: Sequence[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[RawRecord]:

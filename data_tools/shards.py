@@ -88,7 +88,7 @@ class ShardResult:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "ShardResult":
+    def from_json(cls, obj: dict[str, Any]) -> ShardResult:
         return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
 
 
@@ -121,8 +121,14 @@ def build_sample(raw: RawRecord, task: ShardTask) -> tuple[dict[str, bytes], lis
     media_entries: list[dict[str, str]] = []
     per_modality: dict[str, int] = {}
     for modality, path in checked.media:
-        data, fmt = read_media(path, task.media_roots, modality, task.validate_media,
-                               max_bytes=task.max_media_bytes, max_pixels=task.max_image_pixels)
+        data, fmt = read_media(
+            path,
+            task.media_roots,
+            modality,
+            task.validate_media,
+            max_bytes=task.max_media_bytes,
+            max_pixels=task.max_image_pixels,
+        )
         n = per_modality.get(modality, 0)
         per_modality[modality] = n + 1
         ext = FORMATS[fmt][1]
@@ -138,8 +144,9 @@ def build_sample(raw: RawRecord, task: ShardTask) -> tuple[dict[str, bytes], lis
     try:
         sample["json"] = dumps_sample_json(out)
     except UnicodeEncodeError as exc:
-        raise Rejected("bad_record", f"text is not valid Unicode (lone surrogate at position "
-                                     f"{exc.start} of a string)") from None
+        raise Rejected(
+            "bad_record", f"text is not valid Unicode (lone surrogate at position {exc.start} of a string)"
+        ) from None
     return sample, sorted(per_modality) or ["text"], checked.fixes
 
 
@@ -155,8 +162,7 @@ def _rejection(raw: RawRecord, task: ShardTask, reason: str, detail: str) -> dic
             record_id = None
     if reason == "invalid_json":
         detail = f"{raw.location}: {detail}"
-    return {"index": raw.index, "id": record_id, "source": task.sources[raw.source],
-            "reason": reason, "detail": detail}
+    return {"index": raw.index, "id": record_id, "source": task.sources[raw.source], "reason": reason, "detail": detail}
 
 
 def write_shard(task: ShardTask) -> ShardResult:
@@ -168,14 +174,28 @@ def write_shard(task: ShardTask) -> ShardResult:
     name = shard_name(task.prefix, task.shard)
     final = os.path.join(task.out_dir, name)
     tmp = f"{final}.tmp-{os.getpid()}"
-    result = ShardResult(shard=task.shard, name=name, samples=0, bytes=0, sha256="",
-                         first_index=task.first_index, last_index=task.last_index,
-                         records=len(task.records))
+    result = ShardResult(
+        shard=task.shard,
+        name=name,
+        samples=0,
+        bytes=0,
+        sha256="",
+        first_index=task.first_index,
+        last_index=task.last_index,
+        records=len(task.records),
+    )
     try:
         with open(tmp, "wb") as f:
             hashing = _HashingFile(f)
-            writer = TarWriter(hashing, user=TAR_USER, group=TAR_USER, mode=TAR_MODE,
-                               encoder=False, mtime=TAR_MTIME, format="USTAR_FORMAT")
+            writer = TarWriter(
+                hashing,
+                user=TAR_USER,
+                group=TAR_USER,
+                mode=TAR_MODE,
+                encoder=False,
+                mtime=TAR_MTIME,
+                format="USTAR_FORMAT",
+            )
             # webdataset 1.0.2 computes ``format`` but never hands it to tarfile (which then
             # defaults to PAX). Our member names are short ASCII, so both formats give the same
             # bytes; USTAR skips the per-member PAX checks (~6% faster) and would fail loudly,

@@ -24,6 +24,7 @@ least 0.15 s apart, with small noise and a varied amplitude. One clip in four is
 (1/16), the others wav, so those decode paths get exercised. Questions: ``pitch`` (high/low) and ``beeps``
 (one..four). ``meta`` stores ``onsets``, ``durations`` (seconds), ``frequency`` (Hz) and the format.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_tools.synth_core import (
-    BACKGROUND, COLOURS, SHAPES, Sample, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder,
-    draw_shape, pick_qtypes, register_task)
+    BACKGROUND,
+    COLOURS,
+    SHAPES,
+    Sample,
+    SampleContext,
+    SynthConfig,
+    TaskSpec,
+    _turns,
+    _with_placeholder,
+    draw_shape,
+    pick_qtypes,
+    register_task,
+)
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 CROSS_WORDS: tuple[str, ...] = ("zero", "one", "two")
@@ -49,8 +61,12 @@ HIGH_HZ, LOW_HZ = (1200.0, 2000.0), (200.0, 400.0)
 BEEP_S, BEEP_GAP_S, MARGIN_S, RAMP_S = (0.15, 0.25), 0.15, 0.05, 0.01
 AUDIO_FORMAT_FRACS = {"mp3": 1 / 16, "flac": 3 / 16}  # the rest is wav (mp3 is rarer: ~12 ms to encode)
 
-VIDEO_PROMPTS = ("Describe the video briefly.", "What happens in this clip?", "Give a short description of the video.",
-                 "Describe what the shapes do.")
+VIDEO_PROMPTS = (
+    "Describe the video briefly.",
+    "What happens in this clip?",
+    "Give a short description of the video.",
+    "Describe what the shapes do.",
+)
 AUDIO_PROMPTS = ("Describe the sound briefly.", "What do you hear?", "Give a short description of the audio.")
 VIDEO_QUESTIONS: dict[str, tuple[str, ...]] = {
     "motion": ("Which way does the {colour} {shape} move?", "In which direction does the {colour} {shape} move?"),
@@ -65,8 +81,9 @@ AUDIO_QUESTIONS: dict[str, tuple[str, ...]] = {
 
 
 # ----------------------------------------------------------------------------- video
-def _path(rng: np.random.Generator, size: int, frames: int, side: int, motion: str,
-          appear: int) -> list[list[int] | None]:
+def _path(
+    rng: np.random.Generator, size: int, frames: int, side: int, motion: str, appear: int
+) -> list[list[int] | None]:
     """Per-frame boxes of one shape: straight-line motion from ``appear`` to the last frame."""
     half, hi = size // 2, size - side - 1  # top-left corners in [1, hi]
     travel = int(rng.integers(math.ceil(TRAVEL_FRAC[0] * size), min(int(TRAVEL_FRAC[1] * size), hi - 1) + 1))
@@ -119,7 +136,7 @@ def plan_clip(rng: np.random.Generator, size: int, frames: int) -> tuple[list[di
         motions.append(("up", "down")[int(rng.integers(2))] if vertical else "still")
     shapes = rng.choice(len(SHAPES), size=n, replace=False)
     colours = rng.choice(len(COLOURS), size=n, replace=False)
-    for attempt in range(_TRIES):  # shapes one by one, each a few tries; start over when one does not fit
+    for _attempt in range(_TRIES):  # shapes one by one, each a few tries; start over when one does not fit
         appear = np.empty(n, dtype=np.int64)  # distinct frames: one shape at 0, the others by frames // 2
         later = np.sort(rng.choice(np.arange(1, frames // 2 + 1), n - 1, replace=False))
         appear[rng.permutation(n)] = np.concatenate([[0], later])
@@ -138,13 +155,23 @@ def plan_clip(rng: np.random.Generator, size: int, frames: int) -> tuple[list[di
     else:  # 150k clips (32-128 px, 4-16 frames) needed < 1/10 of the budget: fail loudly, never answer wrong
         raise RuntimeError(f"no layout for motions {motions} in a {size} px frame")
     by_time = sorted(range(n), key=lambda i: int(appear[i]))
-    objects = [{"shape": SHAPES[shapes[i]], "colour": list(COLOURS)[colours[i]], "side": sides[i],
-                "appear": int(appear[i]), "motion": motions[i], "crosses": crosses(paths[i], size)} for i in by_time]
+    objects = [
+        {
+            "shape": SHAPES[shapes[i]],
+            "colour": list(COLOURS)[colours[i]],
+            "side": sides[i],
+            "appear": int(appear[i]),
+            "motion": motions[i],
+            "crosses": crosses(paths[i], size),
+        }
+        for i in by_time
+    ]
     return objects, by_time.index(0), [[paths[i][t] for i in by_time] for t in range(frames)]
 
 
-def render_clip(objects: list[dict[str, Any]], boxes: list[list[list[int] | None]], size: int, noise: int,
-                rng: np.random.Generator) -> np.ndarray:
+def render_clip(
+    objects: list[dict[str, Any]], boxes: list[list[list[int] | None]], size: int, noise: int, rng: np.random.Generator
+) -> np.ndarray:
     """uint8 frames ``[T, size, size, 3]``: each shape drawn once as a mask, pasted per frame, gray noise."""
     video = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
     video[:] = BACKGROUND
@@ -156,7 +183,7 @@ def render_clip(objects: list[dict[str, Any]], boxes: list[list[list[int] | None
         for t, frame_boxes in enumerate(boxes):
             if frame_boxes[i] is not None:
                 x0, y0 = frame_boxes[i][:2]
-                video[t, y0:y0 + side, x0:x0 + side][mask] = colour
+                video[t, y0 : y0 + side, x0 : x0 + side][mask] = colour
     if noise > 0:
         jitter = rng.integers(-noise, noise + 1, size=(len(boxes), size, size, 1), dtype=np.int16)
         video = np.clip(video.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
@@ -182,24 +209,41 @@ def make_video_sample(ctx: SampleContext) -> Sample:
         pairs, qtypes = [(VIDEO_PROMPTS[int(rng.integers(len(VIDEO_PROMPTS)))], video_caption(objects))], ["caption"]
     else:
         qtypes = pick_qtypes(rng, list(VIDEO_QUESTIONS))
-        answers = {"motion": objects[mover]["motion"], "first_colour": objects[0]["colour"],
-                   "last_colour": objects[-1]["colour"], "crossing": CROSS_WORDS[sum(o["crosses"] for o in objects)]}
+        answers = {
+            "motion": objects[mover]["motion"],
+            "first_colour": objects[0]["colour"],
+            "last_colour": objects[-1]["colour"],
+            "crossing": CROSS_WORDS[sum(o["crosses"] for o in objects)],
+        }
         pairs = [(VIDEO_QUESTIONS[t][int(rng.integers(2))].format(**objects[mover]), answers[t]) for t in qtypes]
     pairs[0] = (_with_placeholder(pairs[0][0], "<video>", rng), pairs[0][1])
     path = ctx.media_path("videos", "mp4")
     # "superfast" turns off x264's mb-tree and lookahead: with them (veryfast) the same frames sometimes
     # give different bytes from one call to the next (seen with libx264 in PyAV 18); it is faster too.
-    data = encode_mp4(render_clip(objects, boxes, cfg.image_size, cfg.noise, rng), fps=cfg.video_fps,
-                      preset=VIDEO_PRESET)
-    meta = {"modality": "video", "objects": objects, "mover": mover, "qtypes": qtypes,
-            "answers": [a for _, a in pairs], "frames": boxes}
+    data = encode_mp4(
+        render_clip(objects, boxes, cfg.image_size, cfg.noise, rng), fps=cfg.video_fps, preset=VIDEO_PRESET
+    )
+    meta = {
+        "modality": "video",
+        "objects": objects,
+        "mover": mover,
+        "qtypes": qtypes,
+        "answers": [a for _, a in pairs],
+        "frames": boxes,
+    }
     return Sample(_turns(pairs), meta, fields={"video": path}, files={path: data})
 
 
 def describe_video(cfg: SynthConfig) -> dict[str, Any]:
-    return {"frames": cfg.video_frames, "fps": cfg.video_fps, "size": cfg.image_size, "codec": "h264 (mp4)",
-            "travel_frac": list(TRAVEL_FRAC), "side_frac": list(SIDE_FRAC),
-            "crossing_rule": "the centre changes side of the vertical centre line from first to last frame"}
+    return {
+        "frames": cfg.video_frames,
+        "fps": cfg.video_fps,
+        "size": cfg.image_size,
+        "codec": "h264 (mp4)",
+        "travel_frac": list(TRAVEL_FRAC),
+        "side_frac": list(SIDE_FRAC),
+        "crossing_rule": "the centre changes side of the vertical centre line from first to last frame",
+    }
 
 
 # ----------------------------------------------------------------------------- audio
@@ -212,10 +256,14 @@ def plan_beeps(rng: np.random.Generator, seconds: float) -> dict[str, Any]:
     slack = int(seconds * AUDIO_RATE) - 2 * margin - int(durs.sum()) - (count - 1) * gap
     cuts = np.sort(rng.integers(0, slack + 1, size=count))  # random onsets; the gaps stay >= ``gap``
     onsets = margin + cuts + np.concatenate([[0], np.cumsum(durs[:-1] + gap)])
-    return {"pitch": "high" if high else "low", "frequency": freq,
-            "onsets": [round(int(x) / AUDIO_RATE, 7) for x in onsets],  # k / 16000 is exact with 7 decimals
-            "durations": [round(int(x) / AUDIO_RATE, 7) for x in durs],
-            "amplitude": round(float(rng.uniform(0.25, 0.8)), 3), "noise": round(float(rng.uniform(0.002, 0.015)), 4)}
+    return {
+        "pitch": "high" if high else "low",
+        "frequency": freq,
+        "onsets": [round(int(x) / AUDIO_RATE, 7) for x in onsets],  # k / 16000 is exact with 7 decimals
+        "durations": [round(int(x) / AUDIO_RATE, 7) for x in durs],
+        "amplitude": round(float(rng.uniform(0.25, 0.8)), 3),
+        "noise": round(float(rng.uniform(0.002, 0.015)), 4),
+    }
 
 
 def render_beeps(plan: dict[str, Any], seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -226,10 +274,10 @@ def render_beeps(plan: dict[str, Any], seconds: float, rng: np.random.Generator)
     for onset, dur in zip(plan["onsets"], plan["durations"]):
         s0, m = round(onset * AUDIO_RATE), round(dur * AUDIO_RATE)
         env = np.ones(m)
-        env[:ramp], env[m - ramp:] = edge, edge[::-1]
+        env[:ramp], env[m - ramp :] = edge, edge[::-1]
         t = (s0 + np.arange(m)) / AUDIO_RATE
         beep = plan["amplitude"] * env * np.sin(2 * np.pi * plan["frequency"] * t + phase)
-        wave[s0:s0 + m] += beep.astype(np.float32)
+        wave[s0 : s0 + m] += beep.astype(np.float32)
     return np.clip(wave, -1.0, 1.0)
 
 
@@ -252,19 +300,50 @@ def make_audio_sample(ctx: SampleContext) -> Sample:
     fmt = "mp3" if u < AUDIO_FORMAT_FRACS["mp3"] else "flac" if u < sum(AUDIO_FORMAT_FRACS.values()) else "wav"
     path = ctx.media_path("audio", fmt)
     data = encode_audio(render_beeps(plan, seconds, rng), AUDIO_RATE, fmt=fmt)
-    meta = {"modality": "audio", "objects": [], "qtypes": qtypes, "answers": [a for _, a in pairs],
-            "sampling_rate": AUDIO_RATE, "format": fmt, **plan}
+    meta = {
+        "modality": "audio",
+        "objects": [],
+        "qtypes": qtypes,
+        "answers": [a for _, a in pairs],
+        "sampling_rate": AUDIO_RATE,
+        "format": fmt,
+        **plan,
+    }
     return Sample(_turns(pairs), meta, fields={"audio": path}, files={path: data})
 
 
 def describe_audio(cfg: SynthConfig) -> dict[str, Any]:
-    return {"sampling_rate": AUDIO_RATE, "seconds": cfg.audio_seconds, "high_hz": list(HIGH_HZ),
-            "low_hz": list(LOW_HZ), "beep_s": list(BEEP_S), "min_gap_s": BEEP_GAP_S,
-            "formats": {"wav": 1 - sum(AUDIO_FORMAT_FRACS.values()), **AUDIO_FORMAT_FRACS}}
+    return {
+        "sampling_rate": AUDIO_RATE,
+        "seconds": cfg.audio_seconds,
+        "high_hz": list(HIGH_HZ),
+        "low_hz": list(LOW_HZ),
+        "beep_s": list(BEEP_S),
+        "min_gap_s": BEEP_GAP_S,
+        "formats": {"wav": 1 - sum(AUDIO_FORMAT_FRACS.values()), **AUDIO_FORMAT_FRACS},
+    }
 
 
-register_task(TaskSpec("video", make_video_sample, ("caption", "qa"), {
-    "motion": list(DIRECTIONS), "first_colour": list(COLOURS), "last_colour": list(COLOURS),
-    "crossing": list(CROSS_WORDS)}, describe_video))
-register_task(TaskSpec("audio", make_audio_sample, ("caption", "qa"), {
-    "pitch": ["high", "low"], "beeps": list(BEEP_WORDS)}, describe_audio))
+register_task(
+    TaskSpec(
+        "video",
+        make_video_sample,
+        ("caption", "qa"),
+        {
+            "motion": list(DIRECTIONS),
+            "first_colour": list(COLOURS),
+            "last_colour": list(COLOURS),
+            "crossing": list(CROSS_WORDS),
+        },
+        describe_video,
+    )
+)
+register_task(
+    TaskSpec(
+        "audio",
+        make_audio_sample,
+        ("caption", "qa"),
+        {"pitch": ["high", "low"], "beeps": list(BEEP_WORDS)},
+        describe_audio,
+    )
+)

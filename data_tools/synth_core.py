@@ -4,17 +4,23 @@
 and audio) both import from here, so no plugin has to import the driver (no import cycle). Everything
 is re-exported by ``make_synthetic``, so ``from data_tools.make_synthetic import COLOURS`` keeps working.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 225), "yellow": (240, 205, 30)}
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 225),
+    "yellow": (240, 205, 30),
+}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 BACKGROUND = (200, 200, 200)
 COUNT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
@@ -43,22 +49,36 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         uses = {m for m, w in self.mix if w > 0}
-        checks = [(self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-                  (self.image_format in IMAGE_FORMATS,
-                   f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {self.image_format!r}"),
-                  (self.grid in ROW_NAMES, f"grid must be one of {sorted(ROW_NAMES)}, got {self.grid}"),
-                  (self.image_size >= 8 * self.grid,
-                   f"image_size must be >= 8 * grid = {8 * self.grid}, got {self.image_size}"),
-                  (0 <= self.noise <= 64, f"noise must be in [0, 64], got {self.noise}"),
-                  (isinstance(self.video_frames, (int, np.integer)) and 4 <= self.video_frames <= 64,
-                   f"video_frames must be an integer in [4, 64], got {self.video_frames!r}"),
-                  (isinstance(self.video_fps, (int, np.integer)) and 1 <= self.video_fps <= 60,
-                   f"video_fps must be an integer in [1, 60], got {self.video_fps!r}"),
-                  (MIN_AUDIO_SECONDS <= self.audio_seconds <= 30.0,
-                   f"audio_seconds must be in [{MIN_AUDIO_SECONDS}, 30] (four beeps with gaps need "
-                   f"{MIN_AUDIO_SECONDS} s), got {self.audio_seconds}"),
-                  ("video" not in uses or self.image_size >= MIN_VIDEO_SIZE,
-                   f"video needs image_size >= {MIN_VIDEO_SIZE} (room for shapes to move), got {self.image_size}")]
+        checks = [
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (
+                self.image_format in IMAGE_FORMATS,
+                f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {self.image_format!r}",
+            ),
+            (self.grid in ROW_NAMES, f"grid must be one of {sorted(ROW_NAMES)}, got {self.grid}"),
+            (
+                self.image_size >= 8 * self.grid,
+                f"image_size must be >= 8 * grid = {8 * self.grid}, got {self.image_size}",
+            ),
+            (0 <= self.noise <= 64, f"noise must be in [0, 64], got {self.noise}"),
+            (
+                isinstance(self.video_frames, (int, np.integer)) and 4 <= self.video_frames <= 64,
+                f"video_frames must be an integer in [4, 64], got {self.video_frames!r}",
+            ),
+            (
+                isinstance(self.video_fps, (int, np.integer)) and 1 <= self.video_fps <= 60,
+                f"video_fps must be an integer in [1, 60], got {self.video_fps!r}",
+            ),
+            (
+                MIN_AUDIO_SECONDS <= self.audio_seconds <= 30.0,
+                f"audio_seconds must be in [{MIN_AUDIO_SECONDS}, 30] (four beeps with gaps need "
+                f"{MIN_AUDIO_SECONDS} s), got {self.audio_seconds}",
+            ),
+            (
+                "video" not in uses or self.image_size >= MIN_VIDEO_SIZE,
+                f"video needs image_size >= {MIN_VIDEO_SIZE} (room for shapes to move), got {self.image_size}",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -125,8 +145,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, bbox: Sequence[int], fill:
         draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
 
 
-def render_image(objects: Sequence[Mapping[str, Any]], size: int, noise: int,
-                 rng: np.random.Generator, image_format: str) -> bytes:
+def render_image(
+    objects: Sequence[Mapping[str, Any]], size: int, noise: int, rng: np.random.Generator, image_format: str
+) -> bytes:
     """Draw the objects on a light-gray background with slight gray noise; return encoded bytes."""
     img = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(img)

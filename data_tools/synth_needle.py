@@ -25,6 +25,7 @@ balanced. Captions (pretrain) list the objects in reading order and name the nee
 ``needle`` (the needle's index there) and ``needle_bbox``. The tower warm-up can label them with
 ``train.warmup.cell_grid=4`` and ``max_objects=10``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,17 @@ from typing import Any
 import numpy as np
 
 from data_tools.synth_core import (
-    COLOURS, SHAPES, Sample, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, register_task,
-    render_image)
+    COLOURS,
+    SHAPES,
+    Sample,
+    SampleContext,
+    SynthConfig,
+    TaskSpec,
+    _turns,
+    _with_placeholder,
+    register_task,
+    render_image,
+)
 
 MODALITY = "needle"
 N_OBJECTS = (6, 10)  # inclusive
@@ -47,16 +57,20 @@ SIDES: tuple[str, ...] = ("left", "right")
 
 NEEDLE_QUESTIONS: dict[str, tuple[str, ...]] = {
     "needle_colour": ("What colour is the {shape}?", "Which colour does the {shape} have?"),
-    "needle_position": ("Is the {shape} on the left or the right?",
-                        "Is the {shape} on the left side or the right side?"),
+    "needle_position": (
+        "Is the {shape} on the left or the right?",
+        "Is the {shape} on the left side or the right side?",
+    ),
 }
 CAPTION_PROMPTS = ("Describe the image briefly.", "List the shapes you see.", "What is in this image?")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
 def _fits(box: list[int], boxes: list[list[int]]) -> bool:
-    return all(box[2] + GAP_PX <= b[0] or b[2] + GAP_PX <= box[0] or box[3] + GAP_PX <= b[1] or b[3] + GAP_PX <= box[1]
-               for b in boxes)
+    return all(
+        box[2] + GAP_PX <= b[0] or b[2] + GAP_PX <= box[0] or box[3] + GAP_PX <= b[1] or b[3] + GAP_PX <= box[1]
+        for b in boxes
+    )
 
 
 def plan_needle(rng: np.random.Generator, size: int) -> tuple[list[dict[str, Any]], int]:
@@ -95,9 +109,17 @@ def plan_needle(rng: np.random.Generator, size: int) -> tuple[list[dict[str, Any
     objects = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        objects.append({"shape": SHAPES[shapes[i]], "colour": list(COLOURS)[colours[i]], "cx": cx, "cy": cy,
-                        "cell": [min(int(cy // cell_px), CELL_GRID - 1), min(int(cx // cell_px), CELL_GRID - 1)],
-                        "bbox": [x0, y0, x1, y1], "_needle": i == 0})
+        objects.append(
+            {
+                "shape": SHAPES[shapes[i]],
+                "colour": list(COLOURS)[colours[i]],
+                "cx": cx,
+                "cy": cy,
+                "cell": [min(int(cy // cell_px), CELL_GRID - 1), min(int(cx // cell_px), CELL_GRID - 1)],
+                "bbox": [x0, y0, x1, y1],
+                "_needle": i == 0,
+            }
+        )
     objects.sort(key=lambda o: (o["cell"], o["bbox"][0], o["bbox"][1]))
     needle = next(i for i, o in enumerate(objects) if o.pop("_needle"))
     for o in objects:
@@ -114,8 +136,10 @@ def needle_caption(objects: list[dict[str, Any]], needle: int) -> str:
     """'seven shapes: a red circle, ... and a blue square; the only triangle is green.'"""
     parts = [f"a {o['colour']} {o['shape']}" for o in objects]
     target = objects[needle]
-    return (f"{NUMBER_WORDS[len(objects)]} shapes: {', '.join(parts[:-1])} and {parts[-1]}; "
-            f"the only {target['shape']} is {target['colour']}.")
+    return (
+        f"{NUMBER_WORDS[len(objects)]} shapes: {', '.join(parts[:-1])} and {parts[-1]}; "
+        f"the only {target['shape']} is {target['colour']}."
+    )
 
 
 def make_needle_sample(ctx: SampleContext) -> Sample:
@@ -134,17 +158,36 @@ def make_needle_sample(ctx: SampleContext) -> Sample:
     pairs[0] = (_with_placeholder(pairs[0][0], "<image>", rng), pairs[0][1])
     path = ctx.media_path("images", cfg.image_format)
     data = render_image(objects, cfg.image_size, cfg.noise, rng, cfg.image_format)
-    meta = {"modality": MODALITY, "objects": objects, "needle": needle, "needle_bbox": list(target["bbox"]),
-            "qtypes": qtypes, "answers": [a for _, a in pairs]}
+    meta = {
+        "modality": MODALITY,
+        "objects": objects,
+        "needle": needle,
+        "needle_bbox": list(target["bbox"]),
+        "qtypes": qtypes,
+        "answers": [a for _, a in pairs],
+    }
     return Sample(_turns(pairs), meta, fields={"image": path}, files={path: data})
 
 
 def describe_needle(cfg: SynthConfig) -> dict[str, Any]:
-    return {"size": cfg.image_size, "objects": list(N_OBJECTS), "side_frac": list(SIDE_FRAC), "gap_px": GAP_PX,
-            "cell_grid": CELL_GRID, "media_field": "image",
-            "rule": "exactly one object (meta.needle) has the shape the question names; it lies entirely on one "
-                    "side of the vertical centre line"}
+    return {
+        "size": cfg.image_size,
+        "objects": list(N_OBJECTS),
+        "side_frac": list(SIDE_FRAC),
+        "gap_px": GAP_PX,
+        "cell_grid": CELL_GRID,
+        "media_field": "image",
+        "rule": "exactly one object (meta.needle) has the shape the question names; it lies entirely on one "
+        "side of the vertical centre line",
+    }
 
 
-register_task(TaskSpec(MODALITY, make_needle_sample, ("caption", "qa"), {
-    "needle_colour": list(COLOURS), "needle_position": list(SIDES)}, describe_needle))
+register_task(
+    TaskSpec(
+        MODALITY,
+        make_needle_sample,
+        ("caption", "qa"),
+        {"needle_colour": list(COLOURS), "needle_position": list(SIDES)},
+        describe_needle,
+    )
+)

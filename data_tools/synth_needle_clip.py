@@ -20,11 +20,21 @@ Shape, colour, side and segment are drawn uniformly and independently, so the an
 (the needle's first and last frame + 1), ``clip_frames``, ``sampled_frame`` (= ``segment``: the index
 among the ``cfg.video_frames`` uniformly sampled frames) and ``needle_bbox``.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from data_tools.synth_core import COLOURS, Sample, SampleContext, SynthConfig, TaskSpec, _turns, _with_placeholder, register_task
+from data_tools.synth_core import (
+    COLOURS,
+    Sample,
+    SampleContext,
+    SynthConfig,
+    TaskSpec,
+    _turns,
+    _with_placeholder,
+    register_task,
+)
 from data_tools.synth_needle import CAPTION_PROMPTS, NUMBER_WORDS, SIDES, needle_side, plan_needle
 
 MODALITY = "needle_clip"
@@ -32,10 +42,14 @@ SEGMENT_FRAMES = 4  # frames per segment: the clip is SEGMENT_FRAMES x cfg.video
 HALVES: tuple[str, ...] = ("first", "second")
 CLIP_QUESTIONS: dict[str, tuple[str, ...]] = {
     "needle_clip_colour": ("What colour is the {shape}?", "Which colour does the {shape} have?"),
-    "needle_clip_position": ("Is the {shape} on the left or the right?",
-                             "Is the {shape} on the left side or the right side?"),
-    "needle_clip_time": ("Does the {shape} show up in the first half or the second half?",
-                         "Is the {shape} shown in the first half or the second half of the clip?"),
+    "needle_clip_position": (
+        "Is the {shape} on the left or the right?",
+        "Is the {shape} on the left side or the right side?",
+    ),
+    "needle_clip_time": (
+        "Does the {shape} show up in the first half or the second half?",
+        "Is the {shape} shown in the first half or the second half of the clip?",
+    ),
 }
 
 
@@ -47,10 +61,17 @@ def plan_clip(ctx: SampleContext) -> dict[str, Any]:
     segment = int(rng.integers(segments))
     start, stop = segment * SEGMENT_FRAMES, (segment + 1) * SEGMENT_FRAMES
     frames = segments * SEGMENT_FRAMES
-    boxes = [[o["bbox"] if i != needle or start <= t < stop else None for i, o in enumerate(objects)]
-             for t in range(frames)]
-    return {"objects": objects, "needle": needle, "segment": segment, "visible": [start, stop],
-            "clip_frames": frames, "boxes": boxes}
+    boxes = [
+        [o["bbox"] if i != needle or start <= t < stop else None for i, o in enumerate(objects)] for t in range(frames)
+    ]
+    return {
+        "objects": objects,
+        "needle": needle,
+        "segment": segment,
+        "visible": [start, stop],
+        "clip_frames": frames,
+        "boxes": boxes,
+    }
 
 
 def clip_caption(objects: list[dict[str, Any]], needle: int, segment: int, segments: int) -> str:
@@ -58,8 +79,10 @@ def clip_caption(objects: list[dict[str, Any]], needle: int, segment: int, segme
     still = [o for i, o in enumerate(objects) if i != needle]
     parts = [f"a {o['colour']} {o['shape']}" for o in still]
     target = objects[needle]
-    return (f"{NUMBER_WORDS[len(still)]} shapes stay: {', '.join(parts[:-1])} and {parts[-1]}; "
-            f"a {target['colour']} {target['shape']} shows up in the {half(segment, segments)} half.")
+    return (
+        f"{NUMBER_WORDS[len(still)]} shapes stay: {', '.join(parts[:-1])} and {parts[-1]}; "
+        f"a {target['colour']} {target['shape']} shows up in the {half(segment, segments)} half."
+    )
 
 
 def half(segment: int, segments: int) -> str:
@@ -81,27 +104,51 @@ def make_needle_clip_sample(ctx: SampleContext) -> Sample:
     else:
         k = int(rng.integers(1, 3))
         qtypes = [list(CLIP_QUESTIONS)[i] for i in rng.choice(len(CLIP_QUESTIONS), size=k, replace=False)]
-        answers = {"needle_clip_colour": target["colour"], "needle_clip_position": needle_side(target, cfg.image_size),
-                   "needle_clip_time": half(segment, cfg.video_frames)}
+        answers = {
+            "needle_clip_colour": target["colour"],
+            "needle_clip_position": needle_side(target, cfg.image_size),
+            "needle_clip_time": half(segment, cfg.video_frames),
+        }
         pairs = [(CLIP_QUESTIONS[t][int(rng.integers(2))].format(shape=target["shape"]), answers[t]) for t in qtypes]
     pairs[0] = (_with_placeholder(pairs[0][0], "<video>", rng), pairs[0][1])
     sprites = [{**o, "side": o["bbox"][2] - o["bbox"][0]} for o in objects]
     video = render_clip(sprites, plan["boxes"], cfg.image_size, cfg.noise, rng)
     path = ctx.media_path("videos", "mp4")
     data = encode_mp4(video, fps=cfg.video_fps, preset=VIDEO_PRESET)
-    meta = {"modality": MODALITY, "objects": objects, "needle": needle, "needle_bbox": list(target["bbox"]),
-            "segment": segment, "sampled_frame": segment, "visible": plan["visible"], "clip_frames": plan["clip_frames"],
-            "qtypes": qtypes, "answers": [a for _, a in pairs]}
+    meta = {
+        "modality": MODALITY,
+        "objects": objects,
+        "needle": needle,
+        "needle_bbox": list(target["bbox"]),
+        "segment": segment,
+        "sampled_frame": segment,
+        "visible": plan["visible"],
+        "clip_frames": plan["clip_frames"],
+        "qtypes": qtypes,
+        "answers": [a for _, a in pairs],
+    }
     return Sample(_turns(pairs), meta, fields={"video": path}, files={path: data})
 
 
 def describe_needle_clip(cfg: SynthConfig) -> dict[str, Any]:
-    return {"size": cfg.image_size, "clip_frames": SEGMENT_FRAMES * cfg.video_frames, "fps": cfg.video_fps,
-            "segments": cfg.video_frames, "segment_frames": SEGMENT_FRAMES, "media_field": "video",
-            "rule": "the scene of a needle image; the needle (the only object of the named shape) shows in the "
-                    "frames of one segment only, so uniform sampling of one frame per segment sees it once"}
+    return {
+        "size": cfg.image_size,
+        "clip_frames": SEGMENT_FRAMES * cfg.video_frames,
+        "fps": cfg.video_fps,
+        "segments": cfg.video_frames,
+        "segment_frames": SEGMENT_FRAMES,
+        "media_field": "video",
+        "rule": "the scene of a needle image; the needle (the only object of the named shape) shows in the "
+        "frames of one segment only, so uniform sampling of one frame per segment sees it once",
+    }
 
 
-register_task(TaskSpec(MODALITY, make_needle_clip_sample, ("caption", "qa"), {
-    "needle_clip_colour": list(COLOURS), "needle_clip_position": list(SIDES), "needle_clip_time": list(HALVES)},
-    describe_needle_clip))
+register_task(
+    TaskSpec(
+        MODALITY,
+        make_needle_clip_sample,
+        ("caption", "qa"),
+        {"needle_clip_colour": list(COLOURS), "needle_clip_position": list(SIDES), "needle_clip_time": list(HALVES)},
+        describe_needle_clip,
+    )
+)

@@ -122,8 +122,9 @@ def _media_paths(obj: dict[str, Any]) -> list[tuple[str, str]]:
             if "\0" in path:
                 raise Rejected("bad_record", f"'{name}' = {path!r} holds a NUL byte")
             if os.path.isabs(path):
-                raise Rejected("bad_record", f"'{name}' = {path!r} is absolute; media paths are "
-                                             "relative to a media root")
+                raise Rejected(
+                    "bad_record", f"'{name}' = {path!r} is absolute; media paths are relative to a media root"
+                )
             media.append((modality, path))
     return media
 
@@ -140,8 +141,9 @@ def _check_conversation(conv: Any) -> tuple[list[Any], list[str]]:
             raise Rejected("bad_conversation", f"turn {i} is a JSON {_json_type(turn)}, not an object")
         role, value = turn.get("from"), turn.get("value")
         if role not in _ROLES:
-            raise Rejected("bad_conversation", f"turn {i} has unknown role {role!r} "
-                                               "(expected human/gpt or user/assistant)")
+            raise Rejected(
+                "bad_conversation", f"turn {i} has unknown role {role!r} (expected human/gpt or user/assistant)"
+            )
         if not isinstance(value, str):
             raise Rejected("bad_conversation", f"turn {i} value is a JSON {_json_type(value)}, not a string")
         if _ROLES[role] != role:
@@ -158,8 +160,10 @@ def _check_conversation(conv: Any) -> tuple[list[Any], list[str]]:
         expected = "human" if i % 2 == 0 else "gpt"
         if turn["from"] != expected:
             offset = 1 if FIX_DROPPED_GPT in fixes else 0
-            raise Rejected("bad_conversation", f"roles do not alternate: turn {i + offset} is "
-                                               f"{turn['from']!r}, expected {expected!r}")
+            raise Rejected(
+                "bad_conversation",
+                f"roles do not alternate: turn {i + offset} is {turn['from']!r}, expected {expected!r}",
+            )
     if len(turns) < 2:
         raise Rejected("bad_conversation", "no assistant (gpt) turn")
     return turns, fixes
@@ -175,11 +179,13 @@ def _check_placeholders(turns: list[dict[str, Any]], media: list[tuple[str, str]
         in_human = human.count(token)
         in_gpt = gpt.count(token)
         if in_gpt:
-            raise Rejected("placeholder_mismatch", f"{token} appears {in_gpt}x in gpt turns; "
-                                                   "placeholders belong in human turns")
+            raise Rejected(
+                "placeholder_mismatch", f"{token} appears {in_gpt}x in gpt turns; placeholders belong in human turns"
+            )
         if in_human != want:
-            raise Rejected("placeholder_mismatch", f"{in_human}x {token} in the conversation but "
-                                                   f"{want} {modality} path(s) given")
+            raise Rejected(
+                "placeholder_mismatch", f"{in_human}x {token} in the conversation but {want} {modality} path(s) given"
+            )
 
 
 def _json_type(value: Any) -> str:

@@ -41,8 +41,9 @@ class VerifyReport:
         return not self.problems
 
     def format(self) -> str:
-        head = (f"verify {self.out_dir}: {self.shards} shards, {self.samples} samples: "
-                + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
+        head = f"verify {self.out_dir}: {self.shards} shards, {self.samples} samples: " + (
+            "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        )
         return "\n".join([head] + [f"  - {p}" for p in self.problems])
 
 
@@ -62,11 +63,14 @@ def _check_sample(key: str, members: dict[str, bytes], entry: dict[str, Any], wh
         return [f"{where}: sample {key!r}: json lacks {missing}"]
     index = meta["index"]
     if not isinstance(index, int) or not entry["first_index"] <= index <= entry["last_index"]:
-        problems.append(f"{where}: sample {key!r}: index {index!r} outside the shard window "
-                        f"[{entry['first_index']}, {entry['last_index']}]")
+        problems.append(
+            f"{where}: sample {key!r}: index {index!r} outside the shard window "
+            f"[{entry['first_index']}, {entry['last_index']}]"
+        )
     elif key != make_key(index, meta["id"]):
-        problems.append(f"{where}: sample {key!r}: key does not match index/id "
-                        f"(expected {make_key(index, meta['id'])!r})")
+        problems.append(
+            f"{where}: sample {key!r}: key does not match index/id (expected {make_key(index, meta['id'])!r})"
+        )
     listed = set()
     for m in meta["media"] if isinstance(meta["media"], list) else []:
         fld, fmt = m.get("field"), m.get("format")
@@ -105,8 +109,10 @@ def _check_tar(path: str, entry: dict[str, Any]) -> tuple[int, list[str]]:
                     problems.append(f"{name}: member {info.name!r} is not a regular file")
                     continue
                 if info.mtime != 0 or info.mode != 0o444:
-                    problems.append(f"{name}: member {info.name!r} has mtime {info.mtime} / "
-                                    f"mode {oct(info.mode)}, expected 0 / 0o444")
+                    problems.append(
+                        f"{name}: member {info.name!r} has mtime {info.mtime} / "
+                        f"mode {oct(info.mode)}, expected 0 / 0o444"
+                    )
                 if "/" in info.name or "." not in info.name:
                     problems.append(f"{name}: member name {info.name!r} is not KEY.FIELD")
                     continue
@@ -125,11 +131,9 @@ def _check_tar(path: str, entry: dict[str, Any]) -> tuple[int, list[str]]:
             f.seek(end)
             tail = f.read()
         if len(tail) < 1024 or tail.strip(b"\0"):
-            problems.append(f"{name}: truncated or damaged after {samples} complete samples "
-                            "(no end-of-archive marker)")
+            problems.append(f"{name}: truncated or damaged after {samples} complete samples (no end-of-archive marker)")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        problems.append(f"{name}: truncated or damaged after {samples} complete samples "
-                        f"({type(exc).__name__}: {exc})")
+        problems.append(f"{name}: truncated or damaged after {samples} complete samples ({type(exc).__name__}: {exc})")
     return samples, problems[:MAX_PROBLEMS_PER_SHARD]
 
 
@@ -149,8 +153,10 @@ def _check_errors_file(out_dir: str, totals: dict[str, Any]) -> list[str]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 problems.append(f"{ERRORS} line {n}: not a JSON object with a 'reason'")
     if by_reason != totals.get("rejected_by_reason"):
-        problems.append(f"{ERRORS} counts by reason {by_reason} differ from index.json "
-                        f"rejected_by_reason {totals.get('rejected_by_reason')}")
+        problems.append(
+            f"{ERRORS} counts by reason {by_reason} differ from index.json "
+            f"rejected_by_reason {totals.get('rejected_by_reason')}"
+        )
     return problems
 
 
@@ -181,21 +187,24 @@ def verify_output(out_dir: str) -> VerifyReport:
         if file_sha256(path) != entry["sha256"]:
             report.problems.append(f"{entry['name']}: sha256 differs from index.json")
         if entry["first_index"] != i * index["shard_size"]:
-            report.problems.append(f"{entry['name']}: first_index {entry['first_index']}, "
-                                   f"expected {i * index['shard_size']}")
+            report.problems.append(
+                f"{entry['name']}: first_index {entry['first_index']}, expected {i * index['shard_size']}"
+            )
         samples, problems = _check_tar(path, entry)
         report.samples += samples
         report.problems.extend(problems)
         if samples != entry["samples"]:
             report.problems.append(f"{entry['name']}: {samples} samples read, index says {entry['samples']}")
     listed = {e["name"] for e in shards}
-    on_disk = {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir),
-                                                                  f"{glob.escape(prefix)}-*.tar"))}
+    on_disk = {
+        os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(prefix)}-*.tar"))
+    }
     for extra in sorted(on_disk - listed):
         report.problems.append(f"{extra}: shard file not listed in index.json")
     if report.samples != totals.get("converted"):
-        report.problems.append(f"totals: {report.samples} samples in shards, index says "
-                               f"converted={totals.get('converted')}")
+        report.problems.append(
+            f"totals: {report.samples} samples in shards, index says converted={totals.get('converted')}"
+        )
     if total_bytes != totals.get("bytes"):
         report.problems.append(f"totals: {total_bytes} shard bytes, index says {totals.get('bytes')}")
     if totals.get("converted", 0) + totals.get("rejected", 0) != totals.get("records"):

@@ -27,12 +27,31 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # LLaVA-1.5-7B: CLIP ViT-L/14-336 (feature layer -2 = 23 of 24 layers) + Vicuna-7B.
-CLIP_L14_336 = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
-                "num_hidden_layers": 24, "feature_layer": -2}
-WHISPER_LARGE_ENCODER = {"d_model": 1280, "encoder_layers": 32, "encoder_ffn_dim": 5120, "max_source_positions": 1500,
-                         "num_mel_bins": 128, "tokens_per_second": 25}
-VICUNA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 32, "vocab_size": 32000, "gated_mlp": True}
+CLIP_L14_336 = {
+    "image_size": 336,
+    "patch_size": 14,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "feature_layer": -2,
+}
+WHISPER_LARGE_ENCODER = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "encoder_ffn_dim": 5120,
+    "max_source_positions": 1500,
+    "num_mel_bins": 128,
+    "tokens_per_second": 25,
+}
+VICUNA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "gated_mlp": True,
+}
 
 
 @dataclass
@@ -98,12 +117,28 @@ def audio_tower_flops(audio: Any) -> float:
     """Forward FLOPs of a Whisper-style encoder on one clip (conv stem + layers, full attention)."""
     d, n = _get(audio, "d_model"), _get(audio, "max_source_positions")
     stem = 2 * (2 * n) * _get(audio, "num_mel_bins", 80) * d * 3 + 2 * n * d * d * 3  # two k=3 convs
-    return float(stem + _get(audio, "encoder_layers") * (2 * n * (4 * d * d + 2 * d * _get(audio, "encoder_ffn_dim")) + 4 * n * n * d))
+    return float(
+        stem
+        + _get(audio, "encoder_layers") * (2 * n * (4 * d * d + 2 * d * _get(audio, "encoder_ffn_dim")) + 4 * n * n * d)
+    )
 
 
-def estimate(name: str, tower: Any, llm: Any, reducer: str = "identity", options: Mapping[str, Any] | None = None,
-             *, text_tokens: int = 128, frames: int = 1, images: int = 1, cls: bool = False,
-             kv_bytes: int = 2, separators: bool = False, audio_seconds: float = 0.0, audio: Any = None) -> Budget:
+def estimate(
+    name: str,
+    tower: Any,
+    llm: Any,
+    reducer: str = "identity",
+    options: Mapping[str, Any] | None = None,
+    *,
+    text_tokens: int = 128,
+    frames: int = 1,
+    images: int = 1,
+    cls: bool = False,
+    kv_bytes: int = 2,
+    separators: bool = False,
+    audio_seconds: float = 0.0,
+    audio: Any = None,
+) -> Budget:
     """The budget of one configuration; ``tower`` needs image/patch size, width, depth (and
     ``feature_layer``, default -2); ``cls`` counts a kept CLS token per image; ``images`` items of
     ``frames`` frames each; ``audio`` (an audio encoder config plus ``tokens_per_second`` and
@@ -141,27 +176,55 @@ def estimate(name: str, tower: Any, llm: Any, reducer: str = "identity", options
         audio_flops = clips * audio_tower_flops(audio)
     seq = visual + audio_tokens + text_tokens
     fwd = llm_forward_flops(llm, seq)
-    return Budget(name=name, visual_tokens=visual, text_tokens=text_tokens, seq_len=seq, llm_flops_forward=fwd,
-                  llm_flops_train=3 * fwd, kv_cache_bytes=kv_cache_bytes(llm, seq, kv_bytes),
-                  tower_flops_forward=tower_forward_flops(tower, per_layer) * frames * images,
-                  audio_tokens=audio_tokens, audio_flops_forward=audio_flops)
+    return Budget(
+        name=name,
+        visual_tokens=visual,
+        text_tokens=text_tokens,
+        seq_len=seq,
+        llm_flops_forward=fwd,
+        llm_flops_train=3 * fwd,
+        kv_cache_bytes=kv_cache_bytes(llm, seq, kv_bytes),
+        tower_flops_forward=tower_forward_flops(tower, per_layer) * frames * images,
+        audio_tokens=audio_tokens,
+        audio_flops_forward=audio_flops,
+    )
 
 
-def budget_table(tower: Any, llm: Any, reducers: Mapping[str, tuple[str, Mapping[str, Any]]], **kw: Any) -> list[Budget]:
+def budget_table(
+    tower: Any, llm: Any, reducers: Mapping[str, tuple[str, Mapping[str, Any]]], **kw: Any
+) -> list[Budget]:
     """``estimate`` for each ``name -> (reducer, options)``."""
     return [estimate(name, tower, llm, r, o, **kw) for name, (r, o) in reducers.items()]
 
 
-TABLE_HEADERS = ("config", "visual tokens", "seq len", "LLM TFLOPs fwd", "LLM TFLOPs train", "x first",
-                 "KV cache MiB", "tower GFLOPs")
+TABLE_HEADERS = (
+    "config",
+    "visual tokens",
+    "seq len",
+    "LLM TFLOPs fwd",
+    "LLM TFLOPs train",
+    "x first",
+    "KV cache MiB",
+    "tower GFLOPs",
+)
 
 
 def table_rows(rows: list[Budget]) -> list[list[str]]:
     """Formatted cells under ``TABLE_HEADERS``, with training FLOPs as a ratio to the first row."""
     base = rows[0]
-    return [[r.name, str(r.visual_tokens), str(r.seq_len), f"{r.llm_flops_forward / 1e12:.2f}",
-             f"{r.llm_flops_train / 1e12:.2f}", f"{r.llm_flops_train / base.llm_flops_train:.2f}",
-             f"{r.kv_cache_bytes / 2**20:.1f}", f"{r.tower_flops_forward / 1e9:.0f}"] for r in rows]
+    return [
+        [
+            r.name,
+            str(r.visual_tokens),
+            str(r.seq_len),
+            f"{r.llm_flops_forward / 1e12:.2f}",
+            f"{r.llm_flops_train / 1e12:.2f}",
+            f"{r.llm_flops_train / base.llm_flops_train:.2f}",
+            f"{r.kv_cache_bytes / 2**20:.1f}",
+            f"{r.tower_flops_forward / 1e9:.0f}",
+        ]
+        for r in rows
+    ]
 
 
 def to_markdown(rows: list[Budget]) -> str:

@@ -38,8 +38,11 @@ from .data.templates import VICUNA_ROLES, VICUNA_SYSTEM
 from .tokenizer import CONTENT_MACRO
 
 EXPORTABLE_TEMPLATES = ("vicuna_v1", "chat_template")
-PROBE = [{"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": "red"},
-         {"from": "human", "value": "How many shapes are there?"}]
+PROBE = [
+    {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+    {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "How many shapes are there?"},
+]
 
 
 def vicuna_chat_template(system: str = VICUNA_SYSTEM) -> str:
@@ -68,7 +71,9 @@ def run_settings(source: str | Path) -> tuple[Path, dict[str, Any]]:
     elif (path / "final" / "config.json").is_file():
         model_dir = path / "final"
     else:
-        raise FileNotFoundError(f"{path} is neither a model folder (config.json) nor a run folder with final/config.json")
+        raise FileNotFoundError(
+            f"{path} is neither a model folder (config.json) nor a run folder with final/config.json"
+        )
     for folder in (model_dir, model_dir.parent):
         if (folder / "resolved_config.yaml").is_file():
             return model_dir, yaml.safe_load((folder / "resolved_config.yaml").read_text()) or {}
@@ -92,9 +97,19 @@ def image_processor(image: ImageConfig) -> Any:
 
     square = {"height": image.size, "width": image.size}
     return LlavaImageProcessorPil(
-        do_pad=image.aspect == "pad", do_resize=True, size=square, resample=PILImageResampling[image.resample.upper()],
-        do_center_crop=False, crop_size=square, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(image.mean), image_std=list(image.std), do_convert_rgb=True)
+        do_pad=image.aspect == "pad",
+        do_resize=True,
+        size=square,
+        resample=PILImageResampling[image.resample.upper()],
+        do_center_crop=False,
+        crop_size=square,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(image.mean),
+        image_std=list(image.std),
+        do_convert_rgb=True,
+    )
 
 
 def chat_template_for(template: str, tokenizer: Any) -> str:
@@ -106,8 +121,10 @@ def chat_template_for(template: str, tokenizer: Any) -> str:
             raise ValueError("template 'chat_template' but the tokenizer has no chat_template")
         # llava_wb puts BOS first when the tokenizer has one and the template did not write it
         return own if tokenizer.bos_token is None or "bos_token" in own else "{{ bos_token }}" + own
-    raise ValueError(f"template {template!r} does not export: HF chat templates are offered for "
-                     f"{', '.join(EXPORTABLE_TEMPLATES)} ('plain' drops the question text, so it answers nothing)")
+    raise ValueError(
+        f"template {template!r} does not export: HF chat templates are offered for "
+        f"{', '.join(EXPORTABLE_TEMPLATES)} ('plain' drops the question text, so it answers nothing)"
+    )
 
 
 def _as_messages(conversation: list[dict[str, str]], image: Any) -> list[dict[str, Any]]:
@@ -130,26 +147,42 @@ def check_prompt_ids(model: Any, tokenizer: Any, template: str, processor: Any, 
 
     from .data.conversation import get_template
 
-    ours = get_template(template, tokenizer).tokenize(PROBE, max_length=None, media_tokens=model.media_tokens,
-                                                     add_generation_prompt=True).input_ids
+    ours = (
+        get_template(template, tokenizer)
+        .tokenize(PROBE, max_length=None, media_tokens=model.media_tokens, add_generation_prompt=True)
+        .input_ids
+    )
     picture = Image.new("RGB", (image.size, image.size // 2), (200, 30, 30))
     try:
-        theirs = processor.apply_chat_template(_as_messages(PROBE, picture), add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"][0]
+        theirs = processor.apply_chat_template(
+            _as_messages(PROBE, picture), add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"][0]
     except Exception as e:  # jinja raises TypeError & co. on content it does not expect
-        raise ValueError(f"the {template!r} chat template does not render HF's list-of-parts content "
-                         f"([{{'type': 'image'}}, {{'type': 'text', ...}}]): {type(e).__name__}: {e}. Give the "
-                         "tokenizer a template that does (llava_wb.tokenizer.CONTENT_MACRO) or export with "
-                         "--template vicuna_v1 if the model was trained with it") from e
+        raise ValueError(
+            f"the {template!r} chat template does not render HF's list-of-parts content "
+            f"([{{'type': 'image'}}, {{'type': 'text', ...}}]): {type(e).__name__}: {e}. Give the "
+            "tokenizer a template that does (llava_wb.tokenizer.CONTENT_MACRO) or export with "
+            "--template vicuna_v1 if the model was trained with it"
+        ) from e
     theirs = list(theirs)
     if theirs != list(ours):
-        raise ValueError(f"the exported chat template does not reproduce llava_wb's {template!r} prompt: HF ids "
-                         f"{theirs[:40]}... vs llava_wb {list(ours)[:40]}...")
+        raise ValueError(
+            f"the exported chat template does not reproduce llava_wb's {template!r} prompt: HF ids "
+            f"{theirs[:40]}... vs llava_wb {list(ours)[:40]}..."
+        )
     return len(theirs)
 
 
-def export_hf(source: str | Path | None, out: str | Path, *, template: str | None = None, aspect: str | None = None,
-              image: ImageConfig | None = None, model: Any = None, tokenizer: Any = None) -> Path:
+def export_hf(
+    source: str | Path | None,
+    out: str | Path,
+    *,
+    template: str | None = None,
+    aspect: str | None = None,
+    image: ImageConfig | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> Path:
     """Write the transformers folder for ``source`` (a run or model folder) into ``out``; returns it.
 
     ``template``/``aspect``/``image`` override the run's settings. ``model`` and ``tokenizer`` (both)
@@ -176,18 +209,26 @@ def export_hf(source: str | Path | None, out: str | Path, *, template: str | Non
         raise ValueError(f"image size {image.size} but the vision tower takes {tower.image_size}")
     hf = to_hf_llava(model)  # raises for what HF Llava cannot express
     processor = LlavaProcessor(
-        image_processor=image_processor(image), tokenizer=tokenizer, patch_size=tower.patch_size,
+        image_processor=image_processor(image),
+        tokenizer=tokenizer,
+        patch_size=tower.patch_size,
         vision_feature_select_strategy=hf.config.vision_feature_select_strategy,
         num_additional_image_tokens=1 if tower.has_cls else 0,
-        chat_template=chat_template_for(template, tokenizer))
+        chat_template=chat_template_for(template, tokenizer),
+    )
     n = (image.size // tower.patch_size) ** 2 + processor.num_additional_image_tokens
     n -= 1 if processor.vision_feature_select_strategy == "default" else 0
     if n != model.tokens_per_image:
-        raise ValueError(f"HF's processor would expand <image> to {n} tokens but the model reads {model.tokens_per_image}")
+        raise ValueError(
+            f"HF's processor would expand <image> to {n} tokens but the model reads {model.tokens_per_image}"
+        )
     check_prompt_ids(model, tokenizer, template, processor, image)
     hf.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False)
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out)
@@ -196,8 +237,9 @@ def export_hf(source: str | Path | None, out: str | Path, *, template: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llava-wb-export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="llava-wb-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("source", help="a run folder (with final/) or a model folder written by save_bundle")
     p.add_argument("out", help="the transformers folder to write")
     p.add_argument("--template", default=None, choices=EXPORTABLE_TEMPLATES, help="default: the run's data.template")

@@ -12,8 +12,14 @@ from typing import Any
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def run_notebook(name: str, out_path: str | os.PathLike, parameters: dict[str, Any] | None = None,
-                 *, cwd: str | os.PathLike | None = None, progress: bool = False) -> Path:
+def run_notebook(
+    name: str,
+    out_path: str | os.PathLike,
+    parameters: dict[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Path:
     """Run ``notebooks/<name>`` with ``parameters`` and write the executed copy to ``out_path``.
 
     Paths in parameters should be absolute (the kernel runs in ``cwd``, default the notebooks folder).
@@ -27,6 +33,13 @@ def run_notebook(name: str, out_path: str | os.PathLike, parameters: dict[str, A
         raise FileNotFoundError(f"no notebook {name!r} in {NOTEBOOKS}; known: {known}")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(src), str(out), parameters=parameters or {}, kernel_name="python3",
-                        cwd=str(cwd or NOTEBOOKS), progress_bar=progress, log_output=False)
+    pm.execute_notebook(
+        str(src),
+        str(out),
+        parameters=parameters or {},
+        kernel_name="python3",
+        cwd=str(cwd or NOTEBOOKS),
+        progress_bar=progress,
+        log_output=False,
+    )
     return out

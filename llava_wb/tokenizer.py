@@ -96,7 +96,9 @@ def build_demo_tokenizer(
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size={vocab_size} leaves no room for words next to {len(SPECIAL_TOKENS)} special tokens")
+        raise ValueError(
+            f"vocab_size={vocab_size} leaves no room for words next to {len(SPECIAL_TOKENS)} special tokens"
+        )
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     # Keep only the matches: words (with inner apostrophes: "user's", "don't") and single

@@ -63,8 +63,10 @@ def describe(exc: ValidationError, cls: type, root: str) -> str:
             inputs[path] = f" (got {_short(err.get('input'))})"
         problems.setdefault(path, []).append(msg)
     out = [f"unknown field(s) {', '.join(paths)}; known: {', '.join(known)}" for known, paths in unknown.items()]
-    out += [f"{path}: {' or '.join(msgs)}{inputs.get(path, '')}" if path else "; ".join(msgs)
-            for path, msgs in problems.items()]
+    out += [
+        f"{path}: {' or '.join(msgs)}{inputs.get(path, '')}" if path else "; ".join(msgs)
+        for path, msgs in problems.items()
+    ]
     return "; ".join(out)
 
 

@@ -27,7 +27,7 @@
 # %% tags=["parameters"]
 # Parameters (papermill overrides these)
 INPUT = ["../runs/demo/data/instruct.json"]  # one or more LLaVA JSON / JSONL files
-MEDIA_ROOTS = ["../runs/demo/data"]          # media paths in the records are relative to these
+MEDIA_ROOTS = ["../runs/demo/data"]  # media paths in the records are relative to these
 OUTPUT_DIR = "../runs/demo/shards/instruct"
 PREFIX = "shard"
 SHARD_SIZE = 500
@@ -35,7 +35,7 @@ WORKERS = 2
 VALIDATE_MEDIA = True
 RESUME = True
 N_SHOW = 8
-SAMPLE_DIR = "../runs/sample"                # INPUT missing: a synthetic sample is made and converted here
+SAMPLE_DIR = "../runs/sample"  # INPUT missing: a synthetic sample is made and converted here
 SAMPLE_RECORDS = 200
 
 # %%
@@ -57,10 +57,21 @@ given = convert_inputs(INPUT, MEDIA_ROOTS, OUTPUT_DIR, sample_dir=SAMPLE_DIR, sa
 if given.note:
     print(given.note)
 inputs, MEDIA_ROOTS, OUTPUT_DIR = given.inputs, given.media_roots, given.output_dir
-summary = convert(inputs, MEDIA_ROOTS, OUTPUT_DIR, prefix=PREFIX, shard_size=SHARD_SIZE, workers=WORKERS,
-                  resume=RESUME, validate_media=VALIDATE_MEDIA, verify=True)
-print(f"records {summary.records}  converted {summary.converted}  rejected {summary.rejected}  "
-      f"shards {summary.shards}  bytes {summary.bytes:,}  rate {summary.records_per_second:,.0f} records/s")
+summary = convert(
+    inputs,
+    MEDIA_ROOTS,
+    OUTPUT_DIR,
+    prefix=PREFIX,
+    shard_size=SHARD_SIZE,
+    workers=WORKERS,
+    resume=RESUME,
+    validate_media=VALIDATE_MEDIA,
+    verify=True,
+)
+print(
+    f"records {summary.records}  converted {summary.converted}  rejected {summary.rejected}  "
+    f"shards {summary.shards}  bytes {summary.bytes:,}  rate {summary.records_per_second:,.0f} records/s"
+)
 print("by modality:", summary.by_modality, " fixes:", summary.fixes)
 assert summary.converted + summary.rejected == summary.records
 
@@ -68,7 +79,8 @@ assert summary.converted + summary.rejected == summary.records
 # ## Rejected records, by reason (first lines of `errors.jsonl`)
 
 # %%
-plot_reasons(summary.rejected_by_reason); plt.show()
+plot_reasons(summary.rejected_by_reason)
+plt.show()
 with open(os.path.join(OUTPUT_DIR, "errors.jsonl"), encoding="utf-8") as f:
     for line, _ in zip(f, range(5)):
         print(line.rstrip())
@@ -77,15 +89,24 @@ with open(os.path.join(OUTPUT_DIR, "errors.jsonl"), encoding="utf-8") as f:
 # ## A few samples, streamed back from the shards as the loader sees them
 
 # %%
-cfg = DataConfig.from_dict({"sources": [OUTPUT_DIR], "batch_size": N_SHOW, "num_workers": 0,
-                            "epoch_mode": "exact", "batches_per_epoch": 1})
+cfg = DataConfig.from_dict(
+    {"sources": [OUTPUT_DIR], "batch_size": N_SHOW, "num_workers": 0, "epoch_mode": "exact", "batches_per_epoch": 1}
+)
 batch = next(iter(build_loader(cfg, process=RawSample())))
-show_samples(batch["samples"], cfg.image); plt.show()
+show_samples(batch["samples"], cfg.image)
+plt.show()
 
 # %%
-metrics = {"records": summary.records, "converted": summary.converted, "rejected": summary.rejected,
-           "rejected_by_reason": summary.rejected_by_reason, "shards": summary.shards, "bytes": summary.bytes,
-           "records_per_second": summary.records_per_second, "verified": summary.verify.ok if summary.verify else None}
+metrics = {
+    "records": summary.records,
+    "converted": summary.converted,
+    "rejected": summary.rejected,
+    "rejected_by_reason": summary.rejected_by_reason,
+    "shards": summary.shards,
+    "bytes": summary.bytes,
+    "records_per_second": summary.records_per_second,
+    "verified": summary.verify.ok if summary.verify else None,
+}
 with open(os.path.join(OUTPUT_DIR, "convert_metrics.json"), "w") as f:
     json.dump(metrics, f, indent=1)
 display(metrics)

@@ -26,40 +26,44 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these)
-IMAGE = "astronaut"          # astronaut | chelsea | coffee | grace_hopper | synthetic | a file path
-SIZE = 336                   # pixels (LLaVA-1.5: 336)
-PATCH = 14                   # pixels per patch (CLIP ViT-L/14 on 336 px: 24x24, 576 patches)
-RATIO = 0.75                 # fraction of the tokens merged away
-WINDOW = [1, 4, 4]           # (frames, rows, cols) per window; one destination each
-ANCHOR = "first"             # first patch | random (training-style) | typical (each window's medoid)
-SEED = 0                     # seed of the random anchors (used with ANCHOR random)
-PLACEMENT = "after"          # after the tower | tower (inside its last LAYERS layers; needs TOWER_DIR)
+IMAGE = "astronaut"  # astronaut | chelsea | coffee | grace_hopper | synthetic | a file path
+SIZE = 336  # pixels (LLaVA-1.5: 336)
+PATCH = 14  # pixels per patch (CLIP ViT-L/14 on 336 px: 24x24, 576 patches)
+RATIO = 0.75  # fraction of the tokens merged away
+WINDOW = [1, 4, 4]  # (frames, rows, cols) per window; one destination each
+ANCHOR = "first"  # first patch | random (training-style) | typical (each window's medoid)
+SEED = 0  # seed of the random anchors (used with ANCHOR random)
+PLACEMENT = "after"  # after the tower | tower (inside its last LAYERS layers; needs TOWER_DIR)
 LAYERS = 1
-TOWER_DIR = None             # a saved tower (e.g. runs/demo/tower/final): merge on its features
-FRAMES = 4                   # frames of the panned clip in the video section
+TOWER_DIR = None  # a saved tower (e.g. runs/demo/tower/final): merge on its features
+FRAMES = 4  # frames of the panned clip in the video section
 OUT_DIR = "../runs/merge_viz"
-TEXT_TOKENS = 128            # text tokens per sample in the budget table
-RESAMPLE_MODEL = None        # a trained bundle (e.g. runs/demo/train/final) for the resampling section;
-                             # None: a tiny untrained model (shows the mechanics, not a learned choice)
+TEXT_TOKENS = 128  # text tokens per sample in the budget table
+RESAMPLE_MODEL = None  # a trained bundle (e.g. runs/demo/train/final) for the resampling section;
+# None: a tiny untrained model (shows the mechanics, not a learned choice)
 RESAMPLE_RATIO = 0.75
-RESAMPLE_CLIP = "needle"     # needle: a long synthetic clip whose answer is in one frame | pan: the photo panned
-QUESTIONS = None             # None: two questions about the clip (the needle's colour, another shape's)
+RESAMPLE_CLIP = "needle"  # needle: a long synthetic clip whose answer is in one frame | pan: the photo panned
+QUESTIONS = None  # None: two questions about the clip (the needle's colour, another shape's)
 
 # %%
 # %matplotlib inline
 import os
-import numpy as np
+
 import matplotlib.pyplot as plt
+import numpy as np
 from PIL import Image
-from llava_wb.viz import merge as vm
+
 from llava_wb import budget
+from llava_wb.viz import merge as vm
 
 os.makedirs(OUT_DIR, exist_ok=True)
 if IMAGE == "synthetic":
     from data_tools.make_synthetic import layout_objects, render_image
+
     rng = np.random.default_rng(0)
     raw = render_image(layout_objects(rng, 3, 2, SIZE), SIZE, 6, rng, "png")
     import io
+
     image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
 elif IMAGE in vm.PHOTOS:
     image = vm.sample_image(IMAGE, SIZE)
@@ -84,7 +88,8 @@ if TOWER_DIR:
 else:
     fig = vm.compare(image, {"local_merge": ("local_merge", options), "tome_sd": ("tome_sd", options)}, patch=PATCH)
 path = os.path.join(OUT_DIR, f"merge_{IMAGE if IMAGE in vm.PHOTOS + ('synthetic',) else 'image'}_r{RATIO}.png")
-fig.savefig(path, dpi=110, bbox_inches="tight"); plt.show()
+fig.savefig(path, dpi=110, bbox_inches="tight")
+plt.show()
 print("saved", path)
 
 # %% [markdown]
@@ -96,24 +101,43 @@ print("saved", path)
 
 # %%
 from IPython.display import display
+
 from llava_wb.viz import merge_explorer as mx
-w = mx.explore(image, PATCH, ratio=RATIO, window=WINDOW[-1], anchor=ANCHOR, seed=SEED, tower=TOWER_DIR,
-               placement=PLACEMENT, layers=LAYERS)
+
+w = mx.explore(
+    image,
+    PATCH,
+    ratio=RATIO,
+    window=WINDOW[-1],
+    anchor=ANCHOR,
+    seed=SEED,
+    tower=TOWER_DIR,
+    placement=PLACEMENT,
+    layers=LAYERS,
+)
 display(w)
 
 # %% [markdown]
 # ## Token budget at LLaVA-1.5-7B shapes (CLIP ViT-L/14-336 + Vicuna-7B)
 
 # %%
-rows = budget.budget_table(budget.CLIP_L14_336, budget.VICUNA_7B, {
-    "identity (576)": ("identity", {}),
-    "avgpool 2x2 (144)": ("avgpool", {}),
-    "local_merge r=0.5": ("local_merge", {"ratio": 0.5}),
-    "local_merge r=0.75": ("local_merge", {"ratio": 0.75}),
-    f"local_merge r={RATIO} {PLACEMENT}": ("local_merge", {"ratio": RATIO, "window": WINDOW,
-                                           "placement": PLACEMENT, "layers": LAYERS}),
-}, text_tokens=TEXT_TOKENS)
+rows = budget.budget_table(
+    budget.CLIP_L14_336,
+    budget.VICUNA_7B,
+    {
+        "identity (576)": ("identity", {}),
+        "avgpool 2x2 (144)": ("avgpool", {}),
+        "local_merge r=0.5": ("local_merge", {"ratio": 0.5}),
+        "local_merge r=0.75": ("local_merge", {"ratio": 0.75}),
+        f"local_merge r={RATIO} {PLACEMENT}": (
+            "local_merge",
+            {"ratio": RATIO, "window": WINDOW, "placement": PLACEMENT, "layers": LAYERS},
+        ),
+    },
+    text_tokens=TEXT_TOKENS,
+)
 from IPython.display import Markdown
+
 Markdown(budget.to_markdown(rows))
 
 # %% [markdown]
@@ -124,9 +148,14 @@ Markdown(budget.to_markdown(rows))
 # %%
 clip = vm.pan_clip(image, FRAMES, step=2 * PATCH)
 st_opts = {"ratio": RATIO, "window": [2, 2, 2]}
-fig = vm.compare(clip, {"local_merge 2x2x2": ("local_merge", st_opts), "tome_sd 2x2x2": ("tome_sd", st_opts)},
-                 patch=2 * PATCH, numbers=True)
-fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"); plt.show()
+fig = vm.compare(
+    clip,
+    {"local_merge 2x2x2": ("local_merge", st_opts), "tome_sd 2x2x2": ("tome_sd", st_opts)},
+    patch=2 * PATCH,
+    numbers=True,
+)
+fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight")
+plt.show()
 
 # %% [markdown]
 # ## Token budget of video and audio
@@ -134,13 +163,36 @@ fig.savefig(os.path.join(OUT_DIR, "merge_clip.png"), dpi=80, bbox_inches="tight"
 # (30 s windows, pooled to 25 or 5 tokens per second), at the same LLM.
 
 # %%
-rows = [budget.estimate(f"{f} frames, {name}", budget.CLIP_L14_336, budget.VICUNA_7B, red, opts, frames=f,
-                        separators=True, text_tokens=TEXT_TOKENS)
-        for f in (FRAMES, 8, 32) for name, (red, opts) in {
-            "identity": ("identity", {}), "local_merge 2x2x2": ("local_merge", {"ratio": 0.875, "window": [2, 2, 2]})}.items()]
-rows += [budget.estimate(f"{s} s audio, {tps} tokens/s", budget.CLIP_L14_336, budget.VICUNA_7B, images=0,
-                         audio_seconds=s, audio=dict(budget.WHISPER_LARGE_ENCODER, tokens_per_second=tps),
-                         text_tokens=TEXT_TOKENS) for s in (30, 120) for tps in (25, 5)]
+rows = [
+    budget.estimate(
+        f"{f} frames, {name}",
+        budget.CLIP_L14_336,
+        budget.VICUNA_7B,
+        red,
+        opts,
+        frames=f,
+        separators=True,
+        text_tokens=TEXT_TOKENS,
+    )
+    for f in (FRAMES, 8, 32)
+    for name, (red, opts) in {
+        "identity": ("identity", {}),
+        "local_merge 2x2x2": ("local_merge", {"ratio": 0.875, "window": [2, 2, 2]}),
+    }.items()
+]
+rows += [
+    budget.estimate(
+        f"{s} s audio, {tps} tokens/s",
+        budget.CLIP_L14_336,
+        budget.VICUNA_7B,
+        images=0,
+        audio_seconds=s,
+        audio=dict(budget.WHISPER_LARGE_ENCODER, tokens_per_second=tps),
+        text_tokens=TEXT_TOKENS,
+    )
+    for s in (30, 120)
+    for tps in (25, 5)
+]
 Markdown(budget.to_markdown(rows))
 
 # %% [markdown]
@@ -154,21 +206,28 @@ Markdown(budget.to_markdown(rows))
 
 # %%
 from llava_wb.viz import resample as vr
+
 rs_model, rs_tok = vr.resample_model(RESAMPLE_MODEL, ratio=RESAMPLE_RATIO, frames=FRAMES)
 frames = rs_model.config.video_frames
 if RESAMPLE_CLIP == "needle":  # 4 x frames frames; the needle shows in one segment: one sampled frame holds it
     from data_tools.examples import needle_clip
+
     raw_clip, needle_meta = needle_clip(frames)
     questions, shown = QUESTIONS or vr.needle_questions(needle_meta), needle_meta["sampled_frame"]
     print(f"needle: the {needle_meta['objects'][needle_meta['needle']]['shape']} in frame {shown} only")
 else:
-    raw_clip, questions, shown = vm.pan_clip(image, frames, step=2 * PATCH), QUESTIONS or [
-        "What colour is the circle?", "Which way does the square move?"], 0
+    raw_clip, questions, shown = (
+        vm.pan_clip(image, frames, step=2 * PATCH),
+        QUESTIONS or ["What colour is the circle?", "Which way does the square move?"],
+        0,
+    )
 rs_clip, rs_values = vr.as_model_input(rs_model, raw_clip)
 patch = rs_model.vision_tower.patch_size
 outs = vr.kept_for_questions(rs_model, rs_tok, rs_values[shown], questions, kind="image")
 fig = vr.draw_kept(rs_clip[shown], outs, questions, patch)
-fig.savefig(os.path.join(OUT_DIR, "resample_image.png"), dpi=80, bbox_inches="tight"); plt.show()
+fig.savefig(os.path.join(OUT_DIR, "resample_image.png"), dpi=80, bbox_inches="tight")
+plt.show()
 outs = vr.kept_for_questions(rs_model, rs_tok, rs_values, questions, kind="video")
 fig = vr.draw_kept(rs_clip, outs, questions, patch)
-fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight"); plt.show()
+fig.savefig(os.path.join(OUT_DIR, "resample_clip.png"), dpi=80, bbox_inches="tight")
+plt.show()

@@ -31,10 +31,10 @@ CONFIG = "../configs/demo.yaml"
 # dotted overrides, e.g. ["train.max_steps=50", "data.batch_size=8"] (on its own line: papermill
 # cannot parse a parameter line with a second "=")
 OVERRIDES = []
-NPROC = 1                            # processes; 1 trains in this kernel
-LAUNCHER = "torchrun"                # torchrun | deepspeed (used when NPROC > 1)
+NPROC = 1  # processes; 1 trains in this kernel
+LAUNCHER = "torchrun"  # torchrun | deepspeed (used when NPROC > 1)
 EVAL_SHARDS = ["../runs/demo/shards/heldout"]  # [] skips the evaluation
-EVAL_LIMIT = None                    # questions (None: all)
+EVAL_LIMIT = None  # questions (None: all)
 EVAL_BATCH_SIZE = 64
 
 # %%
@@ -63,7 +63,9 @@ display(result)
 
 # %%
 rows = read_metrics(os.path.join(out, "metrics.jsonl"))
-plot_training(rows); plt.savefig(os.path.join(out, "training.png"), dpi=100); plt.show()
+plot_training(rows)
+plt.savefig(os.path.join(out, "training.png"), dpi=100)
+plt.show()
 
 # %% [markdown]
 # ## Evaluation
@@ -74,16 +76,26 @@ plot_training(rows); plt.savefig(os.path.join(out, "training.png"), dpi=100); pl
 ev = None
 if result.get("stage") == "tower_warmup":
     from llava_wb.train.warmup import patch_accuracy_table
+
     print(patch_accuracy_table(result))
 elif EVAL_SHARDS:
     from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.model.bundle import load_bundle
 
     model, tokenizer = load_bundle(os.path.join(out, "final"))
-    ev = evaluate(model, tokenizer, EVAL_SHARDS, image=image_config_for(model, cfg.data.image.aspect),
-                  template=cfg.data.template, batch_size=EVAL_BATCH_SIZE, limit=EVAL_LIMIT)
+    ev = evaluate(
+        model,
+        tokenizer,
+        EVAL_SHARDS,
+        image=image_config_for(model, cfg.data.image.aspect),
+        template=cfg.data.template,
+        batch_size=EVAL_BATCH_SIZE,
+        limit=EVAL_LIMIT,
+    )
     print(ev.to_markdown())
-    plot_eval(ev.per_type); plt.savefig(os.path.join(out, "eval.png"), dpi=100); plt.show()
+    plot_eval(ev.per_type)
+    plt.savefig(os.path.join(out, "eval.png"), dpi=100)
+    plt.show()
 
 # %%
 metrics = {"train": result, "eval": None if ev is None else {"overall": ev.overall, "per_type": ev.per_type}}

@@ -24,13 +24,13 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides these)
-MODEL_DIR = "../runs/demo/train/final"     # a folder written by save_bundle (model + tokenizer)
+MODEL_DIR = "../runs/demo/train/final"  # a folder written by save_bundle (model + tokenizer)
 SHARDS = ["../runs/demo/shards/heldout"]
 OUT_DIR = "../runs/demo/eval"
 TEMPLATE = "vicuna_v1"
 BATCH_SIZE = 64
 MAX_NEW_TOKENS = 6
-LIMIT = None                               # questions (None: all)
+LIMIT = None  # questions (None: all)
 N_EXAMPLES = 12
 
 # %%
@@ -47,19 +47,30 @@ from recipes.inputs import require_model, require_shards
 
 model, tokenizer = load_bundle(require_model(MODEL_DIR))
 SHARDS = require_shards(SHARDS)
-result = evaluate(model, tokenizer, SHARDS, image=image_config_for(model), template=TEMPLATE,
-                  batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS, limit=LIMIT)
+result = evaluate(
+    model,
+    tokenizer,
+    SHARDS,
+    image=image_config_for(model),
+    template=TEMPLATE,
+    batch_size=BATCH_SIZE,
+    max_new_tokens=MAX_NEW_TOKENS,
+    limit=LIMIT,
+)
 print(result.to_markdown())
 
 # %%
-plot_eval(result.per_type); plt.show()
+plot_eval(result.per_type)
+plt.show()
 
 # %% [markdown]
 # ## Examples (✓ correct, ✗ wrong)
 
 # %%
 for p in result.predictions[:N_EXAMPLES]:
-    print(f"{'✓' if p['correct'] else '✗'} [{p['qtype']}] {p['question'][:70]!r} -> {p['prediction']!r} (answer {p['answer']!r})")
+    print(
+        f"{'✓' if p['correct'] else '✗'} [{p['qtype']}] {p['question'][:70]!r} -> {p['prediction']!r} (answer {p['answer']!r})"
+    )
 
 # %%
 os.makedirs(OUT_DIR, exist_ok=True)

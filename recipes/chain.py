@@ -37,8 +37,12 @@ class ChainPaths:
     def under(cls, run: str | Path, data: str | Path | None = None) -> ChainPaths:
         """The demo's layout: ``run/tower``, ``run/pretrain``, ``run/train``; data in ``data`` (default ``run``)."""
         run = Path(run).resolve()
-        return cls(data=Path(data).resolve() if data is not None else run, tower=run / "tower",
-                   pretrain=run / "pretrain", train=run / "train")
+        return cls(
+            data=Path(data).resolve() if data is not None else run,
+            tower=run / "tower",
+            pretrain=run / "pretrain",
+            train=run / "train",
+        )
 
     def shards(self, split: str) -> Path:
         return self.data / "shards" / split
@@ -68,15 +72,19 @@ def stage_overrides(stage: str, paths: ChainPaths) -> list[str]:
     their names, weights and templates from the config; only their paths change)."""
     common = [f"tokenizer={_value(paths.data / 'tokenizer')}", f"train.output_dir={_value(paths.output(stage))}"]
     if stage == "tower":  # sources: instruct, captions
-        return common + [f"data.sources.0.path={_value(paths.shards('instruct'))}",
-                         f"data.sources.1.path={_value(paths.shards('pretrain'))}",
-                         f"train.warmup.eval_sources={_value([str(paths.shards('heldout'))])}"]
+        return common + [
+            f"data.sources.0.path={_value(paths.shards('instruct'))}",
+            f"data.sources.1.path={_value(paths.shards('pretrain'))}",
+            f"train.warmup.eval_sources={_value([str(paths.shards('heldout'))])}",
+        ]
     common.append(f"model.vision.path={_value(paths.tower / 'final')}")
     if stage == "pretrain":  # sources: captions
         return common + [f"data.sources.0.path={_value(paths.shards('pretrain'))}"]
-    return common + [f"data.sources.0.path={_value(paths.shards('instruct'))}",  # sources: instruct, captions
-                     f"data.sources.1.path={_value(paths.shards('pretrain'))}",
-                     f"train.init_from={_value(paths.pretrain)}"]
+    return common + [
+        f"data.sources.0.path={_value(paths.shards('instruct'))}",  # sources: instruct, captions
+        f"data.sources.1.path={_value(paths.shards('pretrain'))}",
+        f"train.init_from={_value(paths.pretrain)}",
+    ]
 
 
 def load_stage(stage: str, paths: ChainPaths, extra: Sequence[str] = ()):
@@ -110,7 +118,9 @@ def save_untrained_tower(dest: str | Path, seed: int = 0) -> Path:
 
     vision = load_config(config_path("tower")).model.vision
     if vision.type != "clip":
-        raise ValueError(f"{config_path('tower')}: model.vision.type is {vision.type!r}; this helper builds CLIP towers")
+        raise ValueError(
+            f"{config_path('tower')}: model.vision.type is {vision.type!r}; this helper builds CLIP towers"
+        )
     torch.manual_seed(seed)
     CLIPVisionModel(CLIPVisionConfig(**vision.config)).save_pretrained(dest)
     return Path(dest)

@@ -30,8 +30,9 @@ def make_data(out: Path, *, quick: bool, seed: int) -> dict:
     # more instruction records than the generator's default 4000: shape questions generalise with
     # them; over half of the records are videos, audio clips and text-only questions (video motion
     # questions generalised at 75% with 3,000 clips)
-    sizes = ({"n_pretrain": 300, "n_instruct": 600, "n_heldout": 150} if quick
-             else {"n_instruct": 16000, "n_heldout": 600})
+    sizes = (
+        {"n_pretrain": 300, "n_instruct": 600, "n_heldout": 150} if quick else {"n_instruct": 16000, "n_heldout": 600}
+    )
     return generate(out / "data", seed=seed, progress=True, mix=DEMO_MIX, **sizes)
 
 
@@ -41,9 +42,18 @@ def convert_splits(out: Path, data: dict, *, shard_size: int, workers: int) -> d
     shards = {}
     for split in SPLITS:
         dest = out / "shards" / split
-        run_notebook("01_convert_shards.ipynb", out / f"01_convert_{split}.ipynb", {
-            "INPUT": [str(Path(data["files"][split]).resolve())], "MEDIA_ROOTS": [str(Path(data["media_root"]).resolve())],
-            "OUTPUT_DIR": str(dest.resolve()), "SHARD_SIZE": shard_size, "WORKERS": workers, "N_SHOW": 8})
+        run_notebook(
+            "01_convert_shards.ipynb",
+            out / f"01_convert_{split}.ipynb",
+            {
+                "INPUT": [str(Path(data["files"][split]).resolve())],
+                "MEDIA_ROOTS": [str(Path(data["media_root"]).resolve())],
+                "OUTPUT_DIR": str(dest.resolve()),
+                "SHARD_SIZE": shard_size,
+                "WORKERS": workers,
+                "N_SHOW": 8,
+            },
+        )
         shards[split] = dest
         print(f"[demo] {split}: shards in {dest}, executed notebook {out / f'01_convert_{split}.ipynb'}")
     return shards
@@ -67,8 +77,12 @@ def demo_facts():
     cfg = load_config(config_path("finetune"))
     cfg.model.vision = load_config(config_path("tower")).model.vision
     facts = predict_visual_tokens(cfg)
-    return {"media_tokens": facts.media_tokens, "image_size": facts.image_size, "frames": cfg.model.video.frames,
-            "audio_seconds": cfg.model.audio.config["max_source_positions"] / 50.0}
+    return {
+        "media_tokens": facts.media_tokens,
+        "image_size": facts.image_size,
+        "frames": cfg.model.video.frames,
+        "audio_seconds": cfg.model.audio.config["max_source_positions"] / 50.0,
+    }
 
 
 def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
@@ -79,18 +93,32 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     tok = build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values())))
     tok.save_pretrained(out / "tokenizer")
     facts = demo_facts()
-    cfg = DataConfig.from_dict({"sources": [str(shards)], "batch_size": 16, "num_workers": workers,
-                                "epoch_mode": "exact", "template": "vicuna_v1", "max_length": 256,
-                                "image": {"size": facts["image_size"]}, "video": {"num_frames": facts["frames"]},
-                                "audio": {"seconds": facts["audio_seconds"]}})
+    cfg = DataConfig.from_dict(
+        {
+            "sources": [str(shards)],
+            "batch_size": 16,
+            "num_workers": workers,
+            "epoch_mode": "exact",
+            "template": "vicuna_v1",
+            "max_length": 256,
+            "image": {"size": facts["image_size"]},
+            "video": {"num_frames": facts["frames"]},
+            "audio": {"seconds": facts["audio_seconds"]},
+        }
+    )
     loader = build_train_loader(cfg, tok, media_tokens=facts["media_tokens"])
     t0, n, tokens = time.perf_counter(), 0, 0
     for batch in loader:
         n += batch["input_ids"].shape[0]
         tokens += int(batch["attention_mask"].sum())
     dt = time.perf_counter() - t0
-    summary = {"samples": n, "seconds": round(dt, 2), "samples_per_s": round(n / dt, 1),
-               "tokens": tokens, "skips": loader.skip_state()}
+    summary = {
+        "samples": n,
+        "seconds": round(dt, 2),
+        "samples_per_s": round(n / dt, 1),
+        "tokens": tokens,
+        "skips": loader.skip_state(),
+    }
     print(f"[demo] streamed {n} tokenized samples in {dt:.1f}s ({n / dt:.0f}/s), {tokens} tokens")
     print(loader.skip_summary())
     return summary
@@ -101,8 +129,11 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
 STAGES = (
     ("tower", "03_train_tower.ipynb", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
     ("pretrain", "03_train_pretrain.ipynb", ["train.max_steps=3", "data.batch_size=8", "train.logging_steps=1"]),
-    ("finetune", "03_train.ipynb", ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1",
-                                    "data.batch_size=8"]),
+    (
+        "finetune",
+        "03_train.ipynb",
+        ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1", "data.batch_size=8"],
+    ),
 )
 
 
@@ -114,13 +145,29 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> di
     for stage, notebook, quick_overrides in STAGES:
         overrides = [*stage_overrides(stage, paths), "train.overwrite=true", *(quick_overrides if quick else [])]
         main_job = stage == "finetune"
-        run_notebook("03_train.ipynb", out / notebook, {
-            "CONFIG": str(config_path(stage)), "OVERRIDES": overrides, "NPROC": 1,
-            "EVAL_SHARDS": heldout if main_job else [], "EVAL_LIMIT": 40 if quick else 300})  # 04 scores all
+        run_notebook(
+            "03_train.ipynb",
+            out / notebook,
+            {
+                "CONFIG": str(config_path(stage)),
+                "OVERRIDES": overrides,
+                "NPROC": 1,
+                "EVAL_SHARDS": heldout if main_job else [],
+                "EVAL_LIMIT": 40 if quick else 300,
+            },
+        )  # 04 scores all
         print(f"[demo] {stage} ({config_path(stage).name}): executed notebook {out / notebook}")
-    run_notebook("04_evaluate.ipynb", out / "04_evaluate.ipynb", {
-        "MODEL_DIR": str(paths.train / "final"), "SHARDS": heldout, "TEMPLATE": template(),
-        "OUT_DIR": str((out / "eval").resolve()), "LIMIT": 40 if quick else None})
+    run_notebook(
+        "04_evaluate.ipynb",
+        out / "04_evaluate.ipynb",
+        {
+            "MODEL_DIR": str(paths.train / "final"),
+            "SHARDS": heldout,
+            "TEMPLATE": template(),
+            "OUT_DIR": str((out / "eval").resolve()),
+            "LIMIT": 40 if quick else None,
+        },
+    )
     with open(paths.train / "metrics.json", encoding="utf-8") as f:
         metrics = json.load(f)
     with open(paths.tower / "result.json", encoding="utf-8") as f:

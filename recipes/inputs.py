@@ -27,8 +27,15 @@ class ConvertInputs:
     note: str | None = None
 
 
-def convert_inputs(inputs: str | list[str], media_roots: list[str], output_dir: str, *,
-                   sample_dir: str | None, sample_records: int = 200, seed: int = 0) -> ConvertInputs:
+def convert_inputs(
+    inputs: str | list[str],
+    media_roots: list[str],
+    output_dir: str,
+    *,
+    sample_dir: str | None,
+    sample_records: int = 200,
+    seed: int = 0,
+) -> ConvertInputs:
     """``inputs`` as given when they all exist; else, with ``sample_dir``, a synthetic LLaVA sample of
     ``sample_records`` instruction records written there (``data/``) and converted to ``sample_dir/shards``;
     without it, ``FileNotFoundError`` naming the missing files and the commands that write them."""
@@ -39,13 +46,16 @@ def convert_inputs(inputs: str | list[str], media_roots: list[str], output_dir: 
     if sample_dir is None:
         raise FileNotFoundError(
             f"input file(s) {missing} do not exist: {DEMO_HINT} to write runs/demo/data, or make a synthetic "
-            "set with `python -m data_tools.make_synthetic OUT`, or set INPUT to your LLaVA JSON/JSONL")
+            "set with `python -m data_tools.make_synthetic OUT`, or set INPUT to your LLaVA JSON/JSONL"
+        )
     from data_tools.make_synthetic import generate
 
     sample = Path(sample_dir)
     made = generate(sample / "data", n_pretrain=0, n_instruct=sample_records, n_heldout=0, seed=seed, progress=False)
-    note = (f"input file(s) {missing} do not exist ({DEMO_HINT} writes them): converting a synthetic sample of "
-            f"{sample_records} records made in {sample / 'data'} instead")
+    note = (
+        f"input file(s) {missing} do not exist ({DEMO_HINT} writes them): converting a synthetic sample of "
+        f"{sample_records} records made in {sample / 'data'} instead"
+    )
     return ConvertInputs([str(made["files"]["instruct"])], [str(made["media_root"])], str(sample / "shards"), note)
 
 
@@ -54,17 +64,22 @@ def require_model(model_dir: str | os.PathLike) -> str:
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(
             f"no trained model at {model_dir}: {DEMO_HINT} or notebooks/03_train.ipynb first (its run folder's "
-            "final/ is a model), or set MODEL_DIR to a folder written by save_bundle")
+            "final/ is a model), or set MODEL_DIR to a folder written by save_bundle"
+        )
     return str(model_dir)
 
 
 def require_shards(shards: list[str], what: str = "held-out") -> list[str]:
     """``shards`` when every local folder among them exists (URLs and globs pass); else ``FileNotFoundError``
     with what to run first."""
-    missing = [s for s in shards if "://" not in s and not s.startswith("pipe:") and not any(c in s for c in "*?{[")
-               and not Path(s).exists()]
+    missing = [
+        s
+        for s in shards
+        if "://" not in s and not s.startswith("pipe:") and not any(c in s for c in "*?{[") and not Path(s).exists()
+    ]
     if missing:
         raise FileNotFoundError(
             f"no {what} shards at {missing}: {DEMO_HINT}, or convert a LLaVA file with "
-            "notebooks/01_convert_shards.ipynb (or `llava-wb-convert`) and set the path to its output")
+            "notebooks/01_convert_shards.ipynb (or `llava-wb-convert`) and set the path to its output"
+        )
     return list(shards)

@@ -23,8 +23,7 @@ def image_bytes(fmt: str, size: tuple[int, int] = (32, 24), mode: str = "RGB", s
     rng = random.Random(seed)
     a, b, c, k = rng.randrange(256), rng.randrange(256), rng.randrange(256), rng.randrange(1, 13)
     im = Image.new("RGB", size)
-    im.putdata([((x * k + a) % 256, (y * 11 + b) % 256, (x * y + c) % 256)
-                for y in range(h) for x in range(w)])
+    im.putdata([((x * k + a) % 256, (y * 11 + b) % 256, (x * y + c) % 256) for y in range(h) for x in range(w)])
     if mode != "RGB":
         im = im.convert(mode)
     buf = io.BytesIO()
@@ -70,14 +69,20 @@ class Dataset:
 def plain_dataset(root: str, n: int, distinct_images: int = 8, size: tuple[int, int] = (32, 24)) -> Dataset:
     """``n`` valid single-image records cycling over ``distinct_images`` JPEGs, every 7th text-only."""
     ds = Dataset(root=root)
-    paths = [ds.add_media(f"coco/img{i:03d}.jpg", image_bytes("JPEG", size=size, seed=i))
-             for i in range(distinct_images)]
+    paths = [
+        ds.add_media(f"coco/img{i:03d}.jpg", image_bytes("JPEG", size=size, seed=i)) for i in range(distinct_images)
+    ]
     for i in range(n):
         if i % 7 == 3:
             ds.add({"id": f"text-{i}", "conversations": conv(f"Question {i}?", placeholder="")})
         else:
-            ds.add({"id": f"rec-{i}", "image": paths[i % distinct_images],
-                    "conversations": conv(f"What is in picture {i}?")})
+            ds.add(
+                {
+                    "id": f"rec-{i}",
+                    "image": paths[i % distinct_images],
+                    "conversations": conv(f"What is in picture {i}?"),
+                }
+            )
     return ds
 
 
@@ -103,29 +108,37 @@ def fault_dataset(root: str) -> Dataset:
     ds.add({"id": "B00.0Q/x.y/ünï中", "image": good, "conversations": conv("Odd id?")})
     ds.add({"id": "dup", "image": good, "conversations": conv("First dup?")})
     ds.add({"id": "dup", "image": good, "conversations": conv("Second dup?")})
-    ds.add({"id": "lead-gpt", "image": good,
-            "conversations": [{"from": "gpt", "value": "I speak first"}] + conv("Then?")})
-    ds.add({"id": "roles", "conversations": [{"from": "user", "value": "hi"},
-                                              {"from": "assistant", "value": "hello"}]})
+    ds.add(
+        {"id": "lead-gpt", "image": good, "conversations": [{"from": "gpt", "value": "I speak first"}] + conv("Then?")}
+    )
+    ds.add({"id": "roles", "conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]})
     ds.add(["not", "an", "object"], "bad_record")
     ds.add({"id": "noconv", "image": good}, "bad_record")
-    ds.add({"id": "mismatch", "image": good, "conversations": conv("No placeholder", placeholder="")},
-           "placeholder_mismatch")
-    ds.add({"id": "two-placeholders", "image": good,
-            "conversations": conv("and <image> again")}, "placeholder_mismatch")
-    ds.add({"id": "multi", "image": [good, second],
-            "conversations": conv("Compare <image> with that.")})
+    ds.add(
+        {"id": "mismatch", "image": good, "conversations": conv("No placeholder", placeholder="")},
+        "placeholder_mismatch",
+    )
+    ds.add(
+        {"id": "two-placeholders", "image": good, "conversations": conv("and <image> again")}, "placeholder_mismatch"
+    )
+    ds.add({"id": "multi", "image": [good, second], "conversations": conv("Compare <image> with that.")})
     ds.add({"id": "text-only", "model": "", "conversations": conv("Just text.", placeholder="")})
     ds.add({"id": "not-image", "image": text, "conversations": conv("Text file?")}, "unsupported_media")
     ds.add({"id": "wrong-modality", "image": wav, "conversations": conv("Audio?")}, "unsupported_media")
     ds.add({"id": "audio", "audio": wav, "conversations": conv("Hear?", placeholder="<audio>\n")})
-    ds.add({"id": "badrole", "conversations": [{"from": "system", "value": "x"},
-                                                {"from": "gpt", "value": "y"}]}, "bad_conversation")
+    ds.add(
+        {"id": "badrole", "conversations": [{"from": "system", "value": "x"}, {"from": "gpt", "value": "y"}]},
+        "bad_conversation",
+    )
     ds.add({"id": "empty", "conversations": []}, "bad_conversation")
-    ds.add({"id": "nonstr", "conversations": [{"from": "human", "value": 3},
-                                               {"from": "gpt", "value": "y"}]}, "bad_conversation")
-    ds.add({"id": "noalt", "conversations": [{"from": "human", "value": "a"},
-                                              {"from": "human", "value": "b"}]}, "bad_conversation")
+    ds.add(
+        {"id": "nonstr", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "y"}]},
+        "bad_conversation",
+    )
+    ds.add(
+        {"id": "noalt", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+        "bad_conversation",
+    )
     return ds
 
 
@@ -150,8 +163,11 @@ def shard_digests(out_dir: str) -> dict[str, str]:
     """Shard file name -> sha256 of its bytes, for every .tar in the folder."""
     import hashlib
 
-    return {name: hashlib.sha256(open(os.path.join(out_dir, name), "rb").read()).hexdigest()
-            for name in sorted(os.listdir(out_dir)) if name.endswith(".tar")}
+    return {
+        name: hashlib.sha256(open(os.path.join(out_dir, name), "rb").read()).hexdigest()
+        for name in sorted(os.listdir(out_dir))
+        if name.endswith(".tar")
+    }
 
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:

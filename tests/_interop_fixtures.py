@@ -17,9 +17,18 @@ N_SAMPLES = 17
 
 def mixed_shards(base: Path, *extra_args: str) -> Path:
     """Convert the mix with ``llava-wb-convert`` (plus ``extra_args``) into ``base/shards`` (5 per shard)."""
-    syn = generate(base / "syn", n_pretrain=0, n_instruct=12, n_heldout=0, seed=1, progress=False, image_size=32,
-                   mix={"image": 0.25, "video": 0.25, "audio": 0.25, "text": 0.25}, video_frames=VIDEO_FRAMES,
-                   audio_seconds=AUDIO_SECONDS)
+    syn = generate(
+        base / "syn",
+        n_pretrain=0,
+        n_instruct=12,
+        n_heldout=0,
+        seed=1,
+        progress=False,
+        image_size=32,
+        mix={"image": 0.25, "video": 0.25, "audio": 0.25, "text": 0.25},
+        video_frames=VIDEO_FRAMES,
+        audio_seconds=AUDIO_SECONDS,
+    )
     ds = Dataset(root=str(base / "media"))
     jpg = ds.add_media("a.jpg", image_bytes("JPEG", seed=1))
     png = ds.add_media("b.png", image_bytes("PNG", mode="RGBA", seed=2))
@@ -31,7 +40,23 @@ def mixed_shards(base: Path, *extra_args: str) -> Path:
     ds.add({"id": "text", "conversations": conv("text?", placeholder="") + conv("more?", placeholder="")})
     mixed = ds.write_json(str(base / "mixed.json"))
     out = base / "shards"
-    rc = convert_main([syn["files"]["instruct"], mixed, "--media-root", syn["media_root"], "--media-root", ds.root,
-                       "--out", str(out), "--shard-size", "5", "--workers", "1", "--no-progress", *extra_args])
+    rc = convert_main(
+        [
+            syn["files"]["instruct"],
+            mixed,
+            "--media-root",
+            syn["media_root"],
+            "--media-root",
+            ds.root,
+            "--out",
+            str(out),
+            "--shard-size",
+            "5",
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra_args,
+        ]
+    )
     assert rc == 0
     return out

@@ -25,22 +25,39 @@ def main(export_dir: str, questions_file: str, out_file: str, max_new_tokens: in
     with open(questions_file) as f:
         questions = json.load(f)
     for q in questions:
-        inputs = processor.apply_chat_template(q["messages"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, return_tensors="pt")
+        inputs = processor.apply_chat_template(
+            q["messages"], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = out[0, inputs["input_ids"].shape[1]:]
-        piped = pipe(text=q["messages"], max_new_tokens=max_new_tokens, return_full_text=False,
-                     generate_kwargs={"do_sample": False})
+        new = out[0, inputs["input_ids"].shape[1] :]
+        piped = pipe(
+            text=q["messages"],
+            max_new_tokens=max_new_tokens,
+            return_full_text=False,
+            generate_kwargs={"do_sample": False},
+        )
         ids = inputs["input_ids"][0].tolist()
-        rows.append({"key": q["key"], "ids": ids, "image_tokens": ids.count(model.config.image_token_id),
-                     "generate": tokenizer.decode(new, skip_special_tokens=True),
-                     "pipeline": piped[0]["generated_text"]})
+        rows.append(
+            {
+                "key": q["key"],
+                "ids": ids,
+                "image_tokens": ids.count(model.config.image_token_id),
+                "generate": tokenizer.decode(new, skip_special_tokens=True),
+                "pipeline": piped[0]["generated_text"],
+            }
+        )
     assert "llava_wb" not in sys.modules, "the exported folder needed llava_wb"
     with open(out_file, "w") as f:
-        json.dump({"rows": rows, "processor": type(processor).__name__,
-                   "image_processor": type(processor.image_processor).__name__,
-                   "llava_wb_imported": "llava_wb" in sys.modules}, f)
+        json.dump(
+            {
+                "rows": rows,
+                "processor": type(processor).__name__,
+                "image_processor": type(processor.image_processor).__name__,
+                "llava_wb_imported": "llava_wb" in sys.modules,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

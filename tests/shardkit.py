@@ -17,18 +17,31 @@ def png_bytes(color=(200, 10, 10), size=(8, 6), mode="RGB") -> bytes:
 
 
 def sample(n: int, *, image: bytes | None = None, field: str = "png", prefix: str = "id") -> dict:
-    conv = [{"from": "human", "value": ("<image>\n" if image is not None else "") + f"question {n}"},
-            {"from": "gpt", "value": f"answer {n}"}]
-    meta = {"id": f"{prefix}{n}", "index": n, "conversations": conv,
-            "media": [{"modality": "image", "field": field}] if image is not None else []}
+    conv = [
+        {"from": "human", "value": ("<image>\n" if image is not None else "") + f"question {n}"},
+        {"from": "gpt", "value": f"answer {n}"},
+    ]
+    meta = {
+        "id": f"{prefix}{n}",
+        "index": n,
+        "conversations": conv,
+        "media": [{"modality": "image", "field": field}] if image is not None else [],
+    }
     out = {"__key__": f"{n:09d}_{prefix}{n}", "json": json.dumps(meta).encode()}
     if image is not None:
         out[field] = image
     return out
 
 
-def write_shards(folder: str, sizes: list[int], *, image: bool = True, prefix: str = "id",
-                 corrupt: set[int] = frozenset(), start: int = 0) -> list[str]:
+def write_shards(
+    folder: str,
+    sizes: list[int],
+    *,
+    image: bool = True,
+    prefix: str = "id",
+    corrupt: set[int] = frozenset(),
+    start: int = 0,
+) -> list[str]:
     """Shards of ``sizes`` samples each, numbered from ``start``; samples in ``corrupt`` get bad PNG bytes."""
     os.makedirs(folder, exist_ok=True)
     names, n, shards = [], start, []

@@ -24,5 +24,10 @@ def generated(root: Path, **params: Any) -> dict[str, Any]:
     result = ms.generate(root, **params)
     records = {split: load_records(path) for split, path in result["files"].items()}
     info = json.loads((root / "dataset_info.json").read_text())
-    return {"root": root, "result": result, "records": records, "info": info,
-            "all": [r for recs in records.values() for r in recs]}
+    return {
+        "root": root,
+        "result": result,
+        "records": records,
+        "info": info,
+        "all": [r for recs in records.values() for r in recs],
+    }

@@ -23,10 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def import_graph(package: str) -> dict[str, set[str]]:
     """Module -> the modules of the same top-level package it imports (any import, run or lazy)."""
-    graph = grimp.build_graph(package, include_external_packages=False, exclude_type_checking_imports=True,
-                              cache_dir=None)
-    return {m: {x for x in graph.find_modules_directly_imported_by(m) if x.split(".")[0] == package}
-            for m in graph.modules if m.split(".")[0] == package}
+    graph = grimp.build_graph(
+        package, include_external_packages=False, exclude_type_checking_imports=True, cache_dir=None
+    )
+    return {
+        m: {x for x in graph.find_modules_directly_imported_by(m) if x.split(".")[0] == package}
+        for m in graph.modules
+        if m.split(".")[0] == package
+    }
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

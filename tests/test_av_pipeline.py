@@ -20,11 +20,26 @@ from llava_wb.model import ModelConfig, build_model
 from llava_wb.model.media import media_settings
 
 MIX = {"image": 0.4, "video": 0.25, "audio": 0.25, "text": 0.1}
-VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=2, max_position_embeddings=512)
-WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, max_source_positions=100,
-               num_mel_bins=80)
+VISION = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+WHISPER = dict(
+    d_model=32,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    max_source_positions=100,
+    num_mel_bins=80,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,34 +48,54 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from recipes.demo import stream_records
 
     base = tmp_path_factory.mktemp("av")
-    data = generate(base / "data", n_pretrain=0, n_instruct=48, n_heldout=24, mix=MIX, progress=False,
-                    image_size=32, video_frames=4)
+    data = generate(
+        base / "data", n_pretrain=0, n_instruct=48, n_heldout=24, mix=MIX, progress=False, image_size=32, video_frames=4
+    )
     shards = {}
     for split in ("instruct", "heldout"):
-        summary = convert([data["files"][split]], [data["media_root"]], base / split, shard_size=16, workers=1,
-                          progress=False)
+        summary = convert(
+            [data["files"][split]], [data["media_root"]], base / split, shard_size=16, workers=1, progress=False
+        )
         assert summary.rejected == 0 and summary.converted == {"instruct": 48, "heldout": 24}[split]
         shards[split] = base / split
     tok = build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values())))
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({
-        "vision": {"type": "clip", "config": VISION}, "llm": {"config": LLAMA},
-        "reducer": {"type": "avgpool", "options": {"window": [2, 2, 2]}}, "video": {"frames": 4},
-        "audio": {"config": WHISPER, "tokens_per_second": 10}}), tok)
+    model = build_model(
+        ModelConfig.from_dict(
+            {
+                "vision": {"type": "clip", "config": VISION},
+                "llm": {"config": LLAMA},
+                "reducer": {"type": "avgpool", "options": {"window": [2, 2, 2]}},
+                "video": {"frames": 4},
+                "audio": {"config": WHISPER, "tokens_per_second": 10},
+            }
+        ),
+        tok,
+    )
     return {"data": data, "shards": shards, "tok": tok, "model": model, "base": base}
 
 
 def loader(setup: dict[str, Any], path: Path, **data: Any) -> Any:
     model = setup["model"]
-    cfg = DataConfig.from_dict({"sources": [str(path)], "batch_size": 8, "num_workers": 0, "epoch_mode": "exact",
-                                "template": "vicuna_v1", "max_length": 256, "image": {"size": 32}, **data})
+    cfg = DataConfig.from_dict(
+        {
+            "sources": [str(path)],
+            "batch_size": 8,
+            "num_workers": 0,
+            "epoch_mode": "exact",
+            "template": "vicuna_v1",
+            "max_length": 256,
+            "image": {"size": 32},
+            **data,
+        }
+    )
     media = media_settings(model, cfg)
     cfg.video, cfg.audio = media.video, media.audio
     return build_train_loader(cfg, setup["tok"], media_tokens=model.media_tokens)
 
 
 def test_mixed_shards_stream_as_mixed_batches_and_train(setup: dict[str, Any]) -> None:
-    model, tok = setup["model"], setup["tok"]
+    model = setup["model"]
     batches = list(loader(setup, setup["shards"]["instruct"]))
     counts = {k: sum(int(b[f"{k}_counts"].sum()) for b in batches if f"{k}_counts" in b) for k in model.media_tokens}
     info = json.loads(Path(setup["data"]["info"]).read_text())["counts"]["instruct"]["by_modality"]
@@ -71,8 +106,17 @@ def test_mixed_shards_stream_as_mixed_batches_and_train(setup: dict[str, Any]) -
         placeholders = (mixed["input_ids"] == model.placeholder_id(kind)).sum(1)
         assert placeholders.tolist() == (mixed[f"{kind}_counts"] * per_item).tolist()
     model.train()
-    keys = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts", "video_values", "video_counts",
-            "audio_values", "audio_counts")
+    keys = (
+        "input_ids",
+        "labels",
+        "attention_mask",
+        "pixel_values",
+        "image_counts",
+        "video_values",
+        "video_counts",
+        "audio_values",
+        "audio_counts",
+    )
     loss = model(**{k: mixed[k] for k in keys if k in mixed}).loss
     loss.backward()
     assert torch.isfinite(loss) and model.audio_tower.model.conv1.weight.grad.abs().sum() > 0
@@ -84,8 +128,16 @@ def test_evaluation_reports_video_and_audio_types(setup: dict[str, Any]) -> None
     from llava_wb.data.config import ImageConfig
     from llava_wb.eval.evaluate import evaluate
 
-    result = evaluate(setup["model"], setup["tok"], [str(setup["shards"]["heldout"])], image=ImageConfig(size=32),
-                      template="vicuna_v1", batch_size=16, max_new_tokens=3, progress=False)
+    result = evaluate(
+        setup["model"],
+        setup["tok"],
+        [str(setup["shards"]["heldout"])],
+        image=ImageConfig(size=32),
+        template="vicuna_v1",
+        batch_size=16,
+        max_new_tokens=3,
+        progress=False,
+    )
     types = set(result.per_type)
     assert {"pitch", "beeps"} & types and {"motion", "first_colour", "last_colour", "crossing"} & types, types
 

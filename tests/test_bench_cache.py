@@ -23,8 +23,13 @@ def _worker(root: str, barrier, stale_key: str | None = None) -> None:
             f.write(f"{key} {os.getpid()}\n")
         return {"key": key, "pid": os.getpid()}
 
-    run_plan([(k, lambda k=k: one(k)) for k in KEYS], done, root_path / "claims", "test",
-             stale=lambda key: key == stale_key and done[key].get("old", False))
+    run_plan(
+        [(k, lambda k=k: one(k)) for k in KEYS],
+        done,
+        root_path / "claims",
+        "test",
+        stale=lambda key: key == stale_key and done[key].get("old", False),
+    )
     (root_path / f"final.{os.getpid()}.json").write_text(json.dumps(sorted(done)))
 
 

@@ -16,18 +16,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_bench_resample_quick_writes_every_part(tmp_path):
     out, cache = tmp_path / "results", tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_resample", "--quick", "--out", str(out),
-                           "--cache", str(cache)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_resample", "--quick", "--out", str(out), "--cache", str(cache)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md, js = out / "resample.md", out / "resample.json"
     assert proc.stdout.strip().splitlines()[-1] == str(md)
     text = md.read_text(encoding="utf-8")
     assert text.startswith("# Instruction-aware resampling benchmark") and "QUICK MODE" in text
-    for heading in ("## (a) Resampler time", "## (b) Needle-token recall",
-                    "## (c) Needle accuracy per budget: swapped at inference, trained with identity",
-                    "## (d) Needle-token recall in long clips"):
+    for heading in (
+        "## (a) Resampler time",
+        "## (b) Needle-token recall",
+        "## (c) Needle accuracy per budget: swapped at inference, trained with identity",
+        "## (d) Needle-token recall in long clips",
+    ):
         assert heading in text, heading
 
     raw = json.loads(js.read_text(encoding="utf-8"))

@@ -18,9 +18,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_data_quick_writes_md_and_json(tmp_path):
     out, cache = tmp_path / "results", tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_data", "--quick", "--no-progress",
-                           "--out", str(out), "--cache", str(cache)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_data",
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md, js = out / "data.md", out / "data.json"
     assert md.is_file() and js.is_file()
@@ -29,8 +44,13 @@ def test_bench_data_quick_writes_md_and_json(tmp_path):
     text = md.read_text(encoding="utf-8")
     assert text.startswith("# Data pipeline benchmark")
     assert "Machine: " in text and "QUICK MODE" in text
-    for heading in ("## Targets", "## (a) Loader throughput", "## (b) Peak memory", "## (c) Converter throughput",
-                    "## (d) Decode + preprocess ceiling"):
+    for heading in (
+        "## Targets",
+        "## (a) Loader throughput",
+        "## (b) Peak memory",
+        "## (c) Converter throughput",
+        "## (d) Decode + preprocess ceiling",
+    ):
         assert heading in text, heading
 
     raw = json.loads(js.read_text(encoding="utf-8"))
@@ -64,9 +84,27 @@ def test_run_all_discovers_bench_modules():
 def test_bench_merge_quick_writes_every_part(tmp_path):
     out, cache = tmp_path / "results", tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_merge", "--quick", "--seeds", "0",
-                           "--control-seeds", "", "--out", str(out), "--cache", str(cache)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_merge",
+            "--quick",
+            "--seeds",
+            "0",
+            "--control-seeds",
+            "",
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "merge.md").read_text(encoding="utf-8")
     for heading in ("## (a) Merge time", "## (b) Token budget", "## (c) Held-out accuracy", "## (d) Training step"):

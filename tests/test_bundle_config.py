@@ -7,15 +7,30 @@ from llava_wb.model.llava import LlavaWBConfig
 
 
 def test_flat_fields_of_an_older_bundle_fill_the_nested_model_config() -> None:
-    old = {"model_type": "llava_wb", "vision_tower_type": "siglip", "vision_feature_layer": -1,
-           "vision_feature_select": "patch", "reducer_type": "avgpool", "reducer_options": {"window": [2, 2, 1]},
-           "projector_type": "linear", "projector_options": {}, "video_frames": 4, "video_separators": False,
-           "video_reducer_type": None, "video_reducer_options": None, "audio_tokens_per_second": 10.0,
-           "image_token_id": 5}
+    old = {
+        "model_type": "llava_wb",
+        "vision_tower_type": "siglip",
+        "vision_feature_layer": -1,
+        "vision_feature_select": "patch",
+        "reducer_type": "avgpool",
+        "reducer_options": {"window": [2, 2, 1]},
+        "projector_type": "linear",
+        "projector_options": {},
+        "video_frames": 4,
+        "video_separators": False,
+        "video_reducer_type": None,
+        "video_reducer_options": None,
+        "audio_tokens_per_second": 10.0,
+        "image_token_id": 5,
+    }
     config = LlavaWBConfig.from_dict(old)
     parts = config.parts
     assert (parts.vision.type, parts.vision.feature_layer, parts.reducer.type, parts.projector.type) == (
-        "siglip", -1, "avgpool", "linear")
+        "siglip",
+        -1,
+        "avgpool",
+        "linear",
+    )
     assert parts.reducer.options == {"window": [2, 2, 1]} and parts.video.frames == 4 and not parts.video.separators
     assert parts.video.reducer is None and config.image_token_id == 5
     saved = config.to_dict()

@@ -11,8 +11,12 @@ PAD = 0
 
 
 def sample(ids, labels=None, images=(), **meta):
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels if labels is not None else ids),
-            "media": {"image": list(images)}, **meta}
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels if labels is not None else ids),
+        "media": {"image": list(images)},
+        **meta,
+    }
 
 
 def img(value: float, size: int = 4) -> torch.Tensor:
@@ -66,7 +70,11 @@ def test_image_shape_mismatch_is_a_clear_error():
 
 def test_other_modalities_and_stacked_media():
     samples = [
-        {"input_ids": [1], "labels": [1], "media": {"image": torch.zeros(2, 3, 4, 4), "video": [torch.ones(5, 3, 4, 4)]}},
+        {
+            "input_ids": [1],
+            "labels": [1],
+            "media": {"image": torch.zeros(2, 3, 4, 4), "video": [torch.ones(5, 3, 4, 4)]},
+        },
         {"input_ids": [2], "labels": [2], "media": {"video": []}},
     ]
     batch = Collator(PAD)(samples)
@@ -93,8 +101,10 @@ def test_with_tokenized_conversations():
         [{"from": "human", "value": "what colour is blue?"}, {"from": "gpt", "value": "blue"}],
     ]
     outs = [tokenize_conversation(c, tok, "vicuna_v1", max_length=None, media_tokens={"image": 4}) for c in convs]
-    samples = [{"input_ids": o.input_ids, "labels": o.labels, "media": {"image": [img(0)] * o.num_media.get("image", 0)}}
-               for o in outs]
+    samples = [
+        {"input_ids": o.input_ids, "labels": o.labels, "media": {"image": [img(0)] * o.num_media.get("image", 0)}}
+        for o in outs
+    ]
     batch = Collator(tok.pad_token_id, padding_side="left")(samples)
     image_id = tok.convert_tokens_to_ids("<image>")
     assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [4 * n for n in batch["image_counts"].tolist()]

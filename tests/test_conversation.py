@@ -96,7 +96,9 @@ def test_image_after_text_lcs_style(tok, template):
 def test_placeholder_expansion_counts(tok):
     c = conv("<image> compare <image> and <video>", "left")
     media = {"image": 3, "video": 7}
-    out = tokenize_conversation(c, tok, "vicuna_v1", max_length=None, media_tokens=media, expected_media={"image": 2, "video": 1})
+    out = tokenize_conversation(
+        c, tok, "vicuna_v1", max_length=None, media_tokens=media, expected_media={"image": 2, "video": 1}
+    )
     ids = out.input_ids
     assert ids.count(tok.convert_tokens_to_ids("<image>")) == 6 and ids.count(tok.convert_tokens_to_ids("<video>")) == 7
     assert out.num_media == {"image": 2, "video": 1}
@@ -147,7 +149,9 @@ def test_truncation_keeps_media_or_raises(tok):
     ],
 )
 def test_validation_reasons(tok, conversations, reason):
-    call = lambda: tokenize_conversation(conversations, tok, "vicuna_v1", max_length=None, media_tokens={"image": N_IMG})  # noqa: E731
+    def call():
+        return tokenize_conversation(conversations, tok, "vicuna_v1", max_length=None, media_tokens={"image": N_IMG})
+
     if reason is None:
         check_consistent(call(), tok)
         return
@@ -158,11 +162,22 @@ def test_validation_reasons(tok, conversations, reason):
 
 def test_expected_media_mismatch(tok):
     with pytest.raises(SampleError) as err:
-        tokenize_conversation(conv("<image> hi", "red"), tok, "vicuna_v1", max_length=None, media_tokens={"image": 2}, expected_media={"image": 2})
+        tokenize_conversation(
+            conv("<image> hi", "red"),
+            tok,
+            "vicuna_v1",
+            max_length=None,
+            media_tokens={"image": 2},
+            expected_media={"image": 2},
+        )
     assert err.value.reason == "placeholder_mismatch" and "1 <image>" in err.value.detail
     with pytest.raises(SampleError):  # media given for a text-only conversation
-        tokenize_conversation(conv("hi", "red"), tok, "vicuna_v1", max_length=None, media_tokens={"image": 2}, expected_media={"image": 1})
-    out = tokenize_conversation(conv("hi", "red"), tok, "vicuna_v1", max_length=None, media_tokens={"image": 2}, expected_media={})
+        tokenize_conversation(
+            conv("hi", "red"), tok, "vicuna_v1", max_length=None, media_tokens={"image": 2}, expected_media={"image": 1}
+        )
+    out = tokenize_conversation(
+        conv("hi", "red"), tok, "vicuna_v1", max_length=None, media_tokens={"image": 2}, expected_media={}
+    )
     assert out.num_media == {}
 
 
@@ -186,7 +201,10 @@ def test_chat_template_labels_cover_exactly_assistant_contents(tok):
     assert all(r[-1] == tok.eos_token_id for r in runs)  # the template's end of turn is learned
     bare = get_template("chat_template", tok, learn_end_of_turn=False)
     runs = label_runs(bare.tokenize(MULTI, max_length=None, media_tokens={"image": N_IMG}).labels)
-    assert runs == [tok("red", add_special_tokens=False)["input_ids"], tok("left of the circle", add_special_tokens=False)["input_ids"]]
+    assert runs == [
+        tok("red", add_special_tokens=False)["input_ids"],
+        tok("left of the circle", add_special_tokens=False)["input_ids"],
+    ]
 
 
 def test_chat_template_with_bos_in_template_and_unstable_template(tok):
@@ -236,7 +254,9 @@ def test_vicuna_with_byte_level_bpe_keeps_spaces():
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 3 + ["USER: ASSISTANT: a chat"], vocab_size=300, special_tokens=["</s>", "<image>"])
+    bpe.train_from_iterator(
+        CORPUS * 3 + ["USER: ASSISTANT: a chat"], vocab_size=300, special_tokens=["</s>", "<image>"]
+    )
     t = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", extra_special_tokens=["<image>"])
     out = tokenize_conversation(MULTI, t, "vicuna_v1", max_length=None, media_tokens={"image": 2})
     assert [t.decode(r) for r in label_runs(out.labels)] == [" red</s>", " left of the circle</s>"]
@@ -269,7 +289,9 @@ turn_text = st.lists(st.sampled_from(WORDS + ["?", ",", "zebra", "<image>", "Red
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     questions=st.lists(turn_text, min_size=1, max_size=4),
-    answers=st.lists(st.lists(st.sampled_from(WORDS + [".", "2"]), min_size=1, max_size=5).map(" ".join), min_size=4, max_size=4),
+    answers=st.lists(
+        st.lists(st.sampled_from(WORDS + [".", "2"]), min_size=1, max_size=5).map(" ".join), min_size=4, max_size=4
+    ),
     template=st.sampled_from(["vicuna_v1", "chat_template", "plain"]),
     n_img=st.integers(1, 6),
     max_length=st.one_of(st.none(), st.integers(1, 80)),
@@ -281,7 +303,9 @@ def test_random_conversations_ids_and_labels_agree(tok, questions, answers, temp
     images = sum(q.split().count("<image>") for q in questions)
     media = {"image": n_img}
     try:
-        full = tokenize_conversation(c, tok, template, max_length=None, media_tokens=media, expected_media={"image": images})
+        full = tokenize_conversation(
+            c, tok, template, max_length=None, media_tokens=media, expected_media={"image": images}
+        )
     except SampleError as err:  # only possible if an answer produced no token: never, answers are non-empty
         pytest.fail(f"unexpected {err}")
     check_consistent(full, tok)

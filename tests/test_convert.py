@@ -18,10 +18,10 @@ import time
 import psutil
 import pytest
 import webdataset
+from _convert_fixtures import fault_dataset, plain_dataset, read_shards, shard_digests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _convert_fixtures import fault_dataset, plain_dataset, read_shards, shard_digests
 from data_tools.convert_to_wds import ConvertSummary, convert, main
 from data_tools.journal import ResumeError
 from data_tools.media import detect_format
@@ -134,8 +134,7 @@ def test_jsonl_bad_lines_and_multiple_inputs_and_roots(tmp_path):
     first = ds.write_jsonl(str(tmp_path / "a.jsonl"))
     with open(tmp_path / "b.jsonl", "w") as f:
         f.write('\n{"id": "x", "conversations": [\n\n[1, 2]\n' + json.dumps(ds.records[0]) + "\n")
-    s = convert([first, str(tmp_path / "b.jsonl")], [ds.root, other.root], tmp_path / "o",
-                workers=1, progress=False)
+    s = convert([first, str(tmp_path / "b.jsonl")], [ds.root, other.root], tmp_path / "o", workers=1, progress=False)
     errs = errors(tmp_path / "o")
     assert s.records == 6 and s.converted == 4
     assert errs[3]["reason"] == "invalid_json" and errs[3]["detail"].startswith("line 2:")
@@ -167,7 +166,8 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))  # no lone 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(TEXT, kids, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -225,11 +225,25 @@ def test_resume_redoes_damaged_torn_and_partial_work(tmp_path):
 
 
 def _start_cli(src, root, out, workers=2):
-    cmd = [sys.executable, "-m", "data_tools.convert_to_wds", src, "--media-root", root, "--out", out,
-           "--shard-size", "40", "--workers", str(workers), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_tools.convert_to_wds",
+        src,
+        "--media-root",
+        root,
+        "--out",
+        out,
+        "--shard-size",
+        "40",
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for_shards(out, proc, n=1, timeout=60.0) -> int:
@@ -288,8 +302,26 @@ def test_verify_passes_then_reports_damage(tmp_path, capsys):
     ds = fault_dataset(str(tmp_path / "media"))
     src = ds.write_json(str(tmp_path / "d.json"))
     out = str(tmp_path / "o")
-    assert main([src, "--media-root", ds.root, "--out", out, "--shard-size", "6", "--workers", "1",
-                 "--no-progress", "--verify", "--max-reject-rate", "1"]) == 0  # half is rejected
+    assert (
+        main(
+            [
+                src,
+                "--media-root",
+                ds.root,
+                "--out",
+                out,
+                "--shard-size",
+                "6",
+                "--workers",
+                "1",
+                "--no-progress",
+                "--verify",
+                "--max-reject-rate",
+                "1",
+            ]
+        )
+        == 0
+    )  # half is rejected
     printed = capsys.readouterr().out
     assert "converted 12 / 24" in printed and "records/s" in printed and ": OK" in printed
     assert main(["--verify-only", out]) == 0
@@ -304,7 +336,10 @@ def test_verify_passes_then_reports_damage(tmp_path, capsys):
     report = verify_output(out)
     text = report.format()
     assert not report.ok and "shard-000001.tar: sha256 differs" in text
-    assert "shard-000001.tar: truncated or damaged" in text and "shard-000002.tar: listed in index.json but missing" in text
+    assert (
+        "shard-000001.tar: truncated or damaged" in text
+        and "shard-000002.tar: listed in index.json but missing" in text
+    )
     assert "shard-000003.tar: truncated or damaged after 1 complete samples (no end-of-archive marker)" in text
     assert main(["--verify-only", out]) == 1
 

@@ -41,22 +41,23 @@ def test_media_paths_are_confined_to_the_root_regular_files_and_a_size_cap(tmp_p
     os.mkfifo(os.path.join(ds.root, "coco", "fifo.png"))
     depth = len(os.path.abspath(ds.root).strip("/").split("/"))
     up = "../" * (depth + 2)
-    cases = {"dotdot": ("../secret/x.png", "outside_media_root"),
-             "subdotdot": ("coco/../../secret/x.png", "outside_media_root"),
-             "symlink_out": ("coco/link.png", "outside_media_root"),
-             "devzero": (up + "dev/zero", "outside_media_root"),
-             "passwd": ("../secret/passwd", "outside_media_root"),
-             "fifo": ("coco/fifo.png", "not_a_regular_file"),
-             "big": (big, "media_too_large"),
-             "symlink_in": ("coco/inside_link.png", "ok"),
-             "good": (good, "ok")}
+    cases = {
+        "dotdot": ("../secret/x.png", "outside_media_root"),
+        "subdotdot": ("coco/../../secret/x.png", "outside_media_root"),
+        "symlink_out": ("coco/link.png", "outside_media_root"),
+        "devzero": (up + "dev/zero", "outside_media_root"),
+        "passwd": ("../secret/passwd", "outside_media_root"),
+        "fifo": ("coco/fifo.png", "not_a_regular_file"),
+        "big": (big, "media_too_large"),
+        "symlink_in": ("coco/inside_link.png", "ok"),
+        "good": (good, "ok"),
+    }
     for rid, (path, _) in cases.items():
         ds.add({"id": rid, "image": path, "conversations": conv("What?")})
     src = ds.write_jsonl(str(base / "in.jsonl"))
     out = str(base / "out")
     box: dict = {}
-    worker = threading.Thread(target=lambda: box.update(s=run([src], ds.root, out,
-                                                              max_media_bytes=2000)), daemon=True)
+    worker = threading.Thread(target=lambda: box.update(s=run([src], ds.root, out, max_media_bytes=2000)), daemon=True)
     worker.start()
     worker.join(60)
     if worker.is_alive():  # unblock the FIFO reader so the test ends, then fail
@@ -116,8 +117,7 @@ def test_decompression_bomb_is_refused_from_its_header_even_without_validation(t
         assert summary.converted == 1
         err = errors(out)["bomb"]
         assert err["reason"] == "image_too_large" and "900000000" in err["detail"], err
-    small_cap = run([src], ds.root, str(tmp_path / "cap"), validate_media=False,
-                    max_image_pixels=64 * 64 - 1)
+    small_cap = run([src], ds.root, str(tmp_path / "cap"), validate_media=False, max_image_pixels=64 * 64 - 1)
     assert small_cap.converted == 0 and small_cap.rejected_by_reason == {"image_too_large": 2}
 
 
@@ -134,10 +134,8 @@ def test_too_many_rejections_fail_the_run_with_the_top_reasons(tmp_path, capsys)
     assert rc == EXIT_TOO_MANY_REJECTED, err
     assert "12 of 13 records rejected" in err and "missing_media 12" in err
     # The same data with its media root passes; a permissive rate lets the bad run pass too.
-    assert main([src, "--media-root", ds.root, "--out", str(tmp_path / "o2"), "--workers", "1",
-                 "--no-progress"]) == 0
-    assert main([src, "--out", str(tmp_path / "o3"), "--workers", "1", "--no-progress",
-                 "--max-reject-rate", "1"]) == 0
+    assert main([src, "--media-root", ds.root, "--out", str(tmp_path / "o2"), "--workers", "1", "--no-progress"]) == 0
+    assert main([src, "--out", str(tmp_path / "o3"), "--workers", "1", "--no-progress", "--max-reject-rate", "1"]) == 0
 
 
 def test_read_only_output_folder_is_a_clear_error(tmp_path, capsys):

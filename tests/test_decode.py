@@ -37,10 +37,21 @@ def unnormalise(t: torch.Tensor) -> np.ndarray:
     return ((t * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("mode,fmt,field", [("RGB", "JPEG", "jpg"), ("L", "PNG", "png"), ("RGBA", "PNG", "png"),
-                                            ("P", "GIF", "gif"), ("RGB", "WEBP", "webp"), ("I;16", "PNG", "png")])
+@pytest.mark.parametrize(
+    "mode,fmt,field",
+    [
+        ("RGB", "JPEG", "jpg"),
+        ("L", "PNG", "png"),
+        ("RGBA", "PNG", "png"),
+        ("P", "GIF", "gif"),
+        ("RGB", "WEBP", "webp"),
+        ("I;16", "PNG", "png"),
+    ],
+)
 def test_any_image_mode_becomes_rgb_tensor(mode, fmt, field):
-    img = Image.new("RGB", (40, 20), (250, 20, 20)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 20), 300)
+    img = (
+        Image.new("RGB", (40, 20), (250, 20, 20)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 20), 300)
+    )
     out = decode_sample(raw(field, enc(img, fmt)), CFG)
     (t,) = out["media"]["image"]
     assert t.shape == (3, 32, 32) and t.dtype == torch.float32
@@ -69,16 +80,19 @@ def test_foreign_shard_without_media_list_is_read_by_extension():
     assert out["modal_list"] == ["IMAGE"] and len(out["media"]["image"]) == 1
 
 
-@pytest.mark.parametrize("make,reason", [
-    (lambda: raw("jpg", enc(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]), "corrupt_media"),
-    (lambda: raw("png", b"not an image"), "corrupt_media"),
-    (lambda: {**raw("png", b""), "png": b""}, "corrupt_media"),
-    (lambda: {k: v for k, v in raw("png", b"x").items() if k != "png"}, "missing_media"),
-    (lambda: {"__key__": "k", "json": b"{not json"}, "bad_json"),
-    (lambda: {"__key__": "k", "json": b"[1, 2]"}, "bad_json"),
-    (lambda: {"__key__": "k", "json": json.dumps({"id": "x"}).encode()}, "missing_field"),
-    (lambda: {"__key__": "k"}, "missing_field"),
-])
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: raw("jpg", enc(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]), "corrupt_media"),
+        (lambda: raw("png", b"not an image"), "corrupt_media"),
+        (lambda: {**raw("png", b""), "png": b""}, "corrupt_media"),
+        (lambda: {k: v for k, v in raw("png", b"x").items() if k != "png"}, "missing_media"),
+        (lambda: {"__key__": "k", "json": b"{not json"}, "bad_json"),
+        (lambda: {"__key__": "k", "json": b"[1, 2]"}, "bad_json"),
+        (lambda: {"__key__": "k", "json": json.dumps({"id": "x"}).encode()}, "missing_field"),
+        (lambda: {"__key__": "k"}, "missing_field"),
+    ],
+)
 def test_bad_samples_raise_sample_error_with_reason_and_key(make, reason):
     sample = make()
     with pytest.raises(SampleError) as info:

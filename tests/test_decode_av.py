@@ -68,12 +68,15 @@ def test_uniform_sampling_indices_timestamps_and_pixels(clip, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_frames,fps,expected", [
-    (12, 4.0, list(range(0, 24, 2))),  # one frame every 0.25 s
-    (8, 2.0, [0, 4, 8, 12, 16, 20, 20, 20]),  # clip shorter than 8 x 0.5 s: last frame repeats
-    (4, 2.0, [3, 9, 15, 21]),  # 6 timestamps > 4: uniform fallback
-    (3, 0.25, [0, 0, 0]),  # one timestamp (t=0) in a 3 s clip
-])
+@pytest.mark.parametrize(
+    "num_frames,fps,expected",
+    [
+        (12, 4.0, list(range(0, 24, 2))),  # one frame every 0.25 s
+        (8, 2.0, [0, 4, 8, 12, 16, 20, 20, 20]),  # clip shorter than 8 x 0.5 s: last frame repeats
+        (4, 2.0, [3, 9, 15, 21]),  # 6 timestamps > 4: uniform fallback
+        (3, 0.25, [0, 0, 0]),  # one timestamp (t=0) in a 3 s clip
+    ],
+)
 def test_fps_sampling(clip, backend, num_frames, fps, expected):
     frames, data = clip
     out, info = read_video(data, num_frames=num_frames, fps=fps, backend=backend)

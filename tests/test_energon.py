@@ -29,23 +29,33 @@ def shards(tmp_path_factory) -> Path:
 def _energon_samples(path: Path) -> list:
     from megatron.energon import WorkerConfig, get_loader, get_train_dataset
 
-    ds = get_train_dataset(path, batch_size=None, shuffle_buffer_size=None, max_samples_per_sequence=None,
-                           worker_config=WorkerConfig(rank=0, world_size=1, num_workers=0), repeat=False)
+    ds = get_train_dataset(
+        path,
+        batch_size=None,
+        shuffle_buffer_size=None,
+        max_samples_per_sequence=None,
+        worker_config=WorkerConfig(rank=0, world_size=1, num_workers=0),
+        repeat=False,
+    )
     return list(get_loader(ds))
 
 
 def test_energon_lint_passes(shards: Path) -> None:
     meta = shards / ".nv-meta"
     assert {"dataset.yaml", "split.yaml", "sample_loader.py", ".info.json", "index.sqlite"} <= {
-        p.name for p in meta.iterdir()}
-    proc = subprocess.run(["energon", "lint", str(shards)], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+        p.name for p in meta.iterdir()
+    }
+    proc = subprocess.run(
+        ["energon", "lint", str(shards)], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 def test_energon_loader_yields_every_sample_with_media(shards: Path) -> None:
-    expected = {json.loads(members["json"])["id"]: (json.loads(members["json"]), members)
-                for _, members in read_shards(str(shards))}
+    expected = {
+        json.loads(members["json"])["id"]: (json.loads(members["json"]), members)
+        for _, members in read_shards(str(shards))
+    }
     assert len(expected) == N_SAMPLES
     got = _energon_samples(shards)
     assert sorted(s.id for s in got) == sorted(expected), "Energon must yield every sample exactly once"

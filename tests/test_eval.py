@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import tiny_model
 
 from data_tools.convert_to_wds import convert
 from data_tools.make_synthetic import generate
@@ -12,18 +13,26 @@ from llava_wb.data.config import ImageConfig
 from llava_wb.eval.evaluate import evaluate
 from llava_wb.eval.metrics import EvalResult, normalize
 from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
-from tiny import tiny_model
 
 
 def test_normalize_and_per_type_scores_with_majority_baseline():
     assert normalize("  Red. ") == "red" and normalize("two!") == "two"
     r = EvalResult()
-    for qtype, answer, pred in [("colour", "red", "red"), ("colour", "red", "blue"), ("colour", "blue", "Blue."),
-                                ("shape", "circle", "square")]:
+    for qtype, answer, pred in [
+        ("colour", "red", "red"),
+        ("colour", "red", "blue"),
+        ("colour", "blue", "Blue."),
+        ("shape", "circle", "square"),
+    ]:
         r.add(id="x", qtype=qtype, turn=0, question="q", answer=answer, prediction=pred)
     t = r.per_type
-    assert t["colour"] == {"n": 3, "correct": 2, "accuracy": 2 / 3, "majority_answer": "red",
-                           "majority_accuracy": 2 / 3}
+    assert t["colour"] == {
+        "n": 3,
+        "correct": 2,
+        "accuracy": 2 / 3,
+        "majority_answer": "red",
+        "majority_accuracy": 2 / 3,
+    }
     assert t["shape"]["accuracy"] == 0.0 and r.overall["correct"] == 2
     assert "| colour | 3 | 66.7% | 66.7% (red) |" in r.to_markdown()
 

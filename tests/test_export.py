@@ -67,16 +67,27 @@ def test_prompt_ids_match_for_both_templates(tok: Any, tmp_path: Path) -> None:
         assert processor.patch_size == 8 and processor.num_additional_image_tokens == 1
         assert processor.vision_feature_select_strategy == "default"
         conversation = PROBE + [{"from": "gpt", "value": "two"}, {"from": "human", "value": "And <image>\nthis one?"}]
-        ours = get_template(template, tok).tokenize(conversation, max_length=None, media_tokens=model.media_tokens,
-                                                    add_generation_prompt=True).input_ids
+        ours = (
+            get_template(template, tok)
+            .tokenize(conversation, max_length=None, media_tokens=model.media_tokens, add_generation_prompt=True)
+            .input_ids
+        )
         image = Image.new("RGB", (20, 40), (0, 0, 255))
-        parts = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What colour is the circle?"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-                 {"role": "user", "content": "How many shapes are there?"},
-                 {"role": "assistant", "content": "two"},
-                 {"role": "user", "content": "And <image>\nthis one?"}]  # string and list content mixed
-        hf = processor(text=processor.apply_chat_template(parts, add_generation_prompt=True),
-                       images=[image, image], return_tensors="pt")
+        parts = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": "What colour is the circle?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+            {"role": "user", "content": "How many shapes are there?"},
+            {"role": "assistant", "content": "two"},
+            {"role": "user", "content": "And <image>\nthis one?"},
+        ]  # string and list content mixed
+        hf = processor(
+            text=processor.apply_chat_template(parts, add_generation_prompt=True),
+            images=[image, image],
+            return_tensors="pt",
+        )
         assert hf["input_ids"][0].tolist() == list(ours), template
         assert (hf["input_ids"] == model.config.image_token_id).sum() == 2 * model.tokens_per_image == 32
         assert tuple(hf["pixel_values"].shape) == (2, 3, 32, 32)
@@ -127,32 +138,75 @@ def test_trained_model_answers_the_same_in_plain_transformers(tmp_path: Path) ->
     cfg["data"]["template"] = "chat_template"  # the demo's template: the tokenizer's own jinja
     run(train_cmd(write_config(tmp_path / "run.yaml", cfg)), timeout=900)
     held = generate(tmp_path / "held", n_pretrain=0, n_instruct=0, n_heldout=40, seed=3, progress=False)
-    convert([held["files"]["heldout"]], [held["media_root"]], tmp_path / "held_shards", shard_size=64, workers=1,
-            progress=False)
+    convert(
+        [held["files"]["heldout"]],
+        [held["media_root"]],
+        tmp_path / "held_shards",
+        shard_size=64,
+        workers=1,
+        progress=False,
+    )
 
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "llava_wb.export", str(tmp_path / "run"), str(out)],
-                          env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava_wb.export", str(tmp_path / "run"), str(out)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "processor_config.json"} <= names, names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+    } <= names, names
 
     model, tok = load_bundle(tmp_path / "run" / "final")
-    ours = evaluate(model, tok, [str(tmp_path / "held_shards")], image=ImageConfig(size=32), template="chat_template",
-                    batch_size=8, max_new_tokens=8, progress=False)
+    ours = evaluate(
+        model,
+        tok,
+        [str(tmp_path / "held_shards")],
+        image=ImageConfig(size=32),
+        template="chat_template",
+        batch_size=8,
+        max_new_tokens=8,
+        progress=False,
+    )
     records = {r["id"]: r for r in json.loads(Path(held["files"]["heldout"]).read_text())}
     questions = []
     for p in ours.predictions:
         record = records[p["id"]]
         image = str(Path(held["media_root"]) / record["image"]) if record.get("image") else None
-        questions.append({"key": f"{p['id']}/{p['turn']}",
-                          "messages": _hf_messages(record["conversations"][: 2 * p["turn"] + 1], image)})
+        questions.append(
+            {
+                "key": f"{p['id']}/{p['turn']}",
+                "messages": _hf_messages(record["conversations"][: 2 * p["turn"] + 1], image),
+            }
+        )
     (tmp_path / "questions.json").write_text(json.dumps(questions))
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "hf_reload_worker.py"), str(out),
-                           str(tmp_path / "questions.json"), str(tmp_path / "answers.json")],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "hf_reload_worker.py"),
+            str(out),
+            str(tmp_path / "questions.json"),
+            str(tmp_path / "answers.json"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "answers.json").read_text())
     assert not result["llava_wb_imported"]
@@ -161,22 +215,28 @@ def test_trained_model_answers_the_same_in_plain_transformers(tmp_path: Path) ->
     n = len(ours.predictions)
     # the pipeline decodes prompt + answer and cuts the prompt's text off: the answer keeps the space
     # the decoder put after "assistant:"; strip() is the only difference allowed
-    mismatches = [(q["key"], p["prediction"], rows[q["key"]]["generate"], rows[q["key"]]["pipeline"])
-                  for q, p in zip(questions, ours.predictions)
-                  if not rows[q["key"]]["pipeline"].strip() == p["prediction"] == rows[q["key"]]["generate"]]
+    mismatches = [
+        (q["key"], p["prediction"], rows[q["key"]]["generate"], rows[q["key"]]["pipeline"])
+        for q, p in zip(questions, ours.predictions)
+        if not rows[q["key"]]["pipeline"].strip() == p["prediction"] == rows[q["key"]]["generate"]
+    ]
     same = n - len(mismatches)
     with_image = [q for q in questions if any(part["type"] == "image" for m in q["messages"] for part in m["content"])]
     assert all(rows[q["key"]]["image_tokens"] == model.tokens_per_image for q in with_image)
     template = get_template("chat_template", tok)
     for q, p in zip(questions, ours.predictions):  # the very prompt ids llava_wb's evaluator generates from
         turns = records[p["id"]]["conversations"][: 2 * p["turn"] + 1]
-        ids = template.tokenize(turns, max_length=512, media_tokens=model.media_tokens, add_generation_prompt=True).input_ids
+        ids = template.tokenize(
+            turns, max_length=512, media_tokens=model.media_tokens, add_generation_prompt=True
+        ).input_ids
         assert rows[q["key"]]["ids"] == list(ids), q["key"]
-    print(f"\nexport acceptance: {same}/{n} answers identical (pipeline, generate, llava_wb); "
-          f"{len(with_image)} prompts with an image, {model.tokens_per_image} image tokens each; "
-          f"llava_wb accuracy {ours.overall['accuracy']:.3f}, distinct answers "
-          f"{len({p['prediction'] for p in ours.predictions})}, majority baseline "
-          f"{sum(t['majority_accuracy'] * t['n'] for t in ours.per_type.values()) / n:.3f}")
+    print(
+        f"\nexport acceptance: {same}/{n} answers identical (pipeline, generate, llava_wb); "
+        f"{len(with_image)} prompts with an image, {model.tokens_per_image} image tokens each; "
+        f"llava_wb accuracy {ours.overall['accuracy']:.3f}, distinct answers "
+        f"{len({p['prediction'] for p in ours.predictions})}, majority baseline "
+        f"{sum(t['majority_accuracy'] * t['n'] for t in ours.per_type.values()) / n:.3f}"
+    )
     assert n >= 50
     # non-trivial answers: measured 5 to 11 distinct answers over runs (training is not bit-reproducible)
     assert len({p["prediction"] for p in ours.predictions}) >= 3, "the trained model should answer non-trivially"

@@ -23,6 +23,7 @@ def test_every_sample_reads_as_a_datasets_iterable(tmp_path: Path) -> None:
     from datasets import IterableDataset  # the documented line, verbatim below
 
     from data_tools.hf_datasets import hf_features, hf_samples
+
     ds = IterableDataset.from_generator(hf_samples, gen_kwargs={"shards": shards}, features=hf_features())
 
     got = list(ds)

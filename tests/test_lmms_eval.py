@@ -21,26 +21,50 @@ from _lmms_fixtures import av_run  # noqa: E402
 
 
 def test_lmms_eval_cli_matches_the_evaluator(tmp_path: Path) -> None:
-    from llava_wb.eval.evaluate import image_config_for
-    from llava_wb.eval.evaluate import evaluate
+    from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.eval.lmms_task import write_task
     from llava_wb.model.bundle import load_bundle
 
-    assert "llava_wb" in {ep.name for ep in entry_points(group="lmms_eval.models")}, \
+    assert "llava_wb" in {ep.name for ep in entry_points(group="lmms_eval.models")}, (
         "llava_wb's lmms_eval.models entry point is missing: pip install -e . in this environment"
+    )
     paths = av_run(tmp_path, n_heldout=16)
     write_task([str(paths["heldout"])], tmp_path / "task")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "llava_wb", "--model_args", f"pretrained={paths['run']}",
-           "--tasks", "llava_wb_heldout", "--include_path", str(tmp_path / "task"), "--batch_size", "4",
-           "--output_path", str(tmp_path / "out"), "--log_samples"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "llava_wb",
+        "--model_args",
+        f"pretrained={paths['run']}",
+        "--tasks",
+        "llava_wb_heldout",
+        "--include_path",
+        str(tmp_path / "task"),
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+        "--log_samples",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = json.loads(Path(glob.glob(str(tmp_path / "out" / "*" / "*_results.json"))[0]).read_text())
     scores = results["results"]["llava_wb_heldout"]
-    samples = [json.loads(line) for line in
-               Path(glob.glob(str(tmp_path / "out" / "*" / "*_samples_llava_wb_heldout.jsonl"))[0]).read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for line in Path(glob.glob(str(tmp_path / "out" / "*" / "*_samples_llava_wb_heldout.jsonl"))[0])
+        .read_text()
+        .splitlines()
+    ]
     docs = [json.loads(line) for line in (tmp_path / "task" / "questions.jsonl").read_text().splitlines()]
 
     model, tok = load_bundle(paths["run"] / "final")

@@ -11,12 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _lmms_fixtures import av_run
 from PIL import Image
 
-from _lmms_fixtures import av_run
 from llava_wb.data.conversation import get_template
-from llava_wb.eval.lmms_prompt import (build_prompt_item, cut_at_stops, load_run, request_conversation, run_settings,
-                                       visual_bytes)
+from llava_wb.eval.lmms_prompt import (
+    build_prompt_item,
+    cut_at_stops,
+    load_run,
+    request_conversation,
+    run_settings,
+    visual_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,9 @@ def _doc_to_visual(doc: dict) -> list:
     """The committed task's own hook (llava_wb/eval/lmms_tasks/utils.py), loaded from its file."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lmms_task_utils", Path(__file__).resolve().parents[1]
-                                                  / "llava_wb/eval/lmms_tasks/utils.py")
+    spec = importlib.util.spec_from_file_location(
+        "lmms_task_utils", Path(__file__).resolve().parents[1] / "llava_wb/eval/lmms_tasks/utils.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.doc_to_visual(doc)
@@ -45,14 +52,23 @@ def test_task_documents_map_to_the_evaluators_prompts(setup) -> None:
 
     model, tok, template_name, settings = load_run(setup["run"])
     template = get_template(template_name, tok)
-    want = {(it["id"], it["turn"]): it for it in _items([str(setup["heldout"])], settings, template, model.media_tokens,
-                                                        512, None)}
+    want = {
+        (it["id"], it["turn"]): it
+        for it in _items([str(setup["heldout"])], settings, template, model.media_tokens, 512, None)
+    }
     docs = [json.loads(line) for line in (setup["task"] / "questions.jsonl").read_text().splitlines()]
     assert len(docs) == len(want) and sum(setup["counts"].values()) == len(docs)
     kinds = set()
     for doc in docs:
-        item = build_prompt_item(doc["question"], _doc_to_visual(doc), doc, template=template,
-                                 media_tokens=model.media_tokens, settings=settings, max_length=512)
+        item = build_prompt_item(
+            doc["question"],
+            _doc_to_visual(doc),
+            doc,
+            template=template,
+            media_tokens=model.media_tokens,
+            settings=settings,
+            max_length=512,
+        )
         ref = want[(doc["id"], doc["turn"])]
         assert doc["qtype"] == ref["qtype"] and doc["answer"] == ref["answer"]
         assert item["ids"] == ref["ids"] and item["instruction"] == ref["instruction"]
@@ -65,10 +81,16 @@ def test_task_documents_map_to_the_evaluators_prompts(setup) -> None:
 
 def test_a_plain_request_becomes_one_human_turn_with_placeholders_in_visual_order() -> None:
     assert request_conversation("What is it?", ["image", "audio"]) == [
-        {"from": "human", "value": "<image>\n<audio>\nWhat is it?"}]
+        {"from": "human", "value": "<image>\n<audio>\nWhat is it?"}
+    ]
     assert request_conversation("Compare <image> and <image>.", ["image", "image"]) == [
-        {"from": "human", "value": "Compare <image> and <image>."}]
-    turns = [{"from": "human", "value": "<video>\nq1"}, {"from": "gpt", "value": "a1"}, {"from": "human", "value": "q2"}]
+        {"from": "human", "value": "Compare <image> and <image>."}
+    ]
+    turns = [
+        {"from": "human", "value": "<video>\nq1"},
+        {"from": "gpt", "value": "a1"},
+        {"from": "human", "value": "q2"},
+    ]
     assert request_conversation("q2", ["video"], {"llava_wb_conversation": turns}) == turns
 
 

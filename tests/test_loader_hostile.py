@@ -24,8 +24,7 @@ from llava_wb.data.pipeline import DecodeOnly, RawSample
 
 
 def cfg(*sources, **kw):
-    base = {"sources": list(sources), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 5,
-            "epoch_mode": "exact"}
+    base = {"sources": list(sources), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 5, "epoch_mode": "exact"}
     base.update(kw)
     return DataConfig.from_dict(base)
 
@@ -105,8 +104,7 @@ def test_balanced_mode_names_a_source_that_yields_nothing(tmp_path):
     for p in write_shards(empty, [5, 5], start=100):
         open(p, "wb").close()  # index.json promises 10 samples, the shards hold none
     write_shards(rejected, [0, 0])  # every record rejected at conversion: empty tars, counts 0
-    loader = build_loader(cfg(good, empty, epoch_mode="balanced", max_skip_rate=1.0),
-                          process=RawSample())
+    loader = build_loader(cfg(good, empty, epoch_mode="balanced", max_skip_rate=1.0), process=RawSample())
     box = within(60, lambda: ids_of(loader, limit=20))
     assert isinstance(box.get("error"), EmptySourceError), box
     assert repr(empty) in str(box["error"])
@@ -115,9 +113,13 @@ def test_balanced_mode_names_a_source_that_yields_nothing(tmp_path):
 
 
 def test_list_files_and_urls_are_data_never_shell_commands(tmp_path, monkeypatch):
-    for k, v in {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "x",
-                 "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                 "AWS_MAX_ATTEMPTS": "1"}.items():
+    for k, v in {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
         monkeypatch.setenv(k, v)  # an s3 fetch fails fast, offline
     d = str(tmp_path / "s")
     paths = write_shards(d, [3])
@@ -127,11 +129,10 @@ def test_list_files_and_urls_are_data_never_shell_commands(tmp_path, monkeypatch
     with pytest.raises(DataConfigError, match="line 2: 'pipe:' commands are not read from list"):
         build_loader(cfg(str(listed)), process=RawSample())
     urls = tmp_path / "urls.shards"
-    urls.write_text(f"{paths[0]}\n"
-                    f"s3://b/x.tar; touch {pwned['s3']}; #\n"
-                    f"http://127.0.0.1:9/x.tar'; touch {pwned['http']}; '\n")
-    loader = build_loader(cfg(str(urls), max_skip_rate=1.0, shuffle_shards=False),
-                          process=RawSample())
+    urls.write_text(
+        f"{paths[0]}\ns3://b/x.tar; touch {pwned['s3']}; #\nhttp://127.0.0.1:9/x.tar'; touch {pwned['http']}; '\n"
+    )
+    loader = build_loader(cfg(str(urls), max_skip_rate=1.0, shuffle_shards=False), process=RawSample())
     assert len(ids_of(loader)) == 3
     assert not any(p.exists() for p in pwned.values()), [p for p in pwned.values() if p.exists()]
     assert loader.skip_state()["skipped"].keys() <= {"command_failed", "unreadable_shard"}

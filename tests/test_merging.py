@@ -19,8 +19,15 @@ def merger(name="local_merge", **options):
 
 
 @settings(max_examples=60, deadline=None)
-@given(grid=grids, window=windows, frac=st.floats(0, 1), b=st.integers(1, 3), neighbours=st.integers(0, 1),
-       seed=st.integers(0, 2**16), destination=st.sampled_from(["first", "typical"]))
+@given(
+    grid=grids,
+    window=windows,
+    frac=st.floats(0, 1),
+    b=st.integers(1, 3),
+    neighbours=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+    destination=st.sampled_from(["first", "typical"]),
+)
 def test_local_merge_contract_on_any_grid_and_budget(grid, window, frac, b, neighbours, seed, destination):
     n = grid[0] * grid[1] * grid[2]
     tokens = n - int(frac * (n - num_windows(grid, window)))
@@ -47,9 +54,9 @@ def test_batched_equals_per_sample_and_eval_is_deterministic(grid, b):
     again = reducer(x, grid)
     assert torch.equal(batched.tokens, again.tokens) and torch.equal(batched.group_ids, again.group_ids)
     for i in range(b):
-        single = reducer(x[i:i + 1], grid)
-        torch.testing.assert_close(single.tokens, batched.tokens[i:i + 1])
-        assert torch.equal(single.positions, batched.positions[i:i + 1])
+        single = reducer(x[i : i + 1], grid)
+        torch.testing.assert_close(single.tokens, batched.tokens[i : i + 1])
+        assert torch.equal(single.positions, batched.positions[i : i + 1])
 
 
 def test_r0_is_identity_and_full_merge_is_average_pooling():

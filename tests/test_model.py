@@ -22,13 +22,26 @@ from llava_wb.registry import UnknownNameError
 from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
 TEXTS = [
-    "what colour is the square ?", "the square is red .", "compare the two pictures .",
-    "both show a green shape on the left .", "tell me a story without pictures .",
-    "once upon a time there was a circle .", "is the blue circle left or right of the triangle ?", "right .",
+    "what colour is the square ?",
+    "the square is red .",
+    "compare the two pictures .",
+    "both show a green shape on the left .",
+    "tell me a story without pictures .",
+    "once upon a time there was a circle .",
+    "is the blue circle left or right of the triangle ?",
+    "right .",
 ]
-VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2)
+VISION = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 # Learned absolute positions and tied embeddings: left padding is only right with position ids.
 GPT2 = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=128)
 H, G = "human", "gpt"
@@ -58,8 +71,14 @@ def make_samples(tok: Any, tokens_per_image: int, generation: bool = False) -> l
     gen = torch.Generator().manual_seed(0)
     out = []
     for i, (conv, n_images) in enumerate(CONVERSATIONS):
-        tc = tokenize_conversation(conv[:1] if generation else conv, tok, "vicuna_v1", max_length=None,
-                                   media_tokens={"image": tokens_per_image}, add_generation_prompt=generation)
+        tc = tokenize_conversation(
+            conv[:1] if generation else conv,
+            tok,
+            "vicuna_v1",
+            max_length=None,
+            media_tokens={"image": tokens_per_image},
+            add_generation_prompt=generation,
+        )
         images = [torch.randn(3, 32, 32, generator=gen) for _ in range(n_images)]
         out.append({"input_ids": tc.input_ids, "labels": tc.labels, "media": {"image": images}, "id": f"s{i}"})
     return out
@@ -100,9 +119,14 @@ def test_config_from_dict_and_unknown_fields() -> None:
         ModelConfig.from_dict({"llm": {"config": {"hidden_size": 8}}})
 
 
-@pytest.mark.parametrize("section,field,known", [("vision", "type", "clip, dinov2, siglip"),
-                                                 ("projector", "type", "linear, mlp2x_gelu"),
-                                                 ("reducer", "type", "avgpool, identity, instruct_resample, local_merge, tome_sd")])
+@pytest.mark.parametrize(
+    "section,field,known",
+    [
+        ("vision", "type", "clip, dinov2, siglip"),
+        ("projector", "type", "linear, mlp2x_gelu"),
+        ("reducer", "type", "avgpool, identity, instruct_resample, local_merge, tome_sd"),
+    ],
+)
 def test_unknown_names_list_known(tok: Any, section: str, field: str, known: str) -> None:
     d = model_dict()
     d.setdefault(section, {})[field] = "nope"
@@ -265,6 +289,8 @@ def test_llm_vocab_grows_to_tokenizer(tok: Any) -> None:
 
 
 def test_model_config_imports_without_torch() -> None:
-    code = ("import sys, llava_wb.model, llava_wb.model.config; "
-            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy")
+    code = (
+        "import sys, llava_wb.model, llava_wb.model.config; "
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import TINY_LLAMA, TINY_VISION
 
 from llava_wb.data.collate import Collator
 from llava_wb.data.config import AudioConfig, DataConfig, ImageConfig, VideoConfig
@@ -15,17 +16,25 @@ from llava_wb.data.conversation import tokenize_conversation
 from llava_wb.model import ModelConfig, build_model
 from llava_wb.model.media import insert_separators, media_settings, time_slices
 from llava_wb.model.reducers import build_reducer
-from tiny import TINY_LLAMA, TINY_VISION
 
-TINY_WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                    max_source_positions=50, num_mel_bins=80)
+TINY_WHISPER = dict(
+    d_model=32,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    max_source_positions=50,
+    num_mel_bins=80,
+)
 
 
 def av_model(tok: Any, reducer: dict | None = None, video: dict | None = None, audio: bool = True) -> Any:
     torch.manual_seed(0)
-    cfg = {"vision": {"type": "clip", "config": dict(TINY_VISION)}, "llm": {"config": dict(TINY_LLAMA)},
-           "reducer": reducer or {"type": "local_merge", "options": {"ratio": 0.75, "window": [2, 2, 2]}},
-           "video": video or {"frames": 4}}
+    cfg = {
+        "vision": {"type": "clip", "config": dict(TINY_VISION)},
+        "llm": {"config": dict(TINY_LLAMA)},
+        "reducer": reducer or {"type": "local_merge", "options": {"ratio": 0.75, "window": [2, 2, 2]}},
+        "video": video or {"frames": 4},
+    }
     if audio:
         cfg["audio"] = {"config": dict(TINY_WHISPER), "tokens_per_second": 10}
     return build_model(ModelConfig.from_dict(cfg), tok)
@@ -35,7 +44,9 @@ def av_model(tok: Any, reducer: dict | None = None, video: dict | None = None, a
 def tok() -> Any:
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
-    return build_demo_tokenizer(demo_corpus(["What colour is it? Which way? High or low? What is two plus two? red hi"]))
+    return build_demo_tokenizer(
+        demo_corpus(["What colour is it? Which way? High or low? What is two plus two? red hi"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +56,23 @@ def model(tok: Any) -> Any:
 
 def mixed_samples(tok: Any, model: Any) -> list[dict[str, Any]]:
     img, vid, aud = torch.randn(3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(80, 100)
-    cases = [("<image>\nWhat colour is it?", {"image": [img]}), ("<video>\nWhich way?", {"video": [vid]}),
-             ("<audio>\nHigh or low?", {"audio": [aud]}), ("What is two plus two?", {}),
-             ("<image> <video> <audio> and <audio>", {"image": [img], "video": [vid], "audio": [aud, aud * 0.5]})]
+    cases = [
+        ("<image>\nWhat colour is it?", {"image": [img]}),
+        ("<video>\nWhich way?", {"video": [vid]}),
+        ("<audio>\nHigh or low?", {"audio": [aud]}),
+        ("What is two plus two?", {}),
+        ("<image> <video> <audio> and <audio>", {"image": [img], "video": [vid], "audio": [aud, aud * 0.5]}),
+    ]
     out = []
     for question, media in cases:
-        t = tokenize_conversation([{"from": "human", "value": question}, {"from": "gpt", "value": "red"}], tok, "plain",
-                                  max_length=512, media_tokens=model.media_tokens,
-                                  expected_media={k: len(v) for k, v in media.items()})
+        t = tokenize_conversation(
+            [{"from": "human", "value": question}, {"from": "gpt", "value": "red"}],
+            tok,
+            "plain",
+            max_length=512,
+            media_tokens=model.media_tokens,
+            expected_media={k: len(v) for k, v in media.items()},
+        )
         out.append({"input_ids": t.input_ids, "labels": t.labels, "media": media})
     return out
 
@@ -84,9 +104,17 @@ def test_mixed_modality_batch_forward_backward_counts_per_modality(tok: Any, mod
     placeholder = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     for kind in model.media_tokens:
         placeholder |= batch["input_ids"] == model.placeholder_id(kind)
-    _, labels, _ = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["image_counts"], batch["labels"],
-                                      None, batch["video_values"], batch["video_counts"], batch["audio_values"],
-                                      batch["audio_counts"])
+    _, labels, _ = model.embed_inputs(
+        batch["input_ids"],
+        batch["pixel_values"],
+        batch["image_counts"],
+        batch["labels"],
+        None,
+        batch["video_values"],
+        batch["video_counts"],
+        batch["audio_values"],
+        batch["audio_counts"],
+    )
     assert bool((labels[placeholder] == -100).all()) and labels_at_media is not None
     model.eval()
 
@@ -107,19 +135,31 @@ def test_every_trainable_part_gets_a_gradient_whatever_the_batch_holds(tok: Any,
     """DDP (find_unused_parameters off) needs every trainable parameter used in every step: encoders
     and reducers a batch does not use run on a blank input with weight 0."""
     if variant == "merge":
-        m = av_model(tok, reducer={"type": "local_merge", "options": {"ratio": 0.75, "window": [2, 2, 2],
-                                                                      "size_embedding": True}})
+        m = av_model(
+            tok,
+            reducer={"type": "local_merge", "options": {"ratio": 0.75, "window": [2, 2, 2], "size_embedding": True}},
+        )
     else:  # learned scorers on images and, separately, on clips; captions carry no instruction
         learned = {"type": "instruct_resample", "options": {"ratio": 0.75, "mode": "learned"}}
         m = av_model(tok, reducer=learned, video={"frames": 4, "reducer": learned})
     m.train()
-    media = {"<image>": {"image": [torch.randn(3, 32, 32)]}, "<video>": {"video": [torch.randn(4, 3, 32, 32)]},
-             "<audio>": {"audio": [torch.randn(80, 100)]}, "": {}}[present]
-    t = tokenize_conversation([{"from": "human", "value": f"{present} hi"}, {"from": "gpt", "value": "red"}], tok,
-                              "plain", max_length=256, media_tokens=m.media_tokens,
-                              expected_media={k: len(v) for k, v in media.items()})
-    batch = Collator(tok.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels,
-                                         "instruction_mask": t.instruction_mask, "media": media}])
+    media = {
+        "<image>": {"image": [torch.randn(3, 32, 32)]},
+        "<video>": {"video": [torch.randn(4, 3, 32, 32)]},
+        "<audio>": {"audio": [torch.randn(80, 100)]},
+        "": {},
+    }[present]
+    t = tokenize_conversation(
+        [{"from": "human", "value": f"{present} hi"}, {"from": "gpt", "value": "red"}],
+        tok,
+        "plain",
+        max_length=256,
+        media_tokens=m.media_tokens,
+        expected_media={k: len(v) for k, v in media.items()},
+    )
+    batch = Collator(tok.pad_token_id)(
+        [{"input_ids": t.input_ids, "labels": t.labels, "instruction_mask": t.instruction_mask, "media": media}]
+    )
     m(**batch).loss.backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
@@ -181,9 +221,19 @@ def test_audio_tower_loads_a_local_whisper_checkpoint(tok: Any, tmp_path: Any) -
     from llava_wb.model.audio import build_audio_tower
 
     torch.manual_seed(1)
-    whisper = WhisperModel(WhisperConfig(**TINY_WHISPER, decoder_layers=1, decoder_attention_heads=2,
-                                         decoder_ffn_dim=64, vocab_size=128, pad_token_id=0, bos_token_id=1,
-                                         eos_token_id=2, decoder_start_token_id=1)).eval()
+    whisper = WhisperModel(
+        WhisperConfig(
+            **TINY_WHISPER,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            vocab_size=128,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+    ).eval()
     whisper.save_pretrained(tmp_path / "whisper")
     tower = build_audio_tower("whisper", path=str(tmp_path / "whisper"), tokens_per_second=50).eval()
     x = torch.randn(2, 80, 100)

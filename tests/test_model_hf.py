@@ -72,8 +72,13 @@ def test_bundle_refuses_a_different_tokenizer(tok: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"llm": GPT2, "select": "cls_patch"}, {"vision_type": "siglip", "feature_layer": -1}, {"projector": "linear"},
-     {"llm": {**LLAMA, "tie_word_embeddings": True}}],
+    [
+        {},
+        {"llm": GPT2, "select": "cls_patch"},
+        {"vision_type": "siglip", "feature_layer": -1},
+        {"projector": "linear"},
+        {"llm": {**LLAMA, "tie_word_embeddings": True}},
+    ],
     ids=["clip-mlp", "clip-cls-gpt2", "siglip", "clip-linear", "llama-tied"],
 )
 def test_hf_llava_export_import_equivalence(tok: Any, kw: dict[str, Any]) -> None:
@@ -83,8 +88,9 @@ def test_hf_llava_export_import_equivalence(tok: Any, kw: dict[str, Any]) -> Non
         model = make_model(tok, **kw)
     else:
         torch.manual_seed(0)
-        cfg = ModelConfig.from_dict({"vision": {"config": dict(VISION)}, "llm": {"config": dict(LLAMA)},
-                                     "projector": {"type": projector}})
+        cfg = ModelConfig.from_dict(
+            {"vision": {"config": dict(VISION)}, "llm": {"config": dict(LLAMA)}, "projector": {"type": projector}}
+        )
         model = build_model(cfg, tok).eval()
     batch = collate(tok, make_samples(tok, model.tokens_per_image))  # right padding: HF uses arange positions
     ours = logits(model, batch)
@@ -101,7 +107,9 @@ def test_hf_llava_export_import_equivalence(tok: Any, kw: dict[str, Any]) -> Non
         assert back.language_model.lm_head.weight is back.language_model.get_input_embeddings().weight
     assert back.config.projector_type == model.config.projector_type
     assert back.vision_tower.select == model.vision_tower.select
-    torch.testing.assert_close(real(logits(back, batch), batch), real(hf_logits(hf, batch), batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        real(logits(back, batch), batch), real(hf_logits(hf, batch), batch), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_hf_llava_refuses_what_it_cannot_express(tok: Any) -> None:
@@ -118,22 +126,37 @@ def test_hf_llava_refuses_what_it_cannot_express(tok: Any) -> None:
 
 def test_tower_and_llm_from_local_checkpoints(tok: Any, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    clip = CLIPModel(CLIPConfig(vision_config=dict(VISION), projection_dim=16,
-                                text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=4, vocab_size=40, bos_token_id=1,
-                                                 eos_token_id=2, pad_token_id=0)))
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=dict(VISION),
+            projection_dim=16,
+            text_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                vocab_size=40,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0,
+            ),
+        )
+    )
     clip.save_pretrained(tmp_path / "clip")  # a full CLIP checkpoint: its text half is ignored
     llama_args = {k: v for k, v in LLAMA.items() if k != "model_type"}
     llama = LlamaForCausalLM(LlamaConfig(**llama_args, vocab_size=len(tok) - 2))
     llama.save_pretrained(tmp_path / "llama")
     cfg = ModelConfig.from_dict({"vision": {"path": str(tmp_path / "clip")}, "llm": {"path": str(tmp_path / "llama")}})
     model = build_model(cfg, tok)
-    torch.testing.assert_close(model.vision_tower.model.embeddings.patch_embedding.weight,
-                               clip.vision_model.embeddings.patch_embedding.weight)
+    torch.testing.assert_close(
+        model.vision_tower.model.embeddings.patch_embedding.weight, clip.vision_model.embeddings.patch_embedding.weight
+    )
     emb = model.language_model.get_input_embeddings().weight
     assert emb.shape[0] == len(tok)  # grown to the tokenizer
     torch.testing.assert_close(emb[: len(tok) - 2], llama.get_input_embeddings().weight)
-    torch.testing.assert_close(model.language_model.model.layers[1].mlp.up_proj.weight, llama.model.layers[1].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        model.language_model.model.layers[1].mlp.up_proj.weight, llama.model.layers[1].mlp.up_proj.weight
+    )
     assert torch.isfinite(model(**collate(tok, make_samples(tok, model.tokens_per_image))).loss)
     deeper = {"path": str(tmp_path / "clip"), "config": {"num_hidden_layers": 3}}
     with pytest.raises(ValueError, match=r"lacks \d+ tower weights: encoder\.layers\.2\."):

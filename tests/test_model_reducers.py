@@ -31,8 +31,13 @@ def test_tower_placement_with_no_merges_equals_the_plain_tower(tok):
 
 @pytest.mark.parametrize("select", ["patch", "cls_patch"])
 def test_tower_placement_cuts_tokens_and_trains(tok, select):
-    model = build(tok, {"type": "local_merge", "options": {"ratio": 0.75, "placement": "tower", "layers": 1}},
-                  select=select, feature_layer=-1, freeze=False).train()
+    model = build(
+        tok,
+        {"type": "local_merge", "options": {"ratio": 0.75, "placement": "tower", "layers": 1}},
+        select=select,
+        feature_layer=-1,
+        freeze=False,
+    ).train()
     assert model.tokens_per_image == 4 + (select == "cls_patch")
     batch = collate(tok, make_samples(tok, model.tokens_per_image))
     out = model(**batch)
@@ -45,8 +50,9 @@ def test_original_position_ids_skip_merged_patches_and_continue_after_the_image(
     model = build(tok, {"type": "local_merge", "options": {"ratio": 0.5, "position_ids": "original"}})
     samples = make_samples(tok, model.tokens_per_image)
     batch = collate(tok, samples, "left")
-    embeds, _, pos = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["image_counts"],
-                                        attention_mask=batch["attention_mask"])
+    embeds, _, pos = model.embed_inputs(
+        batch["input_ids"], batch["pixel_values"], batch["image_counts"], attention_mask=batch["attention_mask"]
+    )
     feats = model.encode_images(batch["pixel_values"])
     mask = batch["input_ids"] == model.image_token_id
     b = 1  # one image: visual positions = first visual position + original raster index

@@ -31,15 +31,18 @@ def test_every_notebook_is_paired_with_a_percent_script():
     config = (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
     assert 'formats = "ipynb,py:percent"' in config
     for stem in sorted(scripts):
-        assert jupytext.read(NOTEBOOKS / f"{stem}.py").metadata["jupytext"]["text_representation"]["format_name"] == \
-            "percent", stem
+        assert (
+            jupytext.read(NOTEBOOKS / f"{stem}.py").metadata["jupytext"]["text_representation"]["format_name"]
+            == "percent"
+        ), stem
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_and_script_do_not_drift(path):
     script = path.with_suffix(".py")
     assert _cells(path) == _cells(script), (
-        f"{path.name} and {script.name} differ: edit one and run `jupytext --sync notebooks/{path.name}`")
+        f"{path.name} and {script.name} differ: edit one and run `jupytext --sync notebooks/{path.name}`"
+    )
 
 
 def test_the_drift_test_sees_a_changed_cell(tmp_path):
@@ -66,22 +69,44 @@ def test_convert_notebook_runs_headless(tmp_path):
 
     data = generate(tmp_path / "data", n_pretrain=0, n_instruct=40, n_heldout=0, progress=False)
     out = tmp_path / "shards"
-    executed = run_notebook("01_convert_shards.ipynb", tmp_path / "01.ipynb", {
-        "INPUT": [str(data["files"]["instruct"])], "MEDIA_ROOTS": [str(data["media_root"])],
-        "OUTPUT_DIR": str(out), "SHARD_SIZE": 16, "WORKERS": 1, "N_SHOW": 4})
+    executed = run_notebook(
+        "01_convert_shards.ipynb",
+        tmp_path / "01.ipynb",
+        {
+            "INPUT": [str(data["files"]["instruct"])],
+            "MEDIA_ROOTS": [str(data["media_root"])],
+            "OUTPUT_DIR": str(out),
+            "SHARD_SIZE": 16,
+            "WORKERS": 1,
+            "N_SHOW": 4,
+        },
+    )
     metrics = json.loads((out / "convert_metrics.json").read_text())
     assert metrics["converted"] + metrics["rejected"] == 40 and metrics["verified"] is True
     nb = nbformat.read(executed, as_version=4)
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
 
 
-@pytest.mark.parametrize("image, anchor, seed", [("chelsea", "first", 0), ("synthetic", "typical", 0),
-                                               ("astronaut", "random", 5)])
+@pytest.mark.parametrize(
+    "image, anchor, seed", [("chelsea", "first", 0), ("synthetic", "typical", 0), ("astronaut", "random", 5)]
+)
 def test_merge_notebook_runs_headless_and_saves_overlays(tmp_path, image, anchor, seed):
     out = tmp_path / "viz"
-    executed = run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
-        "IMAGE": image, "SIZE": 112, "PATCH": 14, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2, "OUT_DIR": str(out),
-        "ANCHOR": anchor, "SEED": seed})
+    executed = run_notebook(
+        "02_token_merging.ipynb",
+        tmp_path / "02.ipynb",
+        {
+            "IMAGE": image,
+            "SIZE": 112,
+            "PATCH": 14,
+            "RATIO": 0.5,
+            "WINDOW": [1, 2, 2],
+            "FRAMES": 2,
+            "OUT_DIR": str(out),
+            "ANCHOR": anchor,
+            "SEED": seed,
+        },
+    )
     assert (out / f"merge_{image}_r0.5.png").stat().st_size > 10_000 and (out / "merge_clip.png").exists()
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
@@ -96,18 +121,43 @@ def test_merge_notebook_with_a_tower_inside_placement(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     tower = tmp_path / "tower"
-    CLIPVisionModel(CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(tower)
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=64,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
+    ).save_pretrained(tower)
     out = tmp_path / "viz"
-    run_notebook("02_token_merging.ipynb", tmp_path / "02.ipynb", {
-        "IMAGE": "synthetic", "SIZE": 64, "PATCH": 8, "RATIO": 0.5, "WINDOW": [1, 2, 2], "FRAMES": 2,
-        "PLACEMENT": "tower", "TOWER_DIR": str(tower), "OUT_DIR": str(out)})
+    run_notebook(
+        "02_token_merging.ipynb",
+        tmp_path / "02.ipynb",
+        {
+            "IMAGE": "synthetic",
+            "SIZE": 64,
+            "PATCH": 8,
+            "RATIO": 0.5,
+            "WINDOW": [1, 2, 2],
+            "FRAMES": 2,
+            "PLACEMENT": "tower",
+            "TOWER_DIR": str(tower),
+            "OUT_DIR": str(out),
+        },
+    )
     assert (out / "merge_synthetic_r0.5.png").exists()
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "recipes.demo", "--out", str(tmp_path / "demo"), "--quick",
-                           "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipes.demo", "--out", str(tmp_path / "demo"), "--quick", "--workers", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
     assert summary["stream"]["samples"] == summary["data"]["instruct"]["records"] == 600
@@ -115,17 +165,23 @@ def test_demo_quick_end_to_end(tmp_path):
         assert (tmp_path / "demo" / f"01_convert_{split}.ipynb").exists()
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 6 and metrics["eval"]["overall"]["n"] == 40
-    for name in ("03_train.ipynb", "04_evaluate.ipynb", "train/final/config.json", "train/training.png",
-                 "eval/eval.json"):
+    for name in (
+        "03_train.ipynb",
+        "04_evaluate.ipynb",
+        "train/final/config.json",
+        "train/training.png",
+        "eval/eval.json",
+    ):
         assert (tmp_path / "demo" / name).exists(), name
 
 
 def test_evaluate_notebook_runs_headless(tmp_path):
+    from tiny import tiny_model
+
     from data_tools.convert_to_wds import convert
     from data_tools.make_synthetic import generate
     from llava_wb.model.bundle import save_bundle
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
-    from tiny import tiny_model
 
     data = generate(tmp_path / "data", n_pretrain=0, n_instruct=0, n_heldout=12, progress=False)
     convert([data["files"]["heldout"]], [data["media_root"]], tmp_path / "shards", shard_size=6, progress=False)
@@ -133,9 +189,17 @@ def test_evaluate_notebook_runs_headless(tmp_path):
     tok = build_demo_tokenizer(demo_corpus(records=records))
     model = tiny_model(tok)
     save_bundle(model, tok, tmp_path / "model")
-    run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", {
-        "MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "shards")], "OUT_DIR": str(tmp_path / "eval"),
-        "BATCH_SIZE": 8, "MAX_NEW_TOKENS": 2})
+    run_notebook(
+        "04_evaluate.ipynb",
+        tmp_path / "04.ipynb",
+        {
+            "MODEL_DIR": str(tmp_path / "model"),
+            "SHARDS": [str(tmp_path / "shards")],
+            "OUT_DIR": str(tmp_path / "eval"),
+            "BATCH_SIZE": 8,
+            "MAX_NEW_TOKENS": 2,
+        },
+    )
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["overall"]["n"] == sum(len(r["meta"]["qtypes"]) for r in records)
     assert (tmp_path / "eval" / "eval.md").read_text().startswith("| question type")
@@ -149,12 +213,19 @@ def test_train_notebook_runs_headless_in_process(tmp_path):
 
     ws = make_workspace(tmp_path / "ws", n=48)
     held = generate(tmp_path / "held", n_pretrain=0, n_instruct=0, n_heldout=8, progress=False)
-    convert([held["files"]["heldout"]], [held["media_root"]], tmp_path / "held_shards", shard_size=8,
-            progress=False)
+    convert([held["files"]["heldout"]], [held["media_root"]], tmp_path / "held_shards", shard_size=8, progress=False)
     config = write_config(tmp_path / "run.yaml", tiny_config(ws, tmp_path / "run", max_steps=4))
-    run_notebook("03_train.ipynb", tmp_path / "03.ipynb", {
-        "CONFIG": str(config), "OVERRIDES": [], "NPROC": 1, "EVAL_SHARDS": [str(tmp_path / "held_shards")],
-        "EVAL_BATCH_SIZE": 8})
+    run_notebook(
+        "03_train.ipynb",
+        tmp_path / "03.ipynb",
+        {
+            "CONFIG": str(config),
+            "OVERRIDES": [],
+            "NPROC": 1,
+            "EVAL_SHARDS": [str(tmp_path / "held_shards")],
+            "EVAL_BATCH_SIZE": 8,
+        },
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 4 and metrics["eval"]["overall"]["n"] > 0
     assert (tmp_path / "run" / "training.png").exists() and (tmp_path / "run" / "final" / "config.json").exists()
@@ -187,17 +258,23 @@ def test_convert_notebook_without_sample_says_what_to_run(tmp_path):
 
 def test_evaluate_notebook_defaults_on_a_fresh_checkout_say_what_to_run(tmp_path):
     cwd = _fresh_checkout(tmp_path)
-    with pytest.raises(PapermillExecutionError, match=r"no trained model at \.\./runs/demo/train/final: run `make demo`"):
+    with pytest.raises(
+        PapermillExecutionError, match=r"no trained model at \.\./runs/demo/train/final: run `make demo`"
+    ):
         run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", cwd=cwd)
 
 
 def test_evaluate_notebook_without_shards_says_what_to_run(tmp_path):
+    from tiny import tiny_model
+
     from llava_wb.model.bundle import save_bundle
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
-    from tiny import tiny_model
 
     tok = build_demo_tokenizer(demo_corpus(records=[]))
     save_bundle(tiny_model(tok), tok, tmp_path / "model")
     with pytest.raises(PapermillExecutionError, match=r"no held-out shards at .*missing.*run `make demo`"):
-        run_notebook("04_evaluate.ipynb", tmp_path / "04.ipynb", {
-            "MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "missing")]})
+        run_notebook(
+            "04_evaluate.ipynb",
+            tmp_path / "04.ipynb",
+            {"MODEL_DIR": str(tmp_path / "model"), "SHARDS": [str(tmp_path / "missing")]},
+        )

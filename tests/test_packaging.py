@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +28,12 @@ def test_environment_yml_pip_section_matches_pyproject():
 
 
 def test_library_imports_without_torch_or_transformers():
-    code = ("import sys, llava_wb, llava_wb.data, llava_wb.data.config, llava_wb.data.sources, "
-            "llava_wb.registry, llava_wb.data.conversation; "
-            "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, llava_wb, llava_wb.data, llava_wb.data.config, llava_wb.data.sources, "
+        "llava_wb.registry, llava_wb.data.conversation; "
+        "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

@@ -25,7 +25,9 @@ def _strings(value):
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_stage_path_comes_from_the_chain_paths(stage, tmp_path, monkeypatch):
     monkeypatch.setenv("DEMO_RUN", str(tmp_path / "leaked"))  # what another chain of the process set
-    paths = ChainPaths(data=tmp_path / "data dir", tower=tmp_path / "t:0", pretrain=tmp_path / "p", train=tmp_path / "f")
+    paths = ChainPaths(
+        data=tmp_path / "data dir", tower=tmp_path / "t:0", pretrain=tmp_path / "p", train=tmp_path / "f"
+    )
     cfg = load_stage(stage, paths).to_dict()
     text = json.dumps(cfg)
     assert "leaked" not in text and "runs/demo" not in text

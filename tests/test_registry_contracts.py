@@ -62,19 +62,35 @@ from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 from llava_wb.train.stages import PART_PREFIXES, STAGES
 
 # The same keyword arguments build every registered vision tower (transformers ViT configs share them).
-TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                num_attention_heads=4)
-TINY_LLM = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2)
+TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
+)
+TINY_LLM = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 # Per-entry inputs that cannot be derived: every registered name must be here (checked below).
 AUDIO_CONFIGS: dict[str, dict[str, Any]] = {
-    "whisper": dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                    max_source_positions=50, num_mel_bins=80),
+    "whisper": dict(
+        d_model=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        max_source_positions=50,
+        num_mel_bins=80,
+    ),
 }
 GRIDS = [(1, 4, 4), (2, 4, 4), (1, 3, 5)]
-CONVERSATION = [{"from": "human", "value": "<image>\nwhat colour is the circle ?"},
-                {"from": "gpt", "value": "the circle is red ."},
-                {"from": "human", "value": "and the square ?"}, {"from": "gpt", "value": "blue ."}]
+CONVERSATION = [
+    {"from": "human", "value": "<image>\nwhat colour is the circle ?"},
+    {"from": "gpt", "value": "the circle is red ."},
+    {"from": "human", "value": "and the square ?"},
+    {"from": "gpt", "value": "blue ."},
+]
 
 
 def media_samples() -> dict[str, tuple[bytes, Any]]:
@@ -88,8 +104,11 @@ def media_samples() -> dict[str, tuple[bytes, Any]]:
     Image.fromarray(np.full((40, 24, 3), 120, np.uint8)).save(buf, format="PNG")
     frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     wave = np.sin(np.linspace(0, 400 * np.pi, 16000)).astype(np.float32)
-    return {"image": (buf.getvalue(), (3, 336, 336)), "video": (encode_mp4(frames, fps=8), (8, 3, 336, 336)),
-            "audio": (encode_audio(wave, 16000), (80, 3000))}
+    return {
+        "image": (buf.getvalue(), (3, 336, 336)),
+        "video": (encode_mp4(frames, fps=8), (8, 3, 336, 336)),
+        "audio": (encode_audio(wave, 16000), (80, 3000)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +118,16 @@ def ws(tmp_path_factory: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tok() -> Any:
-    return build_demo_tokenizer(demo_corpus(["what colour is the circle ? the circle is red . and the square ? blue ."]))
+    return build_demo_tokenizer(
+        demo_corpus(["what colour is the circle ? the circle is red . and the square ? blue ."])
+    )
 
 
 def reducer_options(name: str) -> dict[str, Any]:
     """Defaults, plus ``ratio=0.5`` for reducers that take a budget (they need one)."""
-    takes_ratio = any("ratio" in inspect.signature(c.__init__).parameters
-                      for c in REDUCERS.get(name).__mro__ if "__init__" in vars(c))
+    takes_ratio = any(
+        "ratio" in inspect.signature(c.__init__).parameters for c in REDUCERS.get(name).__mro__ if "__init__" in vars(c)
+    )
     return {"ratio": 0.5} if takes_ratio else {}
 
 
@@ -120,9 +142,13 @@ def reducer_context(reducer: Any, b: int, d: int) -> dict[str, Any]:
 
 
 def tiny_model_dict(tower: str = "clip", reducer: str = "identity", **vision: Any) -> dict[str, Any]:
-    return {"vision": {"type": tower, "config": dict(TINY_VIT), **vision}, "llm": {"config": dict(TINY_LLM)},
-            "projector": {"type": "mlp2x_gelu"},
-            "reducer": {"type": reducer, "options": reducer_options(reducer)}, "video": {"frames": 2}}
+    return {
+        "vision": {"type": tower, "config": dict(TINY_VIT), **vision},
+        "llm": {"config": dict(TINY_LLM)},
+        "projector": {"type": "mlp2x_gelu"},
+        "reducer": {"type": reducer, "options": reducer_options(reducer)},
+        "video": {"frames": 2},
+    }
 
 
 def image_batch(tok: Any, model: Any, n_images: int = 2) -> dict[str, Any]:
@@ -132,8 +158,14 @@ def image_batch(tok: Any, model: Any, n_images: int = 2) -> dict[str, Any]:
     samples = []
     for i in range(n_images):
         t = tokenize_conversation(CONVERSATION, tok, "vicuna_v1", max_length=None, media_tokens=model.media_tokens)
-        samples.append({"input_ids": t.input_ids, "labels": t.labels,
-                        "media": {"image": [torch.randn(3, 32, 32, generator=gen)]}, "id": f"s{i}"})
+        samples.append(
+            {
+                "input_ids": t.input_ids,
+                "labels": t.labels,
+                "media": {"image": [torch.randn(3, 32, 32, generator=gen)]},
+                "id": f"s{i}",
+            }
+        )
     return Collator(tok.pad_token_id)(samples)
 
 
@@ -189,7 +221,9 @@ def test_tower_gradients_reach_exactly_the_used_parameters(name: str, feature_la
     tower(torch.randn(2, 3, 32, 32)).square().sum().backward()
     unused = set(tower.unused_parameter_names())
     no_grad = {n for n, p in tower.named_parameters() if p.grad is None or not p.grad.any()}
-    dropped = {n for n, p in tower.named_parameters() if p is tower.position_embedding()} if feature_layer == 1 else set()
+    dropped = (
+        {n for n, p in tower.named_parameters() if p is tower.position_embedding()} if feature_layer == 1 else set()
+    )
     assert no_grad - dropped == unused - dropped
     assert dropped <= unused
     assert len(unused) < len(list(tower.parameters()))
@@ -207,7 +241,7 @@ def test_tower_hooks_reproduce_the_forward(name: str) -> None:
     run = tower.feature_layer % (tower.config.num_hidden_layers + 1)
     for i in range(run):
         h = tower.run_layer(i, h, None)
-    torch.testing.assert_close(h[:, int(tower.has_cls):], tower(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h[:, int(tower.has_cls) :], tower(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["keys", "features"])
@@ -261,11 +295,30 @@ def test_every_tower_trains_under_torchrun(name: str, ws: dict[str, str], tmp_pa
     trainable parameter the loss never reaches would stop the run."""
     out = tmp_path / "out"
     cfg = tiny_config(ws, out, max_steps=2, save_steps=100)
-    cfg["model"]["vision"] = {**TINY_MODEL["vision"], "type": name, "feature_layer": -2, "freeze": False,
-                              "config": {**TINY_MODEL["vision"]["config"], "num_hidden_layers": 3}}
+    cfg["model"]["vision"] = {
+        **TINY_MODEL["vision"],
+        "type": name,
+        "feature_layer": -2,
+        "freeze": False,
+        "config": {**TINY_MODEL["vision"]["config"], "num_hidden_layers": 3},
+    }
     path = write_config(tmp_path / "ddp.yaml", cfg)
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "llava_wb.train", str(path), "-q"], timeout=300)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "llava_wb.train",
+            str(path),
+            "-q",
+        ],
+        timeout=300,
+    )
     assert sorted(read_metrics(out)) == [1, 2]
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["replicas_in_sync"] is True
@@ -365,7 +418,7 @@ def test_template_contract(name: str, tok: Any) -> None:
     image_id = tok.convert_tokens_to_ids("<image>")
     assert out.input_ids.count(image_id) == 5 and image_id not in out.labels
     prompt = build_prompt(CONVERSATION[:1], tok, template, max_length=None, media_tokens={"image": 5})
-    assert prompt.input_ids == out.input_ids[:len(prompt.input_ids)]  # the prompt is a prefix of training
+    assert prompt.input_ids == out.input_ids[: len(prompt.input_ids)]  # the prompt is a prefix of training
     assert set(prompt.labels) == {IGNORE_INDEX}
 
 

@@ -8,20 +8,28 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import TINY_LLAMA, TINY_VISION
 
 from llava_wb.data.collate import Collator
 from llava_wb.data.conversation import build_prompt, tokenize_conversation
 from llava_wb.model import ModelConfig, build_model
-from llava_wb.model.reducers import build_reducer
 from llava_wb.model.projectors import build_projector
-from llava_wb.model.resample import (distinctiveness, instruction_dots, instruction_rows, relevance, resample,
-                                    split_last_linear, standardize, temporal_novelty)
-from tiny import TINY_LLAMA, TINY_VISION
+from llava_wb.model.reducers import build_reducer
+from llava_wb.model.resample import (
+    distinctiveness,
+    instruction_dots,
+    instruction_rows,
+    relevance,
+    resample,
+    split_last_linear,
+    standardize,
+    temporal_novelty,
+)
 
 grids = st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5))
 
 
-def _inputs(grid: tuple[int, int, int], seed: int, b: int = 2, d: int = 6, l: int = 4):
+def _inputs(grid: tuple[int, int, int], seed: int, b: int = 2, d: int = 6, l: int = 4):  # noqa: E741
     g = torch.Generator().manual_seed(seed)
     n = grid[0] * grid[1] * grid[2]
     x = torch.randn(b, n, d, generator=g)
@@ -45,7 +53,7 @@ def test_order_sizes_groups_and_batching(grid: tuple[int, int, int], keep_frac: 
     for b in range(2):  # group ids partition the input, sizes count them, a kept patch is in its own group
         assert torch.bincount(out.group_ids[b], minlength=keep).tolist() == out.sizes[b].tolist()
         assert out.group_ids[b, out.positions[b]].tolist() == list(range(keep))
-        one = red(x[b:b + 1], grid, query=q[b:b + 1], query_mask=mask[b:b + 1], project=lambda v: v)
+        one = red(x[b : b + 1], grid, query=q[b : b + 1], query_mask=mask[b : b + 1], project=lambda v: v)
         torch.testing.assert_close(one.tokens[0], out.tokens[b])  # batched == per sample
     again = red(x, grid, query=q, query_mask=mask, project=lambda v: v)
     assert torch.equal(again.positions, out.positions)  # deterministic
@@ -67,9 +75,12 @@ def test_relevance_picks_the_tokens_like_the_instruction() -> None:
     q = torch.tensor([[[0.0, 0, 1, 0], [9, 9, 9, 9]]])
     mask = torch.tensor([[True, False]])  # the second query token is not instruction: ignored
     rel = relevance(instruction_dots(x, q, lambda v: v), mask)
-    assert rel.argmax().item() == 2 and rel[0, 2].item() == pytest.approx(3 ** 0.5, rel=1e-4)  # standardised: (1 - 1/4) / sd
+    assert rel.argmax().item() == 2 and rel[0, 2].item() == pytest.approx(
+        3**0.5, rel=1e-4
+    )  # standardised: (1 - 1/4) / sd
     out = build_reducer("instruct_resample", {"tokens": 1, "novelty": 0.0, "saliency": 0.0})(
-        x, (1, 2, 2), query=q, query_mask=mask, project=lambda v: v)
+        x, (1, 2, 2), query=q, query_mask=mask, project=lambda v: v
+    )
     assert out.positions.tolist() == [[2]]
     assert relevance(instruction_dots(x, q, lambda v: v), torch.zeros_like(mask)).abs().sum() == 0  # no instruction
     flat = relevance(instruction_dots(x, q, lambda v: v), torch.tensor([[False, True]]))
@@ -95,8 +106,10 @@ def test_only_instruction_rows_are_scored() -> None:
     torch.testing.assert_close(rows[0], q[0, [1, 3, 4]])
     torch.testing.assert_close(rows[1, 0], q[1, 4])
     x = torch.randn(2, 5, 2)
-    torch.testing.assert_close(relevance(instruction_dots(x, rows, lambda v: v), rows_mask),
-                               relevance(instruction_dots(x, q, lambda v: v), mask))
+    torch.testing.assert_close(
+        relevance(instruction_dots(x, rows, lambda v: v), rows_mask),
+        relevance(instruction_dots(x, q, lambda v: v), mask),
+    )
 
 
 def test_a_static_clip_keeps_what_changes() -> None:
@@ -116,8 +129,12 @@ def test_distinctiveness_and_the_relevance_weight() -> None:
     x = torch.eye(4).unsqueeze(0)
     mask = torch.tensor([[True]])
     blind = build_reducer("instruct_resample", {"tokens": 1, "novelty": 0.0, "relevance": 0.0})
-    picks = {blind(x + 0.1, (1, 2, 2), query=torch.eye(4)[i].view(1, 1, 4), query_mask=mask,
-                   project=lambda v: v).positions.item() for i in range(4)}
+    picks = {
+        blind(
+            x + 0.1, (1, 2, 2), query=torch.eye(4)[i].view(1, 1, 4), query_mask=mask, project=lambda v: v
+        ).positions.item()
+        for i in range(4)
+    }
     assert len(picks) == 1  # relevance weight 0: the question does not matter
 
 
@@ -173,20 +190,36 @@ def tok() -> Any:
 
 def _model(tok: Any, mode: str = "zero", novelty: float = 0.5, saliency: float = 1.0) -> Any:
     torch.manual_seed(0)
-    return build_model(ModelConfig.from_dict({
-        "vision": {"type": "clip", "config": dict(TINY_VISION)}, "llm": {"config": dict(TINY_LLAMA)},
-        "reducer": {"type": "instruct_resample", "options": {"ratio": 0.75, "mode": mode, "novelty": novelty,
-                                                                 "saliency": saliency}},
-        "video": {"frames": 4}}), tok).eval()
+    return build_model(
+        ModelConfig.from_dict(
+            {
+                "vision": {"type": "clip", "config": dict(TINY_VISION)},
+                "llm": {"config": dict(TINY_LLAMA)},
+                "reducer": {
+                    "type": "instruct_resample",
+                    "options": {"ratio": 0.75, "mode": mode, "novelty": novelty, "saliency": saliency},
+                },
+                "video": {"frames": 4},
+            }
+        ),
+        tok,
+    ).eval()
 
 
 def _selection(model: Any, tok: Any, conv: list[dict[str, str]], media: dict[str, list], prompt: bool = False) -> list:
     """The positions the reducer kept for each media item of one conversation."""
     fn = build_prompt if prompt else tokenize_conversation
-    t = fn(conv, tok, "vicuna_v1", max_length=512, media_tokens=model.media_tokens,
-           expected_media={k: len(v) for k, v in media.items()})
-    batch = Collator(tok.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels,
-                                         "instruction_mask": t.instruction_mask, "media": media}])
+    t = fn(
+        conv,
+        tok,
+        "vicuna_v1",
+        max_length=512,
+        media_tokens=model.media_tokens,
+        expected_media={k: len(v) for k, v in media.items()},
+    )
+    batch = Collator(tok.pad_token_id)(
+        [{"input_ids": t.input_ids, "labels": t.labels, "instruction_mask": t.instruction_mask, "media": media}]
+    )
     kept = []
     hook = model.reducer.register_forward_hook(lambda mod, args, out: kept.append(out.positions.tolist()))
     try:
@@ -208,7 +241,7 @@ def test_answers_never_change_the_selection_questions_do(tok: Any, mode: str) ->
     changed = 0
     for i, img in enumerate(images):
         for placeholder, media in (("<image>", {"image": [img]}), ("<video>", {"video": [video * (i + 1)]})):
-            ask = lambda q, a: [{"from": "human", "value": f"{placeholder} {q}"}, {"from": "gpt", "value": a}]  # noqa: E731
+            ask = lambda q, a, p=placeholder: [{"from": "human", "value": f"{p} {q}"}, {"from": "gpt", "value": a}]  # noqa: E731
             base = _selection(model, tok, ask("what colour is the circle", "red"), media)
             assert _selection(model, tok, ask("what colour is the circle", "blue green no"), media) == base
             changed += _selection(model, tok, ask("square triangle green no", "red"), media) != base  # no shared word
@@ -220,8 +253,11 @@ def test_multi_turn_rule_union_of_questions_never_answers(tok: Any) -> None:
     model = _model(tok)
     torch.manual_seed(5)
     media = {"image": [torch.randn(3, 32, 32)]}
-    turns = [{"from": "human", "value": "<image> what colour is the circle"}, {"from": "gpt", "value": "red"},
-             {"from": "human", "value": "is the square blue"}]
+    turns = [
+        {"from": "human", "value": "<image> what colour is the circle"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "is the square blue"},
+    ]
     prompt = _selection(model, tok, turns, media, prompt=True)
     other_answer = [dict(turns[0]), {"from": "gpt", "value": "green triangle"}, dict(turns[2])]
     assert _selection(model, tok, other_answer, media, prompt=True) == prompt
@@ -234,10 +270,19 @@ def test_trains_end_to_end_and_round_trips(tok: Any, tmp_path: Any) -> None:
 
     model = _model(tok, "learned").train()
     conv = [{"from": "human", "value": "<image> what colour is the circle"}, {"from": "gpt", "value": "red"}]
-    t = tokenize_conversation(conv, tok, "vicuna_v1", max_length=512, media_tokens=model.media_tokens,
-                              expected_media={"image": 1})
-    batch = Collator(tok.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels,
-                                         "instruction_mask": t.instruction_mask, "media": {"image": [torch.randn(3, 32, 32)]}}])
+    t = tokenize_conversation(
+        conv, tok, "vicuna_v1", max_length=512, media_tokens=model.media_tokens, expected_media={"image": 1}
+    )
+    batch = Collator(tok.pad_token_id)(
+        [
+            {
+                "input_ids": t.input_ids,
+                "labels": t.labels,
+                "instruction_mask": t.instruction_mask,
+                "media": {"image": [torch.randn(3, 32, 32)]},
+            }
+        ]
+    )
     model(**batch).loss.backward()
     assert model.reducer.query_proj.weight.grad.abs().sum() > 0  # the scorer learns through the gate
     model.eval()

@@ -28,8 +28,7 @@ def converted(tmp_path_factory):
     base = tmp_path_factory.mktemp("rt")
     data = generate(base / "data", n_pretrain=0, n_instruct=240, n_heldout=0, progress=False)
     out = base / "shards"
-    summary = convert([data["files"]["instruct"]], [data["media_root"]], out, shard_size=30, workers=2,
-                      progress=False)
+    summary = convert([data["files"]["instruct"]], [data["media_root"]], out, shard_size=30, workers=2, progress=False)
     with open(data["files"]["instruct"], encoding="utf-8") as f:
         records = json.load(f)  # small test input; the converter itself streams
     return {"data": data, "out": str(out), "summary": summary, "records": records}
@@ -67,8 +66,9 @@ def test_converted_plus_rejected_is_every_record(converted):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_sample_streams_back_once_identical(converted, workers):
-    cfg = DataConfig.from_dict({"sources": [converted["out"]], "batch_size": 7, "num_workers": workers,
-                                "epoch_mode": "exact"})
+    cfg = DataConfig.from_dict(
+        {"sources": [converted["out"]], "batch_size": 7, "num_workers": workers, "epoch_mode": "exact"}
+    )
     got = [s for b in build_loader(cfg, process=RawSample()) for s in b["samples"]]
     want = expected(converted)
     assert sorted(s["id"] for s in got) == sorted(want)
@@ -80,8 +80,18 @@ def test_every_sample_streams_back_once_identical(converted, workers):
 
 def test_two_ranks_two_workers_with_torchrun(converted, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           os.path.join(ROOT, "tests", "dist_stream_worker.py"), converted["out"], str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        os.path.join(ROOT, "tests", "dist_stream_worker.py"),
+        converted["out"],
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
@@ -99,8 +109,16 @@ def test_train_batches_have_labels_only_on_answers(converted):
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
     tok = build_demo_tokenizer(demo_corpus(records=converted["records"]))
-    cfg = DataConfig.from_dict({"sources": [converted["out"]], "batch_size": 8, "num_workers": 0,
-                                "epoch_mode": "exact", "max_length": 128, "image": {"size": 32}})
+    cfg = DataConfig.from_dict(
+        {
+            "sources": [converted["out"]],
+            "batch_size": 8,
+            "num_workers": 0,
+            "epoch_mode": "exact",
+            "max_length": 128,
+            "image": {"size": 32},
+        }
+    )
     loader = build_train_loader(cfg, tok, media_tokens={"image": 4})
     batch = next(iter(loader))
     image_id = tok.convert_tokens_to_ids("<image>")

@@ -7,12 +7,12 @@ import logging
 from collections import Counter
 
 import pytest
+from shardkit import write_shards
 
 from llava_wb.data.config import DataConfig
 from llava_wb.data.errors import DataConfigError, TooManySkipsError
 from llava_wb.data.loader import build_loader
 from llava_wb.data.pipeline import DecodeOnly, RawSample
-from shardkit import write_shards
 
 SIZES = [7, 3, 9, 5, 6, 4]  # uneven on purpose
 TOTAL = sum(SIZES)
@@ -66,8 +66,9 @@ def test_ranks_and_workers_partition_the_data(shards):
 def test_balanced_mode_gives_every_rank_the_same_batch_count(shards):
     lens = []
     for rank in range(2):
-        loader = build_loader(cfg(shards, epoch_mode="balanced", num_workers=2), process=RawSample(),
-                              rank=rank, world_size=2)
+        loader = build_loader(
+            cfg(shards, epoch_mode="balanced", num_workers=2), process=RawSample(), rank=rank, world_size=2
+        )
         assert len(loader) == TOTAL // (2 * 4)
         lens.append([sum(1 for _ in loader) for _epoch in range(3)])
     assert lens[0] == lens[1] == [TOTAL // 8] * 3
@@ -114,8 +115,14 @@ def test_mixing_weights(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     write_shards(a, [50, 50], prefix="a")
     write_shards(b, [50, 50], prefix="b")
-    c = DataConfig.from_dict({"sources": [{"path": a, "weight": 3}, {"path": b, "weight": 1}],
-                              "batch_size": 10, "num_workers": 0, "batches_per_epoch": 40})
+    c = DataConfig.from_dict(
+        {
+            "sources": [{"path": a, "weight": 3}, {"path": b, "weight": 1}],
+            "batch_size": 10,
+            "num_workers": 0,
+            "batches_per_epoch": 40,
+        }
+    )
     ids = ids_of(build_loader(c, process=RawSample()))
     frac_a = sum(i.startswith("a") for i in ids) / len(ids)
     assert 0.68 < frac_a < 0.82, frac_a
@@ -159,8 +166,10 @@ def test_truncated_shard_keeps_samples_before_the_damage(tmp_path):
 def test_corrupt_media_is_skipped_counted_and_limited(tmp_path):
     d = str(tmp_path / "s")
     write_shards(d, [20, 20], corrupt={3, 25})
-    loader = build_loader(cfg(d, max_skip_rate=0.1, skip_check_min_samples=10, image={"size": 16}),
-                          process=DecodeOnly(cfg(d, image={"size": 16}).image))
+    loader = build_loader(
+        cfg(d, max_skip_rate=0.1, skip_check_min_samples=10, image={"size": 16}),
+        process=DecodeOnly(cfg(d, image={"size": 16}).image),
+    )
     ids = ids_of(loader)
     assert len(ids) == 38 and "id3" not in ids and "id25" not in ids
     st = loader.skip_state()
@@ -169,8 +178,10 @@ def test_corrupt_media_is_skipped_counted_and_limited(tmp_path):
     assert "corrupt_media" in summary and ("000000003_id3" in summary or "000000025_id25" in summary)
     many = str(tmp_path / "many")
     write_shards(many, [20, 20], corrupt=set(range(0, 40, 3)))
-    strict = build_loader(cfg(many, max_skip_rate=0.05, skip_check_min_samples=10, image={"size": 16}),
-                          process=DecodeOnly(cfg(many, image={"size": 16}).image))
+    strict = build_loader(
+        cfg(many, max_skip_rate=0.05, skip_check_min_samples=10, image={"size": 16}),
+        process=DecodeOnly(cfg(many, image={"size": 16}).image),
+    )
     with pytest.raises(TooManySkipsError, match="corrupt_media"):
         ids_of(strict)
 
@@ -180,8 +191,14 @@ def test_source_forms(tmp_path):
     paths = write_shards(d, [3, 4, 5])
     listfile = tmp_path / "shards.txt"
     listfile.write_text("# shards\n" + "\n".join(paths) + "\n")
-    forms = [d, f"{d}/index.json", f"{d}/*.tar", f"{d}/shard-{{000000..000002}}.tar", str(listfile),
-             f"pipe:cat {paths[0]}"]
+    forms = [
+        d,
+        f"{d}/index.json",
+        f"{d}/*.tar",
+        f"{d}/shard-{{000000..000002}}.tar",
+        str(listfile),
+        f"pipe:cat {paths[0]}",
+    ]
     for form in forms:
         c = cfg(form, batches_per_epoch=None)
         ids = ids_of(build_loader(c, process=RawSample()))

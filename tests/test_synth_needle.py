@@ -4,6 +4,7 @@ Determinism, one object of the named shape, answers vs meta and pixels, boxes in
 apart, every needle owning >= 50% of some 8-px patch, balanced answers, mixing with images, and the
 converter taking the records as ordinary images.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from synth_fixtures import file_tree, generated, load_records
 
 from data_tools import make_synthetic as ms
 from data_tools import synth_needle as sn
 from data_tools.convert_to_wds import convert
-from synth_fixtures import file_tree, generated, load_records
 
 MIX = {"image": 0.5, "needle": 0.45, "text": 0.05}
 SMALL = dict(n_pretrain=20, n_instruct=60, n_heldout=40, progress=False, seed=5, mix=MIX)
@@ -130,14 +131,21 @@ def test_answer_balance() -> None:
 
 def test_small_image_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image_size"):
-        ms.generate(tmp_path, n_pretrain=0, n_instruct=1, n_heldout=0, progress=False, mix={"needle": 1.0},
-                    image_size=32)
+        ms.generate(
+            tmp_path, n_pretrain=0, n_instruct=1, n_heldout=0, progress=False, mix={"needle": 1.0}, image_size=32
+        )
 
 
 def test_converter_accepts_needle_records(dataset: dict[str, Any], tmp_path: Path) -> None:
     files = dataset["result"]["files"]
-    summary = convert([files[s] for s in ms.SPLITS], [str(dataset["root"])], tmp_path / "shards",
-                      shard_size=50, workers=1, progress=False)
+    summary = convert(
+        [files[s] for s in ms.SPLITS],
+        [str(dataset["root"])],
+        tmp_path / "shards",
+        shard_size=50,
+        workers=1,
+        progress=False,
+    )
     assert summary.rejected == 0 and summary.converted == len(dataset["all"])
     metas = {}
     for shard in sorted((tmp_path / "shards").glob("*.tar")):

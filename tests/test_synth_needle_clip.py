@@ -4,6 +4,7 @@ The needle shows in exactly the frames of its segment and so in exactly one of t
 sampled frames, in its colour; the other shapes stay in every frame; answers and captions agree
 with meta; answers are balanced; generation is deterministic; the converter stores the clips.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from synth_fixtures import file_tree, generated
 
 from data_tools import make_synthetic as ms
 from data_tools import synth_needle_clip as snc
 from data_tools.convert_to_wds import convert
 from llava_wb.data.video import read_video
-from synth_fixtures import file_tree, generated
 
 MIX = {"needle_clip": 0.8, "text": 0.2}
 COLOUR_TOL = 40  # h.264 at crf 10 plus the gray noise
@@ -26,8 +27,15 @@ COLOUR_TOL = 40  # h.264 at crf 10 plus the gray noise
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return generated(tmp_path_factory.mktemp("synth_needle_clip"), n_pretrain=4, n_instruct=12, n_heldout=8,
-                     progress=False, seed=3, mix=MIX)
+    return generated(
+        tmp_path_factory.mktemp("synth_needle_clip"),
+        n_pretrain=4,
+        n_instruct=12,
+        n_heldout=8,
+        progress=False,
+        seed=3,
+        mix=MIX,
+    )
 
 
 def _clips(dataset: dict[str, Any]) -> list[dict[str, Any]]:
@@ -37,7 +45,7 @@ def _clips(dataset: dict[str, Any]) -> list[dict[str, Any]]:
 def _shows(frame: np.ndarray, obj: dict[str, Any]) -> bool:
     """The object's colour fills the centre of its box in this frame."""
     x0, y0, x1, y1 = obj["bbox"]
-    centre = frame[y0 + 4:y1 - 3, x0 + 4:x1 - 3].reshape(-1, 3).astype(np.int16)
+    centre = frame[y0 + 4 : y1 - 3, x0 + 4 : x1 - 3].reshape(-1, 3).astype(np.int16)
     return bool((np.abs(centre - np.array(ms.COLOURS[obj["colour"]])).max(-1) <= COLOUR_TOL).mean() >= 0.5)
 
 
@@ -60,12 +68,16 @@ def test_needle_in_one_segment_only(dataset: dict[str, Any]) -> None:
         assert [_shows(f, objects[k]) for f in sampled] == [t == meta["sampled_frame"] for t in range(8)]
         target = objects[k]
         if r["id"].startswith("pretrain"):
-            assert conv[1]["value"].endswith(f"a {target['colour']} {target['shape']} shows up in the "
-                                             f"{'first' if meta['segment'] < 4 else 'second'} half.")
+            assert conv[1]["value"].endswith(
+                f"a {target['colour']} {target['shape']} shows up in the "
+                f"{'first' if meta['segment'] < 4 else 'second'} half."
+            )
             continue
-        want = {"needle_clip_colour": target["colour"],
-                "needle_clip_position": "left" if target["bbox"][2] <= 32 else "right",
-                "needle_clip_time": "first" if meta["segment"] < 4 else "second"}
+        want = {
+            "needle_clip_colour": target["colour"],
+            "needle_clip_position": "left" if target["bbox"][2] <= 32 else "right",
+            "needle_clip_time": "first" if meta["segment"] < 4 else "second",
+        }
         for q, qtype, answer in zip(conv[0::2], meta["qtypes"], meta["answers"]):
             assert f"the {target['shape']}" in q["value"] and answer == want[qtype]
 
@@ -92,8 +104,14 @@ def test_determinism_and_conversion(dataset: dict[str, Any], tmp_path: Path) -> 
     ms.generate(tmp_path / "b", seed=1, **kw)
     assert file_tree(tmp_path / "a") == file_tree(tmp_path / "b")
     files = dataset["result"]["files"]
-    summary = convert([files[s] for s in ms.SPLITS], [str(dataset["root"])], tmp_path / "shards",
-                      shard_size=50, workers=1, progress=False)
+    summary = convert(
+        [files[s] for s in ms.SPLITS],
+        [str(dataset["root"])],
+        tmp_path / "shards",
+        shard_size=50,
+        workers=1,
+        progress=False,
+    )
     assert summary.converted == len(dataset["all"]) and summary.rejected == 0
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert sum(s["samples"] for s in index["shards"]) == len(dataset["all"])

@@ -1,4 +1,5 @@
 """Tests for data_tools.make_synthetic: LLaVA structure, determinism, answers vs meta, balance, CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +96,11 @@ def test_answers_match_meta_and_vocab(dataset: dict[str, Any]) -> None:
                     (obj,) = [o for o in objects if f"{o['colour']} {o['shape']}" in question]
                     assert answer == ("left" if obj["cell"][1] == 0 else "right")
                 elif qtype == "relation":
-                    named = sorted((question.index(f"{o['colour']} {o['shape']}"), o) for o in objects
-                                   if f"{o['colour']} {o['shape']}" in question)
+                    named = sorted(
+                        (question.index(f"{o['colour']} {o['shape']}"), o)
+                        for o in objects
+                        if f"{o['colour']} {o['shape']}" in question
+                    )
                     (_, a), (_, b) = named  # first named object is the subject
                     assert a["cell"][1] != b["cell"][1]
                     assert answer == ("left" if a["cell"][1] < b["cell"][1] else "right")
@@ -118,7 +122,7 @@ def test_pixels_match_meta(dataset: dict[str, Any]) -> None:
             assert np.abs(centre - np.array(ms.COLOURS[o["colour"]])).max() <= 10
         occupied = {tuple(o["cell"]) for o in objects}
         for row, col in {(0, 0), (0, 1), (1, 0), (1, 1)} - occupied:  # empty cells are background
-            patch = pixels[row * 32 + 4:row * 32 + 28, col * 32 + 4:col * 32 + 28]
+            patch = pixels[row * 32 + 4 : row * 32 + 28, col * 32 + 4 : col * 32 + 28]
             assert np.abs(patch - np.array(ms.BACKGROUND)).max() <= 10
 
 
@@ -138,8 +142,12 @@ def test_answer_balance_and_text_fraction(dataset: dict[str, Any]) -> None:
     assert all("image" in r for r in dataset["records"]["pretrain"])
     heldout = dataset["info"]["majority_baseline"]
     for qtype in IMAGE_QTYPES:
-        counts = Counter(a for r in dataset["records"]["heldout"]
-                         for t, a in zip(r["meta"]["qtypes"], r["meta"]["answers"]) if t == qtype)
+        counts = Counter(
+            a
+            for r in dataset["records"]["heldout"]
+            for t, a in zip(r["meta"]["qtypes"], r["meta"]["answers"])
+            if t == qtype
+        )
         assert heldout[qtype]["fraction"] == pytest.approx(max(counts.values()) / sum(counts.values()), abs=1e-4)
 
 
@@ -156,8 +164,11 @@ def test_heldout_disjoint_from_training(dataset: dict[str, Any]) -> None:
     root = dataset["root"]
 
     def hashes(split: str) -> set[str]:
-        return {hashlib.sha256((root / r["image"]).read_bytes()).hexdigest()
-                for r in dataset["records"][split] if "image" in r}
+        return {
+            hashlib.sha256((root / r["image"]).read_bytes()).hexdigest()
+            for r in dataset["records"][split]
+            if "image" in r
+        }
 
     train = hashes("pretrain") | hashes("instruct")
     assert hashes("heldout").isdisjoint(train)
@@ -203,15 +214,20 @@ def test_jsonl_and_jpg(tmp_path: Path) -> None:
 
 def test_mix_registry_and_validation(tmp_path: Path) -> None:
     assert {"image", "text"} <= set(ms.TASKS)
-    out = ms.generate(tmp_path / "img", n_pretrain=0, n_instruct=20, n_heldout=0, progress=False,
-                      mix={"image": 1.0})
+    out = ms.generate(tmp_path / "img", n_pretrain=0, n_instruct=20, n_heldout=0, progress=False, mix={"image": 1.0})
     assert all("image" in r for r in _load(out["files"]["instruct"]))
-    out = ms.generate(tmp_path / "txt", n_pretrain=0, n_instruct=10, n_heldout=0, progress=False,
-                      mix={"text": 1.0})
+    out = ms.generate(tmp_path / "txt", n_pretrain=0, n_instruct=10, n_heldout=0, progress=False, mix={"text": 1.0})
     assert all("image" not in r for r in _load(out["files"]["instruct"]))
-    bad: list[dict[str, Any]] = [{"mix": {"smell": 1.0}}, {"image_format": "gif"}, {"text_only_frac": 1.5},
-                                 {"seed": -1}, {"image_size": 8}, {"grid": 5}, {"n_instruct": -1},
-                                 {"mix": {"text": 1.0}}]  # text cannot caption the pretrain split
+    bad: list[dict[str, Any]] = [
+        {"mix": {"smell": 1.0}},
+        {"image_format": "gif"},
+        {"text_only_frac": 1.5},
+        {"seed": -1},
+        {"image_size": 8},
+        {"grid": 5},
+        {"n_instruct": -1},
+        {"mix": {"text": 1.0}},
+    ]  # text cannot caption the pretrain split
     for kwargs in bad:
         with pytest.raises(ValueError):
             ms.generate(tmp_path / "bad", **{**dict(n_pretrain=2, n_instruct=2, n_heldout=2, progress=False), **kwargs})
@@ -228,18 +244,42 @@ def test_grid3_positions(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
-    help_run = subprocess.run([sys.executable, "-m", "data_tools.make_synthetic", "--help"],
-                              cwd=REPO, capture_output=True, text=True, check=True)
+    help_run = subprocess.run(
+        [sys.executable, "-m", "data_tools.make_synthetic", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--n-instruct" in help_run.stdout and "--seed" in help_run.stdout
     out = tmp_path / "cli"
-    run = subprocess.run([sys.executable, "-m", "data_tools.make_synthetic", str(out), "--n-pretrain", "3",
-                          "--n-instruct", "7", "--n-heldout", "2", "--seed", "5", "--jsonl"],
-                         cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_tools.make_synthetic",
+            str(out),
+            "--n-pretrain",
+            "3",
+            "--n-instruct",
+            "7",
+            "--n-heldout",
+            "2",
+            "--seed",
+            "5",
+            "--jsonl",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert len((out / "instruct.jsonl").read_text().splitlines()) == 7
     assert json.loads((out / "dataset_info.json").read_text())["params"]["seed"] == 5
-    assert ms.main([str(tmp_path / "main"), "--n-pretrain", "1", "--n-instruct", "1", "--n-heldout", "1",
-                    "--no-progress"]) == 0
+    assert (
+        ms.main([str(tmp_path / "main"), "--n-pretrain", "1", "--n-instruct", "1", "--n-heldout", "1", "--no-progress"])
+        == 0
+    )
     with pytest.raises(SystemExit) as err:
         ms.main([str(tmp_path / "bad"), "--image-format", "gif"])
     assert err.value.code == 2

@@ -5,6 +5,7 @@ the records' answers and meta: motion and appearance order from colour masks per
 from meta.frames, pitch from the spectrum, beep count from an energy envelope; answer balance; the
 converter takes a mixed dataset without rejections.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from synth_fixtures import file_tree, generated, load_records
 
 from data_tools import make_synthetic as ms
 from data_tools import synth_av
 from data_tools.convert_to_wds import convert
 from llava_wb.data.audio import read_audio
 from llava_wb.data.video import read_video
-from synth_fixtures import file_tree, generated, load_records
 
 MIX = {"image": 0.3, "video": 0.3, "audio": 0.3, "text": 0.1}
 SMALL = dict(n_pretrain=20, n_instruct=60, n_heldout=40, progress=False, seed=1, mix=MIX)
@@ -139,14 +140,18 @@ def test_video_decodes_and_matches_meta(dataset: dict[str, Any]) -> None:
         assert objects[order[-1]]["colour"] == objects[-1]["colour"]
         # motion: the mover's colour centroid in its first and last visible frame
         mover = objects[meta["mover"]]
-        (y_a, x_a), (y_b, x_b) = (np.argwhere(_mask(frames[t], mover["colour"])).mean(axis=0)
-                                  for t in (mover["appear"], 7))
+        (y_a, x_a), (y_b, x_b) = (
+            np.argwhere(_mask(frames[t], mover["colour"])).mean(axis=0) for t in (mover["appear"], 7)
+        )
         dx, dy = x_b - x_a, y_b - y_a
         seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
         assert seen == mover["motion"] and max(abs(dx), abs(dy)) >= 0.45 * size, (r["id"], dx, dy)
         for qtype, answer in zip(meta["qtypes"], meta["answers"]):
-            want = {"motion": mover["motion"], "first_colour": objects[0]["colour"],
-                    "last_colour": objects[-1]["colour"]}.get(qtype)
+            want = {
+                "motion": mover["motion"],
+                "first_colour": objects[0]["colour"],
+                "last_colour": objects[-1]["colour"],
+            }.get(qtype)
             assert want is None or answer == want
             checked[qtype] += 1
     assert checked["motion"] >= 3 and checked["first_colour"] >= 3
@@ -180,8 +185,19 @@ def test_video_crossing_and_layout_rules() -> None:
 
 
 def test_video_frames_fps_and_size(tmp_path: Path) -> None:
-    out = ms.generate(tmp_path, n_pretrain=2, n_instruct=3, n_heldout=0, progress=False, seed=6,
-                      mix={"video": 1.0}, video_frames=12, video_fps=12, image_size=32, noise=0)
+    out = ms.generate(
+        tmp_path,
+        n_pretrain=2,
+        n_instruct=3,
+        n_heldout=0,
+        progress=False,
+        seed=6,
+        mix={"video": 1.0},
+        video_frames=12,
+        video_fps=12,
+        image_size=32,
+        noise=0,
+    )
     for r in load_records(out["files"]["instruct"]):
         frames, info = read_video((tmp_path / r["video"]).read_bytes(), num_frames=12, backend="pyav")
         assert frames.shape == (12, 32, 32, 3) and info["frames_total"] == 12 and info["fps"] == 12.0
@@ -193,8 +209,11 @@ def test_audio_decodes_pitch_and_beeps(dataset: dict[str, Any]) -> None:
     root = dataset["root"]
     cfg = ms.SynthConfig(seed=0, mix=(("audio", 1.0),))
     items = [(r, (root / r["audio"]).read_bytes()) for r in _of(dataset, "audio")]
-    items += [(rec, media[rec["audio"]]) for rec, media in (ms.make_record(cfg, "instruct", i) for i in range(20))
-              if rec["meta"]["format"] == "mp3"]  # make sure mp3 is decoded a few times too
+    items += [
+        (rec, media[rec["audio"]])
+        for rec, media in (ms.make_record(cfg, "instruct", i) for i in range(20))
+        if rec["meta"]["format"] == "mp3"
+    ]  # make sure mp3 is decoded a few times too
     assert Counter(r["meta"]["format"] for r, _ in items)["mp3"] >= 2
     for r, data in items:
         meta = r["meta"]
@@ -215,8 +234,7 @@ def test_audio_decodes_pitch_and_beeps(dataset: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- balance
 @pytest.mark.parametrize("modality,qtypes", [("video", VIDEO_QTYPES), ("audio", AUDIO_QTYPES)])
 def test_answer_balance(tmp_path: Path, modality: str, qtypes: tuple[str, ...]) -> None:
-    out = ms.generate(tmp_path, n_pretrain=0, n_instruct=0, n_heldout=200, progress=False, seed=11,
-                      mix={modality: 1.0})
+    out = ms.generate(tmp_path, n_pretrain=0, n_instruct=0, n_heldout=200, progress=False, seed=11, mix={modality: 1.0})
     info = json.loads(Path(out["info"]).read_text())
     for qtype in qtypes:
         k = len(info["vocab"][qtype])
@@ -229,14 +247,37 @@ def test_answer_balance(tmp_path: Path, modality: str, qtypes: tuple[str, ...]) 
 # ----------------------------------------------------------------------------- validation, CLI, converter
 def test_validation_and_cli(tmp_path: Path) -> None:
     small = dict(n_pretrain=1, n_instruct=1, n_heldout=1, progress=False)
-    for kwargs in ({"video_frames": 3}, {"video_fps": 0}, {"audio_seconds": 1.0},
-                   {"mix": {"video": 1.0}, "image_size": 16}, {"mix": {"smell": 1.0}}):
+    for kwargs in (
+        {"video_frames": 3},
+        {"video_fps": 0},
+        {"audio_seconds": 1.0},
+        {"mix": {"video": 1.0}, "image_size": 16},
+        {"mix": {"smell": 1.0}},
+    ):
         with pytest.raises(ValueError):
             ms.generate(tmp_path / "bad", **{**small, **kwargs})
     ms.generate(tmp_path / "small_img_ok", image_size=16, **small)  # video-only limits do not apply
-    assert ms.main([str(tmp_path / "cli"), "--n-pretrain", "2", "--n-instruct", "4", "--n-heldout", "0",
-                    "--mix", "video=0.5,audio=0.5", "--video-frames", "6", "--audio-seconds", "1.8",
-                    "--no-progress"]) == 0
+    assert (
+        ms.main(
+            [
+                str(tmp_path / "cli"),
+                "--n-pretrain",
+                "2",
+                "--n-instruct",
+                "4",
+                "--n-heldout",
+                "0",
+                "--mix",
+                "video=0.5,audio=0.5",
+                "--video-frames",
+                "6",
+                "--audio-seconds",
+                "1.8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     recs = load_records(tmp_path / "cli" / "instruct.json")
     assert {r["meta"]["modality"] for r in recs} == {"video", "audio"}
     assert all(len(r["meta"]["frames"]) == 6 for r in recs if "video" in r)
@@ -254,8 +295,14 @@ def test_default_mix_has_no_av(tmp_path: Path) -> None:
 
 def test_converter_accepts_mixed_dataset(dataset: dict[str, Any], tmp_path: Path) -> None:
     files = dataset["result"]["files"]
-    summary = convert([files[s] for s in ms.SPLITS], [str(dataset["root"])], tmp_path / "shards",
-                      shard_size=50, workers=1, progress=False)
+    summary = convert(
+        [files[s] for s in ms.SPLITS],
+        [str(dataset["root"])],
+        tmp_path / "shards",
+        shard_size=50,
+        workers=1,
+        progress=False,
+    )
     assert summary.rejected == 0 and summary.converted == len(dataset["all"])
     fields = Counter()
     for shard in sorted((tmp_path / "shards").glob("*.tar")):

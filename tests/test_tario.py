@@ -6,9 +6,9 @@ import io
 import tarfile
 
 import pytest
+from shardkit import write_shards
 
 from llava_wb.data.tario import ShardError, _iter_shard_webdataset, iter_shard
-from shardkit import write_shards
 
 
 def both(path):

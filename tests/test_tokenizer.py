@@ -8,16 +8,22 @@ from llava_wb.data.conversation import IGNORE_INDEX, tokenize_conversation
 from llava_wb.tokenizer import SPECIAL_TOKENS, build_demo_tokenizer, demo_corpus, template_texts
 
 RECORDS = [
-    {"id": "a", "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour is the triangle?"},
-        {"from": "gpt", "value": "Red"},
-        {"from": "human", "value": "Is the circle left or right of the square?"},
-        {"from": "gpt", "value": "left"},
-    ]},
-    {"id": "b", "conversations": [
-        {"from": "human", "value": "How many shapes are there? Answer with a number."},
-        {"from": "gpt", "value": "2"},
-    ]},
+    {
+        "id": "a",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the triangle?"},
+            {"from": "gpt", "value": "Red"},
+            {"from": "human", "value": "Is the circle left or right of the square?"},
+            {"from": "gpt", "value": "left"},
+        ],
+    },
+    {
+        "id": "b",
+        "conversations": [
+            {"from": "human", "value": "How many shapes are there? Answer with a number."},
+            {"from": "gpt", "value": "2"},
+        ],
+    },
 ]
 SENTENCES = [
     "what colour is the triangle?",
@@ -81,8 +87,12 @@ def test_save_load_round_trip(tok, tmp_path):
     messages = [{"role": "user", "content": "what colour?"}, {"role": "assistant", "content": "red"}]
     assert loaded.apply_chat_template(messages, tokenize=False) == tok.apply_chat_template(messages, tokenize=False)
     for template in ("vicuna_v1", "chat_template"):
-        a = tokenize_conversation(RECORDS[0]["conversations"], tok, template, max_length=None, media_tokens={"image": 3})
-        b = tokenize_conversation(RECORDS[0]["conversations"], loaded, template, max_length=None, media_tokens={"image": 3})
+        a = tokenize_conversation(
+            RECORDS[0]["conversations"], tok, template, max_length=None, media_tokens={"image": 3}
+        )
+        b = tokenize_conversation(
+            RECORDS[0]["conversations"], loaded, template, max_length=None, media_tokens={"image": 3}
+        )
         assert a == b
 
 
@@ -90,7 +100,9 @@ def test_save_load_round_trip(tok, tmp_path):
 def test_templates_have_no_unknown_words(tok, template):
     out = tokenize_conversation(RECORDS[0]["conversations"], tok, template, max_length=None, media_tokens={"image": 2})
     assert tok.unk_token_id not in out.input_ids
-    answers = [tok.decode([i for i, lab in zip(out.input_ids, out.labels) if lab != IGNORE_INDEX], skip_special_tokens=True)]
+    answers = [
+        tok.decode([i for i, lab in zip(out.input_ids, out.labels) if lab != IGNORE_INDEX], skip_special_tokens=True)
+    ]
     assert answers == ["red left"]
     if template == "vicuna_v1":
         text = tok.decode(out.input_ids)
@@ -99,7 +111,7 @@ def test_templates_have_no_unknown_words(tok, template):
 
 def test_demo_corpus_and_vocab_size():
     corpus = list(demo_corpus(["extra words"], records=RECORDS))
-    assert corpus[0] == "extra words" and "Red" in corpus and corpus[-len(template_texts()):] == template_texts()
+    assert corpus[0] == "extra words" and "Red" in corpus and corpus[-len(template_texts()) :] == template_texts()
     small = build_demo_tokenizer(corpus, vocab_size=12)
     assert len(small.get_vocab()) == 12
     assert small("the")["input_ids"] != [small.unk_token_id]  # the most frequent words are kept
@@ -109,17 +121,28 @@ def test_demo_corpus_and_vocab_size():
 
 def test_chat_template_takes_list_of_parts_content(tok):
     """HF's list-of-parts messages render like the LLaVA string form (parts joined by a newline)."""
-    as_string = [{"role": "user", "content": "<image>\nWhat colour is the triangle?"},
-                 {"role": "assistant", "content": "red"},
-                 {"role": "user", "content": "Is the circle left or right of the square?\n<image>"}]
-    as_parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the triangle?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-                {"role": "user", "content": [{"type": "text", "text": "Is the circle left or right of the square?"},
-                                             {"type": "image", "image": "ignored.png"}]}]
+    as_string = [
+        {"role": "user", "content": "<image>\nWhat colour is the triangle?"},
+        {"role": "assistant", "content": "red"},
+        {"role": "user", "content": "Is the circle left or right of the square?\n<image>"},
+    ]
+    as_parts = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the triangle?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Is the circle left or right of the square?"},
+                {"type": "image", "image": "ignored.png"},
+            ],
+        },
+    ]
     text = tok.apply_chat_template(as_string, tokenize=False, add_generation_prompt=True)
     assert tok.apply_chat_template(as_parts, tokenize=False, add_generation_prompt=True) == text
-    assert text == ("user: <image>\nWhat colour is the triangle?\nassistant: red</s>\n"
-                    "user: Is the circle left or right of the square?\n<image>\nassistant:")
+    assert text == (
+        "user: <image>\nWhat colour is the triangle?\nassistant: red</s>\n"
+        "user: Is the circle left or right of the square?\n<image>\nassistant:"
+    )
     video_audio = [{"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": "hi"}]}]
     assert tok.apply_chat_template(video_audio, tokenize=False) == "user: <video>\n<audio>\nhi\n"
     with pytest.raises(Exception, match="unknown content part type 'pointcloud'"):

@@ -12,8 +12,8 @@ from tiny import TINY_LLAMA, TINY_VISION
 
 from llava_wb.model import ModelConfig, build_model
 from llava_wb.model.audio import AUDIO_TOWERS
-from llava_wb.model.reducers import REDUCERS
 from llava_wb.model.build import media_token_counts
+from llava_wb.model.reducers import REDUCERS
 from llava_wb.model.tokens import TokenCountError, TokenCounts
 
 # Options per registered reducer; a new registry entry fails test_every_reducer_is_covered until it is added.
@@ -25,9 +25,20 @@ REDUCER_CASES: dict[str, list[dict[str, Any]]] = {
     "instruct_resample": [{"tokens": 5}, {"ratio": 0.5, "mode": "learned", "dim": 8}],
 }
 AUDIO_CASES: dict[str, list[dict[str, Any]]] = {
-    "whisper": [{"config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                            "max_source_positions": 50, "num_mel_bins": 80}, "tokens_per_second": tps}
-                for tps in (50, 10, 5)],
+    "whisper": [
+        {
+            "config": {
+                "d_model": 32,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64,
+                "max_source_positions": 50,
+                "num_mel_bins": 80,
+            },
+            "tokens_per_second": tps,
+        }
+        for tps in (50, 10, 5)
+    ],
 }
 FRAMES = 4
 
@@ -39,11 +50,18 @@ def tok() -> Any:
     return build_demo_tokenizer(demo_corpus(["what colour is it ?"]))
 
 
-def model_config(reducer: dict[str, Any], video: dict[str, Any] | None = None, audio: dict[str, Any] | None = None,
-                 **vision: Any) -> ModelConfig:
-    return ModelConfig.from_dict({"vision": {"type": "clip", "config": dict(TINY_VISION), **vision},
-                                  "llm": {"config": dict(TINY_LLAMA)}, "reducer": reducer,
-                                  "video": video or {"frames": FRAMES}, "audio": audio})
+def model_config(
+    reducer: dict[str, Any], video: dict[str, Any] | None = None, audio: dict[str, Any] | None = None, **vision: Any
+) -> ModelConfig:
+    return ModelConfig.from_dict(
+        {
+            "vision": {"type": "clip", "config": dict(TINY_VISION), **vision},
+            "llm": {"config": dict(TINY_LLAMA)},
+            "reducer": reducer,
+            "video": video or {"frames": FRAMES},
+            "audio": audio,
+        }
+    )
 
 
 def encoded(model: Any, with_audio: bool) -> TokenCounts:
@@ -75,13 +93,18 @@ def test_counts_equal_the_models_encoded_shapes(tok: Any, name: str, options: di
     assert counts.as_dict() == model.media_tokens
 
 
-@pytest.mark.parametrize("name,options", [(n, o) for n, opts in REDUCER_CASES.items() for o in opts
-                                          if o.get("placement", "after") == "after"])
+@pytest.mark.parametrize(
+    "name,options",
+    [(n, o) for n, opts in REDUCER_CASES.items() for o in opts if o.get("placement", "after") == "after"],
+)
 @pytest.mark.parametrize("separators", [True, False])
-def test_video_reducer_counts_equal_the_models_encoded_shapes(tok: Any, name: str, options: dict[str, Any],
-                                                              separators: bool) -> None:
-    cfg = model_config({"type": "identity"}, video={"frames": FRAMES, "separators": separators,
-                                                    "reducer": {"type": name, "options": options}})
+def test_video_reducer_counts_equal_the_models_encoded_shapes(
+    tok: Any, name: str, options: dict[str, Any], separators: bool
+) -> None:
+    cfg = model_config(
+        {"type": "identity"},
+        video={"frames": FRAMES, "separators": separators, "reducer": {"type": name, "options": options}},
+    )
     counts = media_token_counts(cfg)
     model = build_model(cfg, tok).eval()
     assert counts == encoded(model, with_audio=False)
@@ -101,25 +124,34 @@ def test_counts_read_local_checkpoint_configs_without_weights(tmp_path: Any) -> 
 
     CLIPVisionConfig(**{**TINY_VISION, "image_size": 48}).save_pretrained(tmp_path / "clip")
     WhisperConfig(max_source_positions=100, d_model=32, encoder_layers=1).save_pretrained(tmp_path / "whisper")
-    cfg = model_config({"type": "identity"}, audio={"path": str(tmp_path / "whisper"), "tokens_per_second": 25},
-                       path=str(tmp_path / "clip"), config={})
+    cfg = model_config(
+        {"type": "identity"},
+        audio={"path": str(tmp_path / "whisper"), "tokens_per_second": 25},
+        path=str(tmp_path / "clip"),
+        config={},
+    )
     assert media_token_counts(cfg) == TokenCounts(image=36, video=FRAMES * 36 + FRAMES, audio=50, image_size=48)
 
 
 def test_counts_name_the_field() -> None:
     with pytest.raises(TokenCountError, match=r"model\.audio\.tokens_per_second.*must divide"):
-        media_token_counts(model_config({"type": "identity"}, audio={**AUDIO_CASES["whisper"][0], "tokens_per_second": 3}))
+        media_token_counts(
+            model_config({"type": "identity"}, audio={**AUDIO_CASES["whisper"][0], "tokens_per_second": 3})
+        )
     with pytest.raises(TokenCountError, match=r"model\.vision: image_size 30 is not a multiple of patch_size 8"):
         media_token_counts(model_config({"type": "identity"}, config={**TINY_VISION, "image_size": 30}))
     with pytest.raises(TokenCountError, match=r"model\.vision\.path"):
         media_token_counts(model_config({"type": "identity"}, path="/nonexistent/clip", config={}))
 
 
-@pytest.mark.parametrize("override, varying", [
-    ("model.reducer.type=instruct_resample", "model.reducer (InstructResampler)"),
-    ("model.video.reducer={type: instruct_resample}", "model.video.reducer (InstructResampler)"),
-    ("model.audio={config: {max_source_positions: 100}}", "model.audio (WhisperAudioTower)"),
-])
+@pytest.mark.parametrize(
+    "override, varying",
+    [
+        ("model.reducer.type=instruct_resample", "model.reducer (InstructResampler)"),
+        ("model.video.reducer={type: instruct_resample}", "model.video.reducer (InstructResampler)"),
+        ("model.audio={config: {max_source_positions: 100}}", "model.audio (WhisperAudioTower)"),
+    ],
+)
 def test_zero3_refuses_parts_whose_calls_vary_per_rank(tmp_path: Any, override: str, varying: str) -> None:
     from train_fixtures import make_workspace, tiny_config
 

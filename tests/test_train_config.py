@@ -24,22 +24,33 @@ def ws(tmp_path_factory):
 
 
 def test_demo_config_loads_with_overrides():
-    cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.max_steps=20", "data.batch_size=4",
-                                                        "data.sources=[a, b]", "model.llm.config.hidden_size=64",
-                                                        "train.report_to=none", "train.projector_lr=1e-3"])
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        [
+            "train.max_steps=20",
+            "data.batch_size=4",
+            "data.sources=[a, b]",
+            "model.llm.config.hidden_size=64",
+            "train.report_to=none",
+            "train.projector_lr=1e-3",
+        ],
+    )
     assert cfg.train.max_steps == 20 and cfg.data.batch_size == 4
     assert [s.path for s in cfg.data.sources] == ["a", "b"]
     assert cfg.model.llm.config["hidden_size"] == 64
     assert cfg.train.report_to == [] and cfg.train.projector_lr == 1e-3
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.max_stepz=3", "train.max_stepz"),
-    ("data.batchsize=3", "data.batchsize"),
-    ("model.vision.feture_layer=-2", "model.vision.feture_layer"),
-    ("train.lora.rank=4", "train.lora.rank"),
-    ("trian.max_steps=3", "trian"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.max_stepz=3", "train.max_stepz"),
+        ("data.batchsize=3", "data.batchsize"),
+        ("model.vision.feture_layer=-2", "model.vision.feture_layer"),
+        ("train.lora.rank=4", "train.lora.rank"),
+        ("trian.max_steps=3", "trian"),
+    ],
+)
 def test_unknown_override_key_names_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(ROOT / "configs" / "demo.yaml", [override])
@@ -75,19 +86,22 @@ def test_llava15_recipes_take_paths_from_the_environment(monkeypatch):
         load_config(ROOT / "configs" / "llava15_7b_pretrain.yaml")
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("model.vision.type=clipp", r"model\.vision\.type.*'clipp'.*known: clip"),
-    ("model.projector.type=mlp3x", r"model\.projector\.type.*'mlp3x'.*known"),
-    ("model.reducer.type=tome9", r"model\.reducer.*'tome9'"),
-    ("data.template=vicuna_v9", r"data\.template.*'vicuna_v9'.*known"),
-    ("train.stage=pretrian", r"train\.stage.*'pretrian'.*known: finetune, pretrain"),
-    ("data.max_length=16", r"data\.max_length=16.*tokens_per_image=16"),
-    ("data.image.size=64", r"data\.image\.size=64.*32x32"),
-    ("train.lr_scheduler_type=cosine_wobble", r"train\.lr_scheduler_type"),
-    ("train.deepspeed=missing.json", r"train\.deepspeed"),
-    (f"train.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", r"train\.deepspeed needs a launcher"),
-    ("train.init_from=/nonexistent/run", r"train\.init_from"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("model.vision.type=clipp", r"model\.vision\.type.*'clipp'.*known: clip"),
+        ("model.projector.type=mlp3x", r"model\.projector\.type.*'mlp3x'.*known"),
+        ("model.reducer.type=tome9", r"model\.reducer.*'tome9'"),
+        ("data.template=vicuna_v9", r"data\.template.*'vicuna_v9'.*known"),
+        ("train.stage=pretrian", r"train\.stage.*'pretrian'.*known: finetune, pretrain"),
+        ("data.max_length=16", r"data\.max_length=16.*tokens_per_image=16"),
+        ("data.image.size=64", r"data\.image\.size=64.*32x32"),
+        ("train.lr_scheduler_type=cosine_wobble", r"train\.lr_scheduler_type"),
+        ("train.deepspeed=missing.json", r"train\.deepspeed"),
+        (f"train.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", r"train\.deepspeed needs a launcher"),
+        ("train.init_from=/nonexistent/run", r"train\.init_from"),
+    ],
+)
 def test_bad_configs_fail_naming_the_field(ws, tmp_path, monkeypatch, override, pattern):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     cfg = load_config(tiny_config(ws, tmp_path / "run"), [override])
@@ -111,21 +125,34 @@ def test_stages_choose_trainable_parts(ws, tmp_path):
     base = tiny_config(ws, tmp_path / "run")
     parts = lambda *o: trainable_parts(load_config(base, list(o)))  # noqa: E731
     no_audio = {"audio_tower": False}
-    assert parts("train.stage=pretrain", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": False,
-                                                                         **no_audio}
-    assert parts("train.stage=finetune", "model.vision.freeze=true") == {"tower": False, "projector": True, "llm": True,
-                                                                         **no_audio}
+    assert parts("train.stage=pretrain", "model.vision.freeze=true") == {
+        "tower": False,
+        "projector": True,
+        "llm": False,
+        **no_audio,
+    }
+    assert parts("train.stage=finetune", "model.vision.freeze=true") == {
+        "tower": False,
+        "projector": True,
+        "llm": True,
+        **no_audio,
+    }
     assert parts("train.stage=finetune")["tower"] is True  # model.vision.freeze=false in the tiny config
     assert parts("train.stage=pretrain", "train.trainable.tower=false", "train.trainable.llm=true") == {
-        "tower": False, "projector": True, "llm": True, **no_audio}
+        "tower": False,
+        "projector": True,
+        "llm": True,
+        **no_audio,
+    }
     audio = ["model.audio={config: {d_model: 32, encoder_layers: 1, max_source_positions: 100}}"]
     assert parts("train.stage=pretrain", *audio)["audio_tower"] is True  # trained from scratch unless frozen
     assert parts("train.stage=pretrain", *audio, "model.audio.freeze=true")["audio_tower"] is False
 
 
 def test_param_groups_give_projector_and_tower_their_own_lr(ws, tmp_path):
-    cfg = load_config(tiny_config(ws, tmp_path / "run"), ["train.projector_lr=0.5", "train.tower_lr=0.25",
-                                                           "train.weight_decay=0.1"])
+    cfg = load_config(
+        tiny_config(ws, tmp_path / "run"), ["train.projector_lr=0.5", "train.tower_lr=0.25", "train.weight_decay=0.1"]
+    )
     model = torch.nn.Module()
     model.vision_tower = torch.nn.Linear(2, 2)
     model.projector = torch.nn.Linear(2, 2)
@@ -133,8 +160,13 @@ def test_param_groups_give_projector_and_tower_their_own_lr(ws, tmp_path):
     decay = {n for n, _ in model.named_parameters() if n.endswith("weight")}
     groups = {g["name"]: g for g in param_groups(model, cfg.train, decay)}
     assert {n: g["lr"] for n, g in groups.items()} == {
-        "llm": cfg.train.learning_rate, "llm_no_decay": cfg.train.learning_rate, "projector": 0.5,
-        "projector_no_decay": 0.5, "tower": 0.25, "tower_no_decay": 0.25}
+        "llm": cfg.train.learning_rate,
+        "llm_no_decay": cfg.train.learning_rate,
+        "projector": 0.5,
+        "projector_no_decay": 0.5,
+        "tower": 0.25,
+        "tower_no_decay": 0.25,
+    }
     assert groups["llm"]["weight_decay"] == 0.1 and groups["llm_no_decay"]["weight_decay"] == 0.0
 
 
@@ -146,8 +178,10 @@ def test_resolved_config_round_trips(ws, tmp_path):
 
 
 def test_train_package_imports_without_torch():
-    code = ("import sys, llava_wb.train, llava_wb.train.config; "
-            "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; assert not heavy, heavy")
+    code = (
+        "import sys, llava_wb.train, llava_wb.train.config; "
+        "heavy = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -162,20 +196,29 @@ def test_demo_stage_configs_pass_the_checks(ws, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"model\.vision\.path"):
         check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
     CLIPVisionModel._from_config(CLIPVisionModel.config_class(**tower.model.vision.config)).save_pretrained(
-        run / "tower" / "final")
+        run / "tower" / "final"
+    )
     facts = check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
     assert facts.tokens_per_image == 16 and facts.image_size == 64
     with pytest.raises(ConfigError, match=r"train\.init_from"):
         check_run_config(load_config(ROOT / "configs" / "demo.yaml"))
-    assert check_run_config(load_config(ROOT / "configs" / "demo.yaml", ["train.init_from=null"])).tokens_per_image == 16
+    assert (
+        check_run_config(load_config(ROOT / "configs" / "demo.yaml", ["train.init_from=null"])).tokens_per_image == 16
+    )
 
 
 def test_llava15_pretrain_recipe_checks_against_local_checkpoint_configs(ws, tmp_path, monkeypatch):
     """Config-only stand-ins for CLIP ViT-L/14-336 and vicuna-7b: 576 tokens fit in 2048."""
     from transformers import CLIPVisionConfig, LlamaConfig
 
-    CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24,
-                     num_attention_heads=16, intermediate_size=4096).save_pretrained(tmp_path / "clip")
+    CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+    ).save_pretrained(tmp_path / "clip")
     LlamaConfig(hidden_size=4096, num_hidden_layers=32).save_pretrained(tmp_path / "vicuna")
     monkeypatch.setenv("CLIP_PATH", str(tmp_path / "clip"))
     monkeypatch.setenv("VICUNA_PATH", str(tmp_path / "vicuna"))
@@ -200,9 +243,12 @@ def test_tokenizer_without_media_tokens_or_pad_gets_them(ws, tmp_path):
 
     backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(["what colour is it"], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(tmp_path / "plain")
+    backend.train_from_iterator(
+        ["what colour is it"], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(tmp_path / "plain")
     cfg = tiny_config(ws, tmp_path / "run")
     cfg["tokenizer"] = str(tmp_path / "plain")
     tok = load_tokenizer(load_config(cfg))
@@ -220,18 +266,24 @@ def test_every_config_file_loads_and_round_trips(path, monkeypatch):
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("data.sources=[{path: a, weight: 0}]", r"data\.sources\[0\]\.weight: Input should be greater than 0 \(got 0\)"),
-    ("data.image.aspect=squash", r"data\.image\.aspect: Input should be 'pad' or 'resize' \(got 'squash'\)"),
-    ("model.video.frames=0", r"model\.video\.frames"),
-    ("model.vision.freeze=maybe", r"model\.vision\.freeze"),
-    ("model.audio={config: {}, tokens_per_second: 0}", r"model\.audio\.tokens_per_second"),
-    ("model.audio.projector.typo=1", r"unknown field\(s\) model\.audio\.projector\.typo; known: options, type"),
-    ("train.learning_rate=abc", r"train\.learning_rate"),
-    ("train.warmup_ratio=1.5", r"train\.warmup_ratio"),
-    ("data.sources.7.path=x", r"override 'data\.sources\.7\.path'"),
-    ("train.grad_accum=2", r"train\.global_batch_size or train\.grad_accum, not both"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        (
+            "data.sources=[{path: a, weight: 0}]",
+            r"data\.sources\[0\]\.weight: Input should be greater than 0 \(got 0\)",
+        ),
+        ("data.image.aspect=squash", r"data\.image\.aspect: Input should be 'pad' or 'resize' \(got 'squash'\)"),
+        ("model.video.frames=0", r"model\.video\.frames"),
+        ("model.vision.freeze=maybe", r"model\.vision\.freeze"),
+        ("model.audio={config: {}, tokens_per_second: 0}", r"model\.audio\.tokens_per_second"),
+        ("model.audio.projector.typo=1", r"unknown field\(s\) model\.audio\.projector\.typo; known: options, type"),
+        ("train.learning_rate=abc", r"train\.learning_rate"),
+        ("train.warmup_ratio=1.5", r"train\.warmup_ratio"),
+        ("data.sources.7.path=x", r"override 'data\.sources\.7\.path'"),
+        ("train.grad_accum=2", r"train\.global_batch_size or train\.grad_accum, not both"),
+    ],
+)
 def test_type_and_bound_errors_name_the_field(override, pattern):
     overrides = [override] + (["train.global_batch_size=8"] if "grad_accum" in override else [])
     with pytest.raises(ConfigError, match=pattern):

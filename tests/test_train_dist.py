@@ -16,8 +16,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_fixtures import (demo_run_layout, free_port, make_workspace, read_ids, read_metrics, run, tiny_config,
-                            write_config)
+from train_fixtures import (
+    demo_run_layout,
+    free_port,
+    make_workspace,
+    read_ids,
+    read_metrics,
+    run,
+    tiny_config,
+    write_config,
+)
 
 STEPS = 4
 
@@ -45,23 +53,61 @@ def check_ranks(out: Path, world: int = 2, in_sync: bool | None = True) -> dict:
 def test_torchrun_two_processes(ws, tmp_path):
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path / "ddp.yaml", tiny_config(ws, out, max_steps=STEPS, save_steps=STEPS))
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "llava_wb.train", str(cfg), "-q"], timeout=300)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "llava_wb.train",
+            str(cfg),
+            "-q",
+        ],
+        timeout=300,
+    )
     assert check_ranks(out)["distributed"] == "DistributedType.MULTI_CPU"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [2, pytest.param(3, marks=pytest.mark.skipif(
-    os.environ.get("LLAVA_WB_TEST_ZERO3") != "1", reason="ZeRO-3 adds ~40 s; set LLAVA_WB_TEST_ZERO3=1"))])
+@pytest.mark.parametrize(
+    "zero",
+    [
+        2,
+        pytest.param(
+            3,
+            marks=pytest.mark.skipif(
+                os.environ.get("LLAVA_WB_TEST_ZERO3") != "1", reason="ZeRO-3 adds ~40 s; set LLAVA_WB_TEST_ZERO3=1"
+            ),
+        ),
+    ],
+)
 def test_deepspeed_launcher(ws, tmp_path, zero):
     launcher = Path(sys.executable).parent / "deepspeed"
     if not launcher.exists() and shutil.which("deepspeed") is None:
         pytest.skip("deepspeed launcher not installed")
     out = tmp_path / f"zero{zero}"
-    cfg = write_config(tmp_path / f"zero{zero}.yaml", tiny_config(ws, out, max_steps=STEPS, save_steps=STEPS,
-                                                                  deepspeed=f"configs/deepspeed/zero{zero}.json"))
-    run([str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-         "--module", "llava_wb.train", str(cfg), "-q"], timeout=600)
+    cfg = write_config(
+        tmp_path / f"zero{zero}.yaml",
+        tiny_config(ws, out, max_steps=STEPS, save_steps=STEPS, deepspeed=f"configs/deepspeed/zero{zero}.json"),
+    )
+    run(
+        [
+            str(launcher) if launcher.exists() else "deepspeed",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "llava_wb.train",
+            str(cfg),
+            "-q",
+        ],
+        timeout=600,
+    )
     result = check_ranks(out, in_sync=True if zero == 2 else None)
     assert result["distributed"] == "DistributedType.DEEPSPEED"
     assert (out / f"checkpoint-{STEPS}" / f"global_step{STEPS}").is_dir()  # DeepSpeed's own shards
@@ -83,20 +129,52 @@ def test_launchers_train_the_demo_stages(ws, tmp_path, monkeypatch, launcher):
     run_dir = demo_run_layout(ws, tmp_path / "demo")
     monkeypatch.setenv("DEMO_RUN", str(run_dir))
     root = Path(__file__).resolve().parents[1] / "configs"
-    train(load_config(root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]))
+    train(
+        load_config(
+            root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]
+        )
+    )
     train(load_config(root / "demo_pretrain.yaml", ["train.max_steps=1", "data.batch_size=4", "train.report_to=none"]))
-    overrides = [f"data.sources=[{run_dir / 'shards' / 'instruct'}]", f"train.max_steps={STEPS}",
-                 f"train.save_steps={STEPS}", "data.batch_size=4", "train.log_sample_ids=true", "train.logging_steps=1"]
+    overrides = [
+        f"data.sources=[{run_dir / 'shards' / 'instruct'}]",
+        f"train.max_steps={STEPS}",
+        f"train.save_steps={STEPS}",
+        "data.batch_size=4",
+        "train.log_sample_ids=true",
+        "train.logging_steps=1",
+    ]
     if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "llava_wb.train", str(root / "demo.yaml"), "-q", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "llava_wb.train",
+            str(root / "demo.yaml"),
+            "-q",
+            *overrides,
+        ]
     else:
         exe = Path(sys.executable).parent / "deepspeed"
         if not exe.exists() and shutil.which("deepspeed") is None:
             pytest.skip("deepspeed launcher not installed")
-        cmd = [str(exe) if exe.exists() else "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "llava_wb.train", str(root / "demo.yaml"), "-q", *overrides,
-               "train.deepspeed=configs/deepspeed/zero2.json"]
+        cmd = [
+            str(exe) if exe.exists() else "deepspeed",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "llava_wb.train",
+            str(root / "demo.yaml"),
+            "-q",
+            *overrides,
+            "train.deepspeed=configs/deepspeed/zero2.json",
+        ]
     run(cmd, timeout=600)
     result = check_ranks(run_dir / "train")
     assert result["tokens_per_image"] == 16

@@ -21,8 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import (ROOT, assert_same_run, free_port, make_workspace, resume_config, run, subprocess_env,
-                            tiny_config, train_cmd, write_config)
+from train_fixtures import (
+    ROOT,
+    assert_same_run,
+    free_port,
+    make_workspace,
+    resume_config,
+    run,
+    subprocess_env,
+    tiny_config,
+    train_cmd,
+    write_config,
+)
 
 from llava_wb.train import load_config, train
 
@@ -63,11 +73,19 @@ def overwrite(path: Path) -> None:  # same size, other bytes: only the checksum 
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name,damage", [("optimizer.pt", delete), ("scheduler.pt", delete),
-                                         ("model.safetensors", truncate), ("rng_state.pth", overwrite),
-                                         ("trainer_state.json", overwrite)])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_exactly(ws, reference, tmp_path, caplog, name,
-                                                                          damage):
+@pytest.mark.parametrize(
+    "name,damage",
+    [
+        ("optimizer.pt", delete),
+        ("scheduler.pt", delete),
+        ("model.safetensors", truncate),
+        ("rng_state.pth", overwrite),
+        ("trainer_state.json", overwrite),
+    ],
+)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_exactly(
+    ws, reference, tmp_path, caplog, name, damage
+):
     out = tmp_path / "cut"
     stopped_at_4(ws, out)
     damage(out / "checkpoint-4" / name)
@@ -86,13 +104,17 @@ def test_no_checkpoint_verifies_is_a_clear_error(ws, tmp_path):
     stopped_at_4(ws, out)
     delete(out / "checkpoint-4" / "optimizer.pt")
     truncate(out / "checkpoint-2" / "scheduler.pt")
-    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint-4: optimizer\.pt is missing.*checkpoint-2: "
-                                                   r"scheduler\.pt has \d+ bytes, the marker says \d+"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"checkpoint-4: optimizer\.pt is missing.*checkpoint-2: "
+        r"scheduler\.pt has \d+ bytes, the marker says \d+",
+    ):
         train(load_config(resume_config(ws, out, STEPS, resume=True)))
     # from the command line: the same message, no traceback, exit status 3
     config = write_config(tmp_path / "resume.yaml", resume_config(ws, out, STEPS, resume=True))
-    proc = subprocess.run(train_cmd(config), env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        train_cmd(config), env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "checkpoint error: " in proc.stderr and "optimizer.pt is missing" in proc.stderr
 
@@ -119,17 +141,34 @@ def test_sigkill_inside_the_final_save_leaves_no_final_and_resume_completes_it(w
     cfg = tiny_config(ws, out, max_steps=4, save_steps=2, report_to="none")
     path = write_config(tmp_path / "run.yaml", cfg)
     # killed right before the final model's weights are written (config.json is already there)
-    proc = subprocess.run([sys.executable, HOOK, "transformers.modeling_utils:safe_save_file",
-                           r"/final[^/]*/model\.safetensors$", "--", str(path), "-q"], env=subprocess_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, start_new_session=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            HOOK,
+            "transformers.modeling_utils:safe_save_file",
+            r"/final[^/]*/model\.safetensors$",
+            "--",
+            str(path),
+            "-q",
+        ],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (out / "checkpoint-4" / "complete.json").is_file()
     assert not (out / "final").exists()  # a half-written final model never carries the name
     result = train(load_config(cfg, ["train.resume=true"]))
     assert result["finished"] and result["global_step"] == 4 and not (out / "final.partial").exists()
     load_bundle(out / "final")  # loads: a complete bundle
-    final, saved = load_file(str(out / "final" / "model.safetensors")), load_file(
-        str(out / "checkpoint-4" / "model.safetensors"))
+    final, saved = (
+        load_file(str(out / "final" / "model.safetensors")),
+        load_file(str(out / "checkpoint-4" / "model.safetensors")),
+    )
     assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
 
 
@@ -137,8 +176,9 @@ def _can_mount_tmpfs(where: Path) -> bool:
     if not shutil.which("unshare"):
         return False
     where.mkdir()
-    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{where}'"],
-                           capture_output=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{where}'"], capture_output=True, check=False
+    )
     return probe.returncode == 0
 
 
@@ -156,15 +196,25 @@ def test_disk_full_save_names_the_path_and_the_space_needed(ws, reference, tmp_p
         pytest.skip("cannot mount a tmpfs in a private mount namespace here (unshare -Urm + mount not permitted)")
     sizes = {p.name: p.stat().st_size for p in (reference / f"checkpoint-{STEPS}").iterdir()}
     if where == "checkpoint":  # the weights fit, the optimizer state does not
-        limit, steps, failed = _pages(sizes["model.safetensors"]) + _pages(sizes["optimizer.pt"] // 2), 4, \
-            "checkpoint-2"
+        limit, steps, failed = (
+            _pages(sizes["model.safetensors"]) + _pages(sizes["optimizer.pt"] // 2),
+            4,
+            "checkpoint-2",
+        )
     else:  # the one checkpoint (at the last step) fits, the final model after it does not
         limit, steps, failed = sum(_pages(n) for n in sizes.values()), 2, "final.partial"
     limit += 64 * 1024  # config, logs, loader state
     cfg = write_config(tmp_path / "full.yaml", tiny_config(ws, out, max_steps=steps, save_steps=2, report_to="none"))
-    script = f"mount -t tmpfs -o size={limit} tmpfs \"$0\" && exec \"$@\""
-    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(out), *train_cmd(cfg)], env=subprocess_env(),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    script = f'mount -t tmpfs -o size={limit} tmpfs "$0" && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script, str(out), *train_cmd(cfg)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "disk is full" in last and str(out / failed) in last, proc.stderr[-3000:]
@@ -187,12 +237,29 @@ def test_deepspeed_resume_refuses_a_file_that_does_not_match_the_marker_before_u
     if not launcher.exists():
         pytest.skip("deepspeed launcher not installed")
     out, planted = tmp_path / "ds", tmp_path / "PLANTED"
-    cfg = write_config(tmp_path / "ds.yaml", tiny_config(ws, out, max_steps=6, save_steps=2, stop_after=4,
-                                                         report_to="none", deepspeed="configs/deepspeed/zero2.json"))
+    cfg = write_config(
+        tmp_path / "ds.yaml",
+        tiny_config(
+            ws, out, max_steps=6, save_steps=2, stop_after=4, report_to="none", deepspeed="configs/deepspeed/zero2.json"
+        ),
+    )
 
     def launch(*overrides: str) -> subprocess.CompletedProcess:
-        return run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "llava_wb.train",
-                    str(cfg), "-q", *overrides], timeout=600)
+        return run(
+            [
+                str(launcher),
+                "--num_gpus",
+                "2",
+                "--master_port",
+                str(free_port()),
+                "--module",
+                "llava_wb.train",
+                str(cfg),
+                "-q",
+                *overrides,
+            ],
+            timeout=600,
+        )
 
     launch()
     states = out / "checkpoint-4" / "global_step4" / "mp_rank_00_model_states.pt"

@@ -66,8 +66,15 @@ def test_sigkill_then_resume_matches_uninterrupted(ws, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run(train_cmd(write_config(tmp_path / "ref.yaml", config(ws, ref))))
     cfg_path = write_config(tmp_path / "cut.yaml", config(ws, cut))
-    proc = subprocess.Popen(train_cmd(cfg_path), env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        train_cmd(cfg_path),
+        env=subprocess_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (cut / "checkpoint-4" / "complete.json").exists():

@@ -27,8 +27,9 @@ def weights(folder: Path | str) -> dict[str, torch.Tensor]:
 
 def test_loss_falls_on_a_repeated_batch_and_run_folder_is_complete(ws, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(ws, out, max_steps=15, warmup_ratio=0.0, save_steps=10, learning_rate=1e-2,
-                      lr_scheduler_type="constant")
+    cfg = tiny_config(
+        ws, out, max_steps=15, warmup_ratio=0.0, save_steps=10, learning_rate=1e-2, lr_scheduler_type="constant"
+    )
     cfg["data"].update(sources=[ws["one_batch"]], num_workers=0)
     result = train(load_config(cfg))
     rows = read_metrics(out)
@@ -36,8 +37,18 @@ def test_loss_falls_on_a_repeated_batch_and_run_folder_is_complete(ws, tmp_path)
     assert sorted(rows) == list(range(1, 16)) and result["global_step"] == 15 and result["finished"]
     assert losses[-1] < 0.5 * losses[0], losses
     row = rows[15]
-    for key in ("learning_rate", "grad_norm", "samples_per_s", "tokens_per_s", "visual_tokens_per_sample",
-                "data_wait_frac", "lr/llm", "lr/projector", "lr/tower", "epoch"):
+    for key in (
+        "learning_rate",
+        "grad_norm",
+        "samples_per_s",
+        "tokens_per_s",
+        "visual_tokens_per_sample",
+        "data_wait_frac",
+        "lr/llm",
+        "lr/projector",
+        "lr/tower",
+        "epoch",
+    ):
         assert key in row, key
     assert row["samples_per_s"] > 0 and row["tokens_per_s"] > row["samples_per_s"]
     assert 0 < row["visual_tokens_per_sample"] <= 16  # one 16-token image per sample (text-only ones: 0)
@@ -45,8 +56,15 @@ def test_loss_falls_on_a_repeated_batch_and_run_folder_is_complete(ws, tmp_path)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((out / "result.json").read_text())["global_step"] == 15
     ckpt = out / "checkpoint-15"  # saved at the end; save_total_limit 2 keeps checkpoint-10 too
-    assert {"complete.json", "loader_state_rank0.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
-            "trainer_state.json", "model.safetensors"} <= {p.name for p in ckpt.iterdir()}
+    assert {
+        "complete.json",
+        "loader_state_rank0.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "model.safetensors",
+    } <= {p.name for p in ckpt.iterdir()}
     assert (out / "checkpoint-10" / "complete.json").is_file()
 
     from llava_wb.model import load_bundle
@@ -68,13 +86,15 @@ def test_output_dir_is_not_silently_reused(ws, tmp_path):
 
 def test_pretrain_then_finetune_from_its_output(ws, tmp_path):
     s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
-    r1 = train(load_config(tiny_config(ws, s1, stage="pretrain", max_steps=3, report_to="none"),
-                           ["model.vision.freeze=true"]))
+    r1 = train(
+        load_config(tiny_config(ws, s1, stage="pretrain", max_steps=3, report_to="none"), ["model.vision.freeze=true"])
+    )
     assert r1["trainable_parameters"]["projector"] > 0
     assert r1["trainable_parameters"]["tower"] == r1["trainable_parameters"]["llm"] == 0
     # stage 2 starts from stage 1's final/ (model + tokenizer); projector frozen here to see it carried over
-    cfg2 = tiny_config(ws, s2, stage="finetune", max_steps=2, init_from=str(s1), report_to="none",
-                       trainable={"projector": False})
+    cfg2 = tiny_config(
+        ws, s2, stage="finetune", max_steps=2, init_from=str(s1), report_to="none", trainable={"projector": False}
+    )
     del cfg2["tokenizer"]  # taken from the stage-1 bundle
     r2 = train(load_config(cfg2, ["model.vision.freeze=true"]))
     assert r2["trainable_parameters"]["llm"] > 0 and r2["trainable_parameters"]["projector"] == 0
@@ -84,15 +104,28 @@ def test_pretrain_then_finetune_from_its_output(ws, tmp_path):
     assert proj and all(torch.equal(w1[k], w2[k]) for k in proj)
     assert llm and not all(torch.equal(w1[k], w2[k]) for k in llm)
     with pytest.raises(ConfigError, match=r"train\.init_from.*model\.projector\.type"):
-        train(load_config(cfg2, ["model.vision.freeze=true", "model.projector.type=linear",
-                                 f"train.output_dir={tmp_path / 'bad'}"]))
+        train(
+            load_config(
+                cfg2,
+                ["model.vision.freeze=true", "model.projector.type=linear", f"train.output_dir={tmp_path / 'bad'}"],
+            )
+        )
 
 
 def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_a_merged_model(ws, tmp_path):
     out = tmp_path / "lora"
-    result = train(load_config(tiny_config(ws, out, max_steps=2, report_to="none", gradient_checkpointing=True,
-                                           lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
-                                                 "target_modules": ["q_proj", "v_proj"]})))
+    result = train(
+        load_config(
+            tiny_config(
+                ws,
+                out,
+                max_steps=2,
+                report_to="none",
+                gradient_checkpointing=True,
+                lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            )
+        )
+    )
     full = sum(v.numel() for k, v in weights(out / "final").items() if k.startswith("language_model."))
     assert 0 < result["trainable_parameters"]["llm"] < full / 10
     assert not [k for k in weights(out / "final") if "lora" in k]  # merged into the base weights

@@ -37,7 +37,9 @@ def test_clip_groups_span_frames():
     clip = vm.pan_clip(vm.sample_image("coffee", 64), frames=4, step=8)
     assert clip.shape == (4, 64, 64, 3)
     out = vm.merge_image(clip, "local_merge", {"ratio": 0.875, "window": [2, 2, 2]}, patch=16)
-    frames_per_group = [{int(p) // 16 for p in (out.group_ids[0] == g).nonzero().flatten()} for g in range(out.tokens.shape[1])]
+    frames_per_group = [
+        {int(p) // 16 for p in (out.group_ids[0] == g).nonzero().flatten()} for g in range(out.tokens.shape[1])
+    ]
     assert all(len(f) == 2 for f in frames_per_group)
 
 
@@ -116,8 +118,16 @@ def _tiny_tower(path, size=224, patch=16):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(image_size=size, patch_size=patch, hidden_size=64, intermediate_size=128,
-                                     num_hidden_layers=2, num_attention_heads=4)).save_pretrained(path)
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=size,
+            patch_size=patch,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+    ).save_pretrained(path)
     return str(path)
 
 

@@ -36,7 +36,9 @@ def test_labels_mark_exactly_the_patches_inside_the_bbox():
     expect = torch.zeros(16, dtype=torch.long)
     expect[1 * 4 + 2] = 1
     assert torch.equal(lab["colour"] > 0, expect.bool())
-    assert lab["colour"][6] == ATTRS["colour"].index("blue") + 1 and lab["shape"][6] == ATTRS["shape"].index("square") + 1
+    assert (
+        lab["colour"][6] == ATTRS["colour"].index("blue") + 1 and lab["shape"][6] == ATTRS["shape"].index("square") + 1
+    )
     assert lab["row"][6] == 2 and lab["col"][6] == 1 and int(lab["count"]) == 0
 
 
@@ -71,8 +73,11 @@ def test_warmup_trains_saves_a_tower_that_stage_one_loads(ws, tmp_path):
 
     # stage 1 loads the tower by path, like a pretrained CLIP, and keeps it frozen
     cfg = tiny_config(ws, tmp_path / "stage1", stage="pretrain", max_steps=2)
-    cfg["model"]["vision"] = {**{k: v for k, v in cfg["model"]["vision"].items() if k != "config"},
-                              "path": result["final_dir"], "freeze": True}
+    cfg["model"]["vision"] = {
+        **{k: v for k, v in cfg["model"]["vision"].items() if k != "config"},
+        "path": result["final_dir"],
+        "freeze": True,
+    }
     cfg["model"]["reducer"] = {"type": "avgpool"}
     stage1 = train(load_config(cfg))
     assert stage1["tokens_per_image"] == 4 and stage1["trainable_parameters"]["tower"] == 0
@@ -121,7 +126,9 @@ def test_config_base_inherits_and_merges(tmp_path, ws):
 def test_demo_configs_chain_the_stages():
     from train_fixtures import ROOT
 
-    tower, pre, main = (load_config(ROOT / "configs" / f) for f in ("demo_tower.yaml", "demo_pretrain.yaml", "demo.yaml"))
+    tower, pre, main = (
+        load_config(ROOT / "configs" / f) for f in ("demo_tower.yaml", "demo_pretrain.yaml", "demo.yaml")
+    )
     assert (tower.train.stage, pre.train.stage, main.train.stage) == ("tower_warmup", "pretrain", "finetune")
     assert pre.model.vision.path == f"{tower.train.output_dir}/final" == main.model.vision.path
     assert main.train.init_from == pre.train.output_dir
@@ -142,10 +149,20 @@ def test_sources_can_carry_their_own_template(tmp_path):
         convert([data["files"][split]], [data["media_root"]], tmp_path / split, shard_size=8, workers=1, progress=False)
     records = [r for s in ("pretrain", "instruct") for r in json.loads(open(data["files"][s]).read())]
     tok = build_demo_tokenizer(demo_corpus(records=records))
-    cfg = DataConfig.from_dict({"sources": [{"path": str(tmp_path / "instruct"), "name": "qa"},
-                                            {"path": str(tmp_path / "pretrain"), "name": "cap", "template": "plain"}],
-                                "template": "vicuna_v1", "batch_size": 8, "num_workers": 0, "epoch_mode": "exact",
-                                "max_length": 256, "image": {"size": 64}})
+    cfg = DataConfig.from_dict(
+        {
+            "sources": [
+                {"path": str(tmp_path / "instruct"), "name": "qa"},
+                {"path": str(tmp_path / "pretrain"), "name": "cap", "template": "plain"},
+            ],
+            "template": "vicuna_v1",
+            "batch_size": 8,
+            "num_workers": 0,
+            "epoch_mode": "exact",
+            "max_length": 256,
+            "image": {"size": 64},
+        }
+    )
     seen = set()
     for batch in build_train_loader(cfg, tok, media_tokens={"image": 4}):
         for ids, sid in zip(batch["input_ids"], batch["id"]):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=4)
-TINY_LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
+TINY_VISION = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+)
+TINY_LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
@@ -17,6 +24,7 @@ def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
     from llava_wb.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_dict({"vision": {"type": "clip", "config": dict(TINY_VISION)},
-                                 "llm": {"config": dict(TINY_LLAMA)}})
+    cfg = ModelConfig.from_dict(
+        {"vision": {"type": "clip", "config": dict(TINY_VISION)}, "llm": {"config": dict(TINY_LLAMA)}}
+    )
     return build_model(cfg, tokenizer).eval()

@@ -22,13 +22,32 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL: dict[str, Any] = {
-    "vision": {"type": "clip", "freeze": False, "feature_layer": -1,
-               "config": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                          "num_hidden_layers": 2, "num_attention_heads": 2}},
+    "vision": {
+        "type": "clip",
+        "freeze": False,
+        "feature_layer": -1,
+        "config": {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+    },
     "projector": {"type": "mlp2x_gelu"},
     "reducer": {"type": "identity"},
-    "llm": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}},
+    "llm": {
+        "config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+        }
+    },
 }
 
 
@@ -39,17 +58,29 @@ def make_workspace(base: Path, n: int = 96, shard_size: int = 16) -> dict[str, s
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
     data = generate(base / "data", n_pretrain=0, n_instruct=n, n_heldout=0, progress=False)
-    convert([data["files"]["instruct"]], [data["media_root"]], base / "shards", shard_size=shard_size, workers=1,
-            progress=False)
+    convert(
+        [data["files"]["instruct"]],
+        [data["media_root"]],
+        base / "shards",
+        shard_size=shard_size,
+        workers=1,
+        progress=False,
+    )
     one = generate(base / "data_one", n_pretrain=0, n_instruct=4, n_heldout=0, seed=7, progress=False)
-    convert([one["files"]["instruct"]], [one["media_root"]], base / "one_batch", shard_size=4, workers=1,
-            progress=False)
+    convert(
+        [one["files"]["instruct"]], [one["media_root"]], base / "one_batch", shard_size=4, workers=1, progress=False
+    )
     records = json.loads(Path(data["files"]["instruct"]).read_text()) + json.loads(
-        Path(one["files"]["instruct"]).read_text())
+        Path(one["files"]["instruct"]).read_text()
+    )
     tok = build_demo_tokenizer(demo_corpus(records=records))
     tok.save_pretrained(base / "tokenizer")
-    return {"shards": str(base / "shards"), "one_batch": str(base / "one_batch"), "tokenizer": str(base / "tokenizer"),
-            "base": str(base)}
+    return {
+        "shards": str(base / "shards"),
+        "one_batch": str(base / "one_batch"),
+        "tokenizer": str(base / "tokenizer"),
+        "base": str(base),
+    }
 
 
 def demo_run_layout(ws: dict[str, str], run_dir: Path) -> Path:
@@ -66,11 +97,29 @@ def tiny_config(ws: dict[str, str], output_dir: Path | str, **train: Any) -> dic
     cfg = {
         "tokenizer": ws["tokenizer"],
         "model": copy.deepcopy(TINY_MODEL),
-        "data": {"sources": [ws["shards"]], "template": "vicuna_v1", "max_length": 128, "batch_size": 4,
-                 "num_workers": 1, "shuffle_buffer": 16, "seed": 0, "image": {"size": 32}},
-        "train": {"output_dir": str(output_dir), "stage": "finetune", "learning_rate": 3e-3, "warmup_ratio": 0.1,
-                  "lr_scheduler_type": "cosine", "max_steps": 8, "logging_steps": 1, "save_steps": 100,
-                  "report_to": ["tensorboard"], "seed": 0, "log_sample_ids": True},
+        "data": {
+            "sources": [ws["shards"]],
+            "template": "vicuna_v1",
+            "max_length": 128,
+            "batch_size": 4,
+            "num_workers": 1,
+            "shuffle_buffer": 16,
+            "seed": 0,
+            "image": {"size": 32},
+        },
+        "train": {
+            "output_dir": str(output_dir),
+            "stage": "finetune",
+            "learning_rate": 3e-3,
+            "warmup_ratio": 0.1,
+            "lr_scheduler_type": "cosine",
+            "max_steps": 8,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "report_to": ["tensorboard"],
+            "seed": 0,
+            "log_sample_ids": True,
+        },
     }
     cfg["train"].update(train)
     return cfg
@@ -120,8 +169,13 @@ def read_ids(output_dir: Path | str, rank: int = 0) -> dict[int, list[str]]:
 
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     return env
 
@@ -131,8 +185,9 @@ def train_cmd(config: Path, *overrides: str) -> list[str]:
 
 
 def run(cmd: list[str], timeout: int = 300, **kwargs: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
+    proc = subprocess.run(
+        cmd, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
     return proc
 

@@ -19,16 +19,43 @@ import yaml
 
 MIX = {"image": 0.4, "video": 0.25, "audio": 0.25, "text": 0.1}
 MODEL = {
-    "vision": {"type": "clip", "freeze": False,
-               "config": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                          "num_hidden_layers": 1, "num_attention_heads": 2}},
+    "vision": {
+        "type": "clip",
+        "freeze": False,
+        "config": {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+    },
     "projector": {"type": "mlp2x_gelu"},
     "reducer": {"type": "avgpool", "options": {"window": [2, 2, 2]}},
     "video": {"frames": 4},
-    "audio": {"config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                         "max_source_positions": 100, "num_mel_bins": 80}, "tokens_per_second": 10},
-    "llm": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512}},
+    "audio": {
+        "config": {
+            "d_model": 32,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 64,
+            "max_source_positions": 100,
+            "num_mel_bins": 80,
+        },
+        "tokens_per_second": 10,
+    },
+    "llm": {
+        "config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+        }
+    },
 }
 
 
@@ -38,26 +65,56 @@ def prepare(base: Path, steps: int) -> None:
     from llava_wb.demo import stream_records
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
-    data = generate(base / "data", n_pretrain=0, n_instruct=256, n_heldout=48, mix=MIX, progress=False, image_size=32,
-                    video_frames=4)
+    data = generate(
+        base / "data",
+        n_pretrain=0,
+        n_instruct=256,
+        n_heldout=48,
+        mix=MIX,
+        progress=False,
+        image_size=32,
+        video_frames=4,
+    )
     for split in ("instruct", "heldout"):
-        s = convert([data["files"][split]], [data["media_root"]], base / split, shard_size=32, workers=1,
-                    progress=False)
+        s = convert(
+            [data["files"][split]], [data["media_root"]], base / split, shard_size=32, workers=1, progress=False
+        )
         print(f"{split}: {s.converted} samples, {s.rejected} rejected")
-    build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values()))).save_pretrained(base / "tokenizer")
-    cfg = {"tokenizer": str(base / "tokenizer"), "model": MODEL,
-           "data": {"sources": [str(base / "instruct")], "template": "vicuna_v1", "max_length": 256, "batch_size": 8,
-                    "num_workers": 1, "shuffle_buffer": 64, "seed": 0, "image": {"size": 32}},
-           "train": {"output_dir": str(base / "run"), "stage": "finetune", "learning_rate": 3e-3, "warmup_ratio": 0.1,
-                     "lr_scheduler_type": "cosine", "max_steps": steps, "logging_steps": 10, "save_steps": 100000,
-                     "report_to": [], "seed": 0}}
+    build_demo_tokenizer(demo_corpus(records=stream_records(data["files"].values()))).save_pretrained(
+        base / "tokenizer"
+    )
+    cfg = {
+        "tokenizer": str(base / "tokenizer"),
+        "model": MODEL,
+        "data": {
+            "sources": [str(base / "instruct")],
+            "template": "vicuna_v1",
+            "max_length": 256,
+            "batch_size": 8,
+            "num_workers": 1,
+            "shuffle_buffer": 64,
+            "seed": 0,
+            "image": {"size": 32},
+        },
+        "train": {
+            "output_dir": str(base / "run"),
+            "stage": "finetune",
+            "learning_rate": 3e-3,
+            "warmup_ratio": 0.1,
+            "lr_scheduler_type": "cosine",
+            "max_steps": steps,
+            "logging_steps": 10,
+            "save_steps": 100000,
+            "report_to": [],
+            "seed": 0,
+        },
+    }
     (base / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     print(f"wrote {base / 'config.yaml'}")
 
 
 def compare(base: Path) -> int:
-    from llava_wb.eval.evaluate import image_config_for
-    from llava_wb.eval.evaluate import evaluate
+    from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.model.bundle import load_bundle
 
     model, tok = load_bundle(base / "run" / "final")

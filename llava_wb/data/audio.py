@@ -78,7 +78,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         k = np.arange(start, min(n_out, start + _CHUNK), dtype=np.int64)
         pos = k * down
         n0, phase = pos // up, pos % up
-        out[start:start + k.size] = np.einsum("kt,kt->k", padded[n0[:, None] + offsets[None, :]], h[phase])
+        out[start : start + k.size] = np.einsum("kt,kt->k", padded[n0[:, None] + offsets[None, :]], h[phase])
     return out
 
 
@@ -91,12 +91,12 @@ def _clean(e: BaseException) -> str:
 def _wav_truncation(data: bytes) -> str | None:
     """For RIFF/WAVE bytes: a message if the data chunk is shorter than its header says. Chunk
     headers are looked for in the first 64 KiB; what is available is measured on all of ``data``."""
-    head = bytes(data[:1 << 16])
+    head = bytes(data[: 1 << 16])
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos = 12
     while pos + 8 <= len(head):
-        cid, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        cid, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
         if cid == b"data":
             have = len(data) - pos - 8
             if size not in (0, 0xFFFFFFFF) and have < size:  # 0 / 0xFFFFFFFF: streamed, size unknown
@@ -122,14 +122,19 @@ def read_audio(data: bytes, *, sampling_rate: int = 16000) -> tuple[np.ndarray, 
     try:
         wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # LibsndfileError (RuntimeError): unknown format, lost sync, malformed
-        raise SampleError("corrupt_media",
-                          f"soundfile: {_clean(e)} ({len(data)} bytes, starting {bytes(data[:8])!r})") from None
+        raise SampleError(
+            "corrupt_media", f"soundfile: {_clean(e)} ({len(data)} bytes, starting {bytes(data[:8])!r})"
+        ) from None
     frames, channels = wave.shape
     if frames == 0:
         raise SampleError("corrupt_media", f"audio has 0 samples ({channels} channel(s) at {rate} Hz)")
     mono = wave.mean(axis=1) if channels > 1 else wave[:, 0]
-    info = {"sampling_rate": int(rate), "channels": int(channels), "duration": round(frames / rate, 4),
-            "frames": int(frames)}
+    info = {
+        "sampling_rate": int(rate),
+        "channels": int(channels),
+        "duration": round(frames / rate, 4),
+        "frames": int(frames),
+    }
     return resample(mono, int(rate), int(sampling_rate)), info
 
 
@@ -138,8 +143,12 @@ def read_audio(data: bytes, *, sampling_rate: int = 16000) -> tuple[np.ndarray, 
 def _extractor(n_mels: int, sampling_rate: int):
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=sampling_rate, hop_length=sampling_rate // 100,
-                                   n_fft=int(round(0.025 * sampling_rate)))
+    return WhisperFeatureExtractor(
+        feature_size=n_mels,
+        sampling_rate=sampling_rate,
+        hop_length=sampling_rate // 100,
+        n_fft=int(round(0.025 * sampling_rate)),
+    )
 
 
 def features(wave: np.ndarray, *, sampling_rate: int, seconds: float, n_mels: int):
@@ -152,8 +161,14 @@ def features(wave: np.ndarray, *, sampling_rate: int, seconds: float, n_mels: in
     wave = np.asarray(wave, dtype=np.float32)[:n_samples]
     if wave.shape[0] < n_samples:
         wave = np.pad(wave, (0, n_samples - wave.shape[0]))
-    out = _extractor(int(n_mels), int(sampling_rate))(wave, sampling_rate=sampling_rate, padding="max_length",
-                                                     max_length=n_samples, truncation=True, return_tensors="np")
+    out = _extractor(int(n_mels), int(sampling_rate))(
+        wave,
+        sampling_rate=sampling_rate,
+        padding="max_length",
+        max_length=n_samples,
+        truncation=True,
+        return_tensors="np",
+    )
     feats = np.asarray(out["input_features"][0], dtype=np.float32)
     if feats.shape != (n_mels, n_frames):  # the extractor's own framing changed: say so, do not guess
         raise RuntimeError(f"WhisperFeatureExtractor gave {feats.shape}, expected {(n_mels, n_frames)}")

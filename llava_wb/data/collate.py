@@ -102,8 +102,10 @@ class Collator:
         for b, sample in enumerate(samples):
             row = torch.as_tensor(sample[key], dtype=torch.long).reshape(-1)
             if row.numel() != torch.as_tensor(sample["input_ids"]).numel():
-                raise ValueError(f"sample {b} ({_name(sample)}): {key} has {row.numel()} entries for "
-                                 f"{torch.as_tensor(sample['input_ids']).numel()} input_ids")
+                raise ValueError(
+                    f"sample {b} ({_name(sample)}): {key} has {row.numel()} entries for "
+                    f"{torch.as_tensor(sample['input_ids']).numel()} input_ids"
+                )
             cols = slice(0, row.numel()) if self.padding_side == "right" else slice(length - row.numel(), length)
             out[b, cols] = row
         return out

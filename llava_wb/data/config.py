@@ -129,4 +129,3 @@ class DataConfig:
     @property
     def media(self) -> MediaSettings:
         return MediaSettings(self.image, self.video, self.audio)
-

@@ -106,8 +106,13 @@ def build_prompt(
     training ids of the same conversation with the answer appended.
     """
     return tokenize_conversation(
-        conversations, tokenizer, template, max_length=max_length, media_tokens=media_tokens,
-        add_generation_prompt=True, expected_media=expected_media,
+        conversations,
+        tokenizer,
+        template,
+        max_length=max_length,
+        media_tokens=media_tokens,
+        add_generation_prompt=True,
+        expected_media=expected_media,
     )
 
 

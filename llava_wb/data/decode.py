@@ -30,9 +30,11 @@ from .image import (  # noqa: F401  (re-exported: the image decoder's public nam
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tiff", "tif")
 MODAL_TAGS = {"image": "IMAGE", "video": "VIDEO", "audio": "AUDIO"}
-EXT_MODALITY = {**{e: "image" for e in IMAGE_EXTS},
-                **{e: "video" for e in ("mp4", "webm", "mkv", "avi")},
-                **{e: "audio" for e in ("wav", "mp3", "flac", "ogg")}}
+EXT_MODALITY = {
+    **{e: "image" for e in IMAGE_EXTS},
+    **{e: "video" for e in ("mp4", "webm", "mkv", "avi")},
+    **{e: "audio" for e in ("wav", "mp3", "flac", "ogg")},
+}
 
 
 def parse_json(raw: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +59,17 @@ def media_fields(raw: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, s
             return [(m["modality"], m["field"]) for m in meta["media"]]
         except (TypeError, KeyError) as e:
             raise SampleError("bad_json", f"malformed 'media' list: {e!r}") from e
-    found = [(EXT_MODALITY[k.rsplit(".", 1)[-1]], k) for k in sorted(raw)
-             if not k.startswith("__") and k.rsplit(".", 1)[-1] in EXT_MODALITY]
+    found = [
+        (EXT_MODALITY[k.rsplit(".", 1)[-1]], k)
+        for k in sorted(raw)
+        if not k.startswith("__") and k.rsplit(".", 1)[-1] in EXT_MODALITY
+    ]
     return found
 
 
-def decode_sample(raw: dict[str, Any], settings: MediaSettings | ImageConfig, *, decode_media: bool = True) -> dict[str, Any]:
+def decode_sample(
+    raw: dict[str, Any], settings: MediaSettings | ImageConfig, *, decode_media: bool = True
+) -> dict[str, Any]:
     """Decode one raw sample. With ``decode_media=False`` media stay as bytes (round trips, tests).
     ``settings``: the run's ``MediaSettings`` (an ``ImageConfig`` alone means default video/audio)."""
     key = raw.get("__key__", "?")
@@ -90,5 +97,13 @@ def decode_sample(raw: dict[str, Any], settings: MediaSettings | ImageConfig, *,
             modal_list.append(MODAL_TAGS[modality])
     except SampleError as e:
         raise e.with_key(key) from None
-    return {"key": key, "url": raw.get("__url__"), "id": meta.get("id", key), "meta": meta,
-            "conversations": meta["conversations"], "media": media, "media_info": media_info, "modal_list": modal_list}
+    return {
+        "key": key,
+        "url": raw.get("__url__"),
+        "id": meta.get("id", key),
+        "meta": meta,
+        "conversations": meta["conversations"],
+        "media": media,
+        "media_info": media_info,
+        "modal_list": modal_list,
+    }

@@ -21,7 +21,7 @@ class SampleError(Exception):
         where = f"sample {self.key!r}: " if self.key else ""
         return f"{where}{self.reason}" + (f" ({self.detail})" if self.detail else "")
 
-    def with_key(self, key: str) -> "SampleError":
+    def with_key(self, key: str) -> SampleError:
         """Return the same error, naming the sample it happened in."""
         return SampleError(self.reason, self.detail, key)
 

@@ -29,8 +29,10 @@ def open_image(data: bytes) -> Image.Image:
         raise SampleError("corrupt_media", f"not a readable image ({len(data)} bytes, starting {data[:8]!r})") from e
     limit = Image.MAX_IMAGE_PIXELS
     if limit and img.width * img.height > limit:
-        raise SampleError("corrupt_media", f"decompression bomb: {img.width} x {img.height} pixels > "
-                                           f"PIL.Image.MAX_IMAGE_PIXELS {limit}")
+        raise SampleError(
+            "corrupt_media",
+            f"decompression bomb: {img.width} x {img.height} pixels > PIL.Image.MAX_IMAGE_PIXELS {limit}",
+        )
     return img
 
 
@@ -122,4 +124,3 @@ def image_transform(cfg: ImageConfig) -> ImageTransform:
 @MEDIA_DECODERS.register("image")
 def decode_image(data: bytes, settings: MediaSettings):
     return image_transform(settings.image)(data)
-

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .config import DataConfig
 from .errors import DataConfigError, TooManySkipsError
@@ -49,8 +50,16 @@ def list_collate(samples: list[dict]) -> dict:
 class StreamDataset:
     """IterableDataset of *batches*; constructed per rank. Workers are spawned by the DataLoader."""
 
-    def __init__(self, cfg: DataConfig, sources: list[ShardList], *, rank: int, world: int,
-                 process: Callable[[dict], dict], collate: Callable[[list[dict]], dict]):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        sources: list[ShardList],
+        *,
+        rank: int,
+        world: int,
+        process: Callable[[dict], dict],
+        collate: Callable[[list[dict]], dict],
+    ):
         self.cfg, self.sources, self.rank, self.world = cfg, sources, rank, world
         self.process, self.collate = process, collate
         self.epoch = 0
@@ -65,11 +74,21 @@ class StreamDataset:
         physical = info.id if info is not None else 0
         worker = (physical + self.worker_offset) % workers
         skips = SkipCounter(self.cfg.max_skip_rate, self.cfg.skip_check_min_samples, self.cfg.log_skips)
-        stream = WorkerStream(self.sources, process=self.process, seed=self.cfg.seed,
-                              shuffle_shards=self.cfg.shuffle_shards, block=self.cfg.shuffle_buffer or 1,
-                              rank=self.rank, world=self.world, worker=worker, workers=workers,
-                              infinite=self.cfg.epoch_mode == "balanced", epoch=self.epoch,
-                              skips=skips, state=self.resume.get(worker))
+        stream = WorkerStream(
+            self.sources,
+            process=self.process,
+            seed=self.cfg.seed,
+            shuffle_shards=self.cfg.shuffle_shards,
+            block=self.cfg.shuffle_buffer or 1,
+            rank=self.rank,
+            world=self.world,
+            worker=worker,
+            workers=workers,
+            infinite=self.cfg.epoch_mode == "balanced",
+            epoch=self.epoch,
+            skips=skips,
+            state=self.resume.get(worker),
+        )
         batch: list[dict] = []
         for sample in stream:
             batch.append(sample)
@@ -105,9 +124,15 @@ def _as_iterable(ds: StreamDataset):
 class StreamingLoader:
     """Iterates batches for this rank; ``len()`` is the number of batches per epoch when known."""
 
-    def __init__(self, cfg: DataConfig, *, process: Callable[[dict], dict],
-                 collate: Callable[[list[dict]], dict] = list_collate,
-                 rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        process: Callable[[dict], dict],
+        collate: Callable[[list[dict]], dict] = list_collate,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         if not cfg.sources:
             raise DataConfigError("data.sources is empty: give at least one shard folder, pattern or URL")
         r, w = dist_info()
@@ -119,19 +144,28 @@ class StreamingLoader:
             if len(s.urls) < self.world:
                 raise DataConfigError(
                     f"data source {s.name!r} has {len(s.urls)} shard(s), fewer than world_size {self.world}: "
-                    "some ranks would get no data; write smaller shards (llava-wb-convert --shard-size)")
+                    "some ranks would get no data; write smaller shards (llava-wb-convert --shard-size)"
+                )
             if cfg.epoch_mode == "balanced" and s.total == 0:
                 raise DataConfigError(
                     f"data source {s.name!r}: its index.json lists 0 samples (every record rejected "
                     "at conversion?); balanced mode would wait for it forever: drop the source or "
-                    "fix its data")
+                    "fix its data"
+                )
             idle = self.world * max(1, cfg.num_workers) - len(s.urls)
             if idle > 0 and self.rank == 0:
-                log.warning("source %r: %d shards for %d ranks x %d workers: %d worker slot(s) idle",
-                            s.name, len(s.urls), self.world, cfg.num_workers, idle)
+                log.warning(
+                    "source %r: %d shards for %d ranks x %d workers: %d worker slot(s) idle",
+                    s.name,
+                    len(s.urls),
+                    self.world,
+                    cfg.num_workers,
+                    idle,
+                )
         self.batches_per_epoch = self._batches_per_epoch()
-        self.dataset = StreamDataset(cfg, self.sources, rank=self.rank, world=self.world,
-                                     process=process, collate=collate)
+        self.dataset = StreamDataset(
+            cfg, self.sources, rank=self.rank, world=self.world, process=process, collate=collate
+        )
         self.epoch = 0
         self.batches_in_epoch = 0
         self.last_worker = -1
@@ -145,12 +179,15 @@ class StreamingLoader:
         if any(s.total is None for s in self.sources):
             raise DataConfigError(
                 "data.batches_per_epoch must be set for epoch_mode 'balanced' when a source has no "
-                "index.json with sample counts (URLs, globs, list files)")
+                "index.json with sample counts (URLs, globs, list files)"
+            )
         total = sum(s.total or 0 for s in self.sources)
         n = total // (self.world * self.cfg.batch_size)
         if n == 0:
-            raise DataConfigError(f"{total} samples are fewer than one batch per rank "
-                                  f"(batch_size {self.cfg.batch_size} x world_size {self.world})")
+            raise DataConfigError(
+                f"{total} samples are fewer than one batch per rank "
+                f"(batch_size {self.cfg.batch_size} x world_size {self.world})"
+            )
         return n
 
     def __len__(self) -> int:
@@ -187,7 +224,8 @@ class StreamingLoader:
             if limit is not None and self.batches_in_epoch < limit:
                 raise RuntimeError(
                     f"rank {self.rank}: data ran out after {self.batches_in_epoch} of {limit} batches "
-                    f"(all shards unreadable or skipped?)\n{self.skip_summary()}")
+                    f"(all shards unreadable or skipped?)\n{self.skip_summary()}"
+                )
         self._next_epoch()
 
     def _next_epoch(self) -> None:
@@ -216,30 +254,51 @@ class StreamingLoader:
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "last_worker": self.last_worker, "num_workers": self.cfg.num_workers, "rank": self.rank,
-                "world_size": self.world, "seed": self.cfg.seed, "epoch_mode": self.cfg.epoch_mode,
-                "sources": [s.name for s in self.sources],
-                "workers": {str(k): v for k, v in self.worker_states.items()},
-                "carried_skips": getattr(self, "_carried_skips", {})}
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "last_worker": self.last_worker,
+            "num_workers": self.cfg.num_workers,
+            "rank": self.rank,
+            "world_size": self.world,
+            "seed": self.cfg.seed,
+            "epoch_mode": self.cfg.epoch_mode,
+            "sources": [s.name for s in self.sources],
+            "workers": {str(k): v for k, v in self.worker_states.items()},
+            "carried_skips": getattr(self, "_carried_skips", {}),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        expect = {"version": STATE_VERSION, "num_workers": self.cfg.num_workers, "world_size": self.world,
-                  "seed": self.cfg.seed, "epoch_mode": self.cfg.epoch_mode,
-                  "sources": [s.name for s in self.sources], "rank": self.rank}
+        expect = {
+            "version": STATE_VERSION,
+            "num_workers": self.cfg.num_workers,
+            "world_size": self.world,
+            "seed": self.cfg.seed,
+            "epoch_mode": self.cfg.epoch_mode,
+            "sources": [s.name for s in self.sources],
+            "rank": self.rank,
+        }
         for k, v in expect.items():
             if state.get(k) != v:
-                raise DataConfigError(f"loader state was saved with {k}={state.get(k)!r}, this run has {v!r}; "
-                                      "exact resumption needs the same value")
+                raise DataConfigError(
+                    f"loader state was saved with {k}={state.get(k)!r}, this run has {v!r}; "
+                    "exact resumption needs the same value"
+                )
         self.epoch, self.batches_in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
         self.last_worker = int(state["last_worker"])
         self.worker_states = {int(k): v for k, v in state["workers"].items()}
         self._carried_skips = state.get("carried_skips", {})
 
 
-def build_loader(cfg: DataConfig, *, process: Callable[[dict], dict] | None = None,
-                 collate: Callable[[list[dict]], dict] = list_collate, rank: int | None = None,
-                 world_size: int | None = None) -> StreamingLoader:
+def build_loader(
+    cfg: DataConfig,
+    *,
+    process: Callable[[dict], dict] | None = None,
+    collate: Callable[[list[dict]], dict] = list_collate,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> StreamingLoader:
     """The loader for this rank. ``process`` maps a raw sample to a training sample (default:
     ``decode_sample`` with the config's media settings, media decoded)."""
     if process is None:
@@ -249,18 +308,30 @@ def build_loader(cfg: DataConfig, *, process: Callable[[dict], dict] | None = No
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)
 
 
-def build_train_loader(cfg: DataConfig, tokenizer, *, media_tokens: dict[str, int], rank: int | None = None,
-                       world_size: int | None = None, padding_side: str = "right", media: Any = None) -> StreamingLoader:
+def build_train_loader(
+    cfg: DataConfig,
+    tokenizer,
+    *,
+    media_tokens: dict[str, int],
+    rank: int | None = None,
+    world_size: int | None = None,
+    padding_side: str = "right",
+    media: Any = None,
+) -> StreamingLoader:
     """Tokenized, padded training batches (``input_ids``, ``labels``, ``attention_mask``, ``pixel_values``...).
     ``media``: the decoding settings (``MediaSettings``; default ``cfg.media``), e.g. with the model's
     frames per clip filled in (``llava_wb.model.media.media_settings``)."""
     from .collate import Collator
     from .pipeline import TrainSample
-
     from .sources import source_name
 
-    process = TrainSample(tokenizer, template=cfg.template, max_length=cfg.max_length, media=media or cfg.media,
-                          media_tokens=media_tokens,
-                          source_templates={source_name(s): s.template for s in cfg.sources if s.template})
+    process = TrainSample(
+        tokenizer,
+        template=cfg.template,
+        max_length=cfg.max_length,
+        media=media or cfg.media,
+        media_tokens=media_tokens,
+        source_templates={source_name(s): s.template for s in cfg.sources if s.template},
+    )
     collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)

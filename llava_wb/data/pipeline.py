@@ -37,8 +37,16 @@ class TrainSample:
     template, e.g. captions with ``plain`` mixed into ``vicuna_v1`` instructions.
     """
 
-    def __init__(self, tokenizer, *, template: str, max_length: int, media: MediaSettings | ImageConfig,
-                 media_tokens: dict[str, int], source_templates: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        template: str,
+        max_length: int,
+        media: MediaSettings | ImageConfig,
+        media_tokens: dict[str, int],
+        source_templates: dict[str, str] | None = None,
+    ):
         from .conversation import get_template
 
         self.template = get_template(template, tokenizer)
@@ -50,12 +58,21 @@ class TrainSample:
 
         d = decode_sample(raw, self.media)
         template = self.source_templates.get(raw.get("__source__"), self.template)
-        tok = template.tokenize(d["conversations"], max_length=self.max_length, media_tokens=self.media_tokens,
-                                     expected_media={m: len(v) for m, v in d["media"].items()})
-        out = {"input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
-                "labels": torch.tensor(tok.labels, dtype=torch.long),
-                "instruction_mask": torch.tensor(tok.instruction_mask, dtype=torch.long),
-                "media": d["media"], "id": d["id"], "modal_list": d["modal_list"], "meta": d["meta"]}
+        tok = template.tokenize(
+            d["conversations"],
+            max_length=self.max_length,
+            media_tokens=self.media_tokens,
+            expected_media={m: len(v) for m, v in d["media"].items()},
+        )
+        out = {
+            "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
+            "labels": torch.tensor(tok.labels, dtype=torch.long),
+            "instruction_mask": torch.tensor(tok.instruction_mask, dtype=torch.long),
+            "media": d["media"],
+            "id": d["id"],
+            "modal_list": d["modal_list"],
+            "meta": d["meta"],
+        }
         if tok.truncated:  # kept, but counted: the stream pops ``__notes__`` into the skip counter
             out["__notes__"] = ("truncated_answer",)
         return out

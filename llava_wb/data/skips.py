@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import SampleError, TooManySkipsError
 
@@ -71,11 +71,18 @@ class SkipCounter:
             raise TooManySkipsError(
                 f"{self.total_skipped} of {self.seen} samples skipped "
                 f"({100 * self.total_skipped / self.seen:.1f}% > max_skip_rate {100 * self.max_rate:.1f}%); "
-                f"by reason: {dict(self.skipped)}; examples: {self.examples}")
+                f"by reason: {dict(self.skipped)}; examples: {self.examples}"
+            )
 
     def state(self) -> dict:
-        return {"seen": self.seen, "skipped": dict(self.skipped), "examples": self.examples,
-                "noted": dict(self.noted), "expected": self.expected, "read": self.read}
+        return {
+            "seen": self.seen,
+            "skipped": dict(self.skipped),
+            "examples": self.examples,
+            "noted": dict(self.noted),
+            "expected": self.expected,
+            "read": self.read,
+        }
 
     def load(self, state: Mapping) -> None:
         self.seen = int(state.get("seen", 0))
@@ -96,18 +103,24 @@ def merge(states: Iterable[Mapping]) -> dict:
         read += int(s.get("read", 0))
         for k, v in s.get("examples", {}).items():
             examples.setdefault(k, []).extend(v[: 3 - len(examples.get(k, []))])
-    return {"seen": seen, "skipped": dict(skipped), "examples": examples, "noted": dict(noted),
-            "expected": expected, "read": read}
+    return {
+        "seen": seen,
+        "skipped": dict(skipped),
+        "examples": examples,
+        "noted": dict(noted),
+        "expected": expected,
+        "read": read,
+    }
 
 
 def format_summary(state: Mapping) -> str:
     seen, skipped = state.get("seen", 0), state.get("skipped", {})
     total = sum(skipped.values())
-    lines = [f"samples seen {seen}, used {seen - total}, skipped {total}"
-             + (f" ({100 * total / seen:.2f}%)" if seen else "")]
+    lines = [
+        f"samples seen {seen}, used {seen - total}, skipped {total}" + (f" ({100 * total / seen:.2f}%)" if seen else "")
+    ]
     if state.get("expected"):
-        lines.append(f"finished shards: expected {state['expected']} samples (index.json), "
-                     f"read {state.get('read', 0)}")
+        lines.append(f"finished shards: expected {state['expected']} samples (index.json), read {state.get('read', 0)}")
     for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason:<20} {n:>8}   e.g. {state.get('examples', {}).get(reason, [''])[0]}")
     for reason, n in sorted(state.get("noted", {}).items(), key=lambda kv: -kv[1]):

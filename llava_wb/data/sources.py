@@ -87,10 +87,14 @@ def _from_index(index_path: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataConfigError(f"{index_path}: not a readable llava_wb index.json ({e})") from e
     for name in names:  # data, not paths: a plain file name next to index.json, nothing else
-        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name \
-                or "/" in name or "\0" in name:
-            raise DataConfigError(f"{index_path}: shard name {name!r} is not a plain file name in "
-                                  "the index's folder")
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or os.path.basename(name) != name
+            or "/" in name
+            or "\0" in name
+        ):
+            raise DataConfigError(f"{index_path}: shard name {name!r} is not a plain file name in the index's folder")
     urls = tuple(os.path.join(base, n) for n in names)
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
@@ -109,7 +113,8 @@ def _from_list(list_path: str) -> tuple[str, ...]:
             if line.startswith("pipe:"):
                 raise DataConfigError(
                     f"{list_path} line {line_no}: 'pipe:' commands are not read from list files "
-                    "(their lines are data); give the command as the source itself in the config")
+                    "(their lines are data); give the command as the source itself in the config"
+                )
             if not _URL.match(line):
                 line = os.path.abspath(os.path.join(base, line))
             urls.append(line)
@@ -128,7 +133,8 @@ def _refuse_unfinished(folder: str) -> None:
         raise DataConfigError(
             f"data source {folder!r} is an unfinished llava-wb-convert output ({leftovers[0]} but no "
             "index.json): finish it with `llava-wb-convert ... --resume`, or name its shards with a "
-            "glob to read them as they are")
+            "glob to read them as they are"
+        )
 
 
 def _braceexpand(pattern: str) -> list[str]:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import EmptySourceError, SampleError
 from .skips import SkipCounter
@@ -47,8 +48,9 @@ def _u(*parts: Any) -> float:
     return int.from_bytes(h, "big") / 2.0**64
 
 
-def shards_for(src: ShardList, pass_: int, *, seed: int, shuffle: bool, rank: int, world: int,
-               worker: int, workers: int) -> list[str]:
+def shards_for(
+    src: ShardList, pass_: int, *, seed: int, shuffle: bool, rank: int, world: int, worker: int, workers: int
+) -> list[str]:
     urls = list(src.urls)
     if shuffle:
         random.Random(f"{seed}/{src.name}/pass{pass_}").shuffle(urls)
@@ -58,9 +60,21 @@ def shards_for(src: ShardList, pass_: int, *, seed: int, shuffle: bool, rank: in
 class SourceReader:
     """Reads one source for one worker, block by block, and knows its exact position."""
 
-    def __init__(self, src: ShardList, *, seed: int, shuffle: bool, rank: int, world: int,
-                 worker: int, workers: int, block: int, infinite: bool, skips: SkipCounter,
-                 cursor: Cursor):
+    def __init__(
+        self,
+        src: ShardList,
+        *,
+        seed: int,
+        shuffle: bool,
+        rank: int,
+        world: int,
+        worker: int,
+        workers: int,
+        block: int,
+        infinite: bool,
+        skips: SkipCounter,
+        cursor: Cursor,
+    ):
         self.src, self.seed, self.shuffle = src, seed, shuffle
         self.rank, self.world, self.worker, self.workers = rank, world, worker, workers
         self.block_size, self.infinite, self.skips = max(1, block), infinite, skips
@@ -73,8 +87,14 @@ class SourceReader:
         self._open_idx = 0
 
     def _slice(self) -> dict:
-        return dict(seed=self.seed, shuffle=self.shuffle, rank=self.rank, world=self.world,
-                    worker=self.worker, workers=self.workers)
+        return dict(
+            seed=self.seed,
+            shuffle=self.shuffle,
+            rank=self.rank,
+            world=self.world,
+            worker=self.worker,
+            workers=self.workers,
+        )
 
     def _fill(self, count_errors: bool) -> None:
         """Read the current block starting at the cursor; permute it; remember where it ended."""
@@ -104,7 +124,9 @@ class SourceReader:
                 self._shard_ended(shards[pos], self._open_idx, None)
             self._open = None
             pos, off = pos + 1, 0
-        random.Random(f"{self.seed}/{self.src.name}/p{c.pass_}/r{self.rank}/w{self.worker}/b{c.block_no}").shuffle(block)
+        random.Random(f"{self.seed}/{self.src.name}/p{c.pass_}/r{self.rank}/w{self.worker}/b{c.block_no}").shuffle(
+            block
+        )
         self._block, self._end = block, (pos, off)
 
     def _shard_ended(self, url: str, read: int, error: ShardError | None) -> None:
@@ -118,12 +140,21 @@ class SourceReader:
         self.skips.shard_done(expected, read)
         missing = expected - read
         if error is not None:
-            self.skips.skip(SampleError(error.reason, f"{error.detail}; index.json lists {expected} "
-                                        f"samples, read {read}", key=f"{url}@{read}"),
-                            count=max(1, missing))
+            self.skips.skip(
+                SampleError(
+                    error.reason,
+                    f"{error.detail}; index.json lists {expected} samples, read {read}",
+                    key=f"{url}@{read}",
+                ),
+                count=max(1, missing),
+            )
         elif missing > 0:
-            self.skips.skip(SampleError("short_shard", f"index.json lists {expected} samples, "
-                                        f"the shard ended after {read}", key=url), count=missing)
+            self.skips.skip(
+                SampleError(
+                    "short_shard", f"index.json lists {expected} samples, the shard ended after {read}", key=url
+                ),
+                count=missing,
+            )
 
     def _open_at(self, pass_: int, pos: int, off: int, url: str) -> Iterator[dict]:
         """An iterator over shard ``pos`` positioned at sample ``off``; reuses the open one if it is
@@ -156,7 +187,8 @@ class SourceReader:
                         raise EmptySourceError(
                             f"data source {self.src.name!r} yields no samples (rank {self.rank}, "
                             f"worker {self.worker}: its {n} shard(s) are empty, unreadable or cut "
-                            f"before the first sample; skip counts: {dict(self.skips.skipped)})")
+                            f"before the first sample; skip counts: {dict(self.skips.skipped)})"
+                        )
                     self._new_pass()
                     continue
                 c.done = True
@@ -174,10 +206,23 @@ class SourceReader:
 class WorkerStream:
     """Mixes the sources of one (rank, worker) and applies ``process`` (decode + tokenize) lazily."""
 
-    def __init__(self, sources: list[ShardList], *, process: Callable[[dict], dict], seed: int,
-                 shuffle_shards: bool, block: int, rank: int, world: int, worker: int,
-                 workers: int, infinite: bool, epoch: int, skips: SkipCounter,
-                 state: dict | None = None):
+    def __init__(
+        self,
+        sources: list[ShardList],
+        *,
+        process: Callable[[dict], dict],
+        seed: int,
+        shuffle_shards: bool,
+        block: int,
+        rank: int,
+        world: int,
+        worker: int,
+        workers: int,
+        infinite: bool,
+        epoch: int,
+        skips: SkipCounter,
+        state: dict | None = None,
+    ):
         self.process, self.seed, self.rank, self.worker = process, seed, rank, worker
         self.skips = skips
         self.n = 0
@@ -186,14 +231,30 @@ class WorkerStream:
             self.n = int(state["n"])
             cursors = {name: Cursor(**c) for name, c in state["sources"].items()}
             skips.load(state["skips"])
-        self.readers = [SourceReader(s, seed=seed, shuffle=shuffle_shards, rank=rank, world=world,
-                                     worker=worker, workers=workers, block=block, infinite=infinite,
-                                     skips=skips, cursor=cursors[s.name]) for s in sources]
+        self.readers = [
+            SourceReader(
+                s,
+                seed=seed,
+                shuffle=shuffle_shards,
+                rank=rank,
+                world=world,
+                worker=worker,
+                workers=workers,
+                block=block,
+                infinite=infinite,
+                skips=skips,
+                cursor=cursors[s.name],
+            )
+            for s in sources
+        ]
         self.weights = [s.weight for s in sources]
 
     def state(self) -> dict:
-        return {"n": self.n, "sources": {r.src.name: asdict(r.cursor) for r in self.readers},
-                "skips": self.skips.state()}
+        return {
+            "n": self.n,
+            "sources": {r.src.name: asdict(r.cursor) for r in self.readers},
+            "skips": self.skips.state(),
+        }
 
     def _pick(self) -> SourceReader | None:
         live = [(r, w) for r, w in zip(self.readers, self.weights) if not r.empty and not r.cursor.done]

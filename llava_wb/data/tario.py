@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
@@ -94,14 +95,27 @@ def fetch_command(url: str) -> list[str] | str | None:
     """The command that streams ``url`` to stdout: an argv list for remote URLs (no shell), the
     shell command of a ``pipe:`` URL, or None for a local path."""
     if url.startswith("pipe:"):
-        return url[len("pipe:"):]
+        return url[len("pipe:") :]
     if url.startswith("s3://"):
         return ["aws", "s3", "cp", url, "-"]
     if url.startswith("gs://"):
         return ["gsutil", "cat", url]
     if url.startswith(("http://", "https://")):
-        return ["curl", "--connect-timeout", "30", "--retry", "5", "--retry-delay", "2",
-                "-f", "-s", "-S", "-L", "--", url]
+        return [
+            "curl",
+            "--connect-timeout",
+            "30",
+            "--retry",
+            "5",
+            "--retry-delay",
+            "2",
+            "-f",
+            "-s",
+            "-S",
+            "-L",
+            "--",
+            url,
+        ]
     return None
 
 
@@ -110,8 +124,9 @@ def open_shard(url: str) -> tuple[IO[bytes], subprocess.Popen | None]:
     cmd = fetch_command(url)
     if cmd is None:
         return open(url.removeprefix("file:"), "rb"), None
-    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, bufsize=1 << 20)
+    proc = subprocess.Popen(
+        cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=1 << 20
+    )
     assert proc.stdout is not None
     return proc.stdout, proc
 
@@ -146,8 +161,9 @@ def _iter_shard_webdataset(url: str) -> Iterator[dict[str, Any]]:
             rc = _finish(proc, stream, 10.0) if proc is not None else 0
             finished = True
             if rc:
-                raise ShardError(url, "command_failed", f"{_cmd_name(proc)} exited with status {rc}",
-                                 e.samples_read) from e
+                raise ShardError(
+                    url, "command_failed", f"{_cmd_name(proc)} exited with status {rc}", e.samples_read
+                ) from e
             raise
         if proc is not None:
             stream.read()  # drain what follows the archive so the command can exit

@@ -89,7 +89,9 @@ def parse_conversation(conversations: Any, *, generation: bool = False) -> list[
             raise SampleError("bad_conversation", f"turn {i} value is {type(item['value']).__name__}, not str")
         expected = HUMAN if i % 2 == 0 else GPT
         if role != expected:
-            raise SampleError("bad_conversation", f"turn {i} is {role!r}, expected {expected!r} (roles must alternate from human)")
+            raise SampleError(
+                "bad_conversation", f"turn {i} is {role!r}, expected {expected!r} (roles must alternate from human)"
+            )
         turns.append(Turn(role, item["value"]))
     if generation and turns[-1].role != HUMAN:
         raise SampleError("bad_conversation", "a generation prompt must end with a human turn")
@@ -183,7 +185,9 @@ class ConversationTemplate:
             labels.insert(0, IGNORE_INDEX)
             instruction.insert(0, 0)
             media_end += 1 if media_end else 0
-        if len(ids) != len(labels) or len(ids) != len(instruction) or any(spans.values()):  # explicit checks, survive python -O
+        if (
+            len(ids) != len(labels) or len(ids) != len(instruction) or any(spans.values())
+        ):  # explicit checks, survive python -O
             raise RuntimeError(f"template {self.name!r}: {len(ids)} ids, {len(labels)} labels, unused media {spans}")
         out = self._truncate(ids, labels, num_media, media_end, max_length, add_generation_prompt)
         out.instruction_mask = instruction[: len(out.input_ids)]
@@ -199,7 +203,9 @@ class ConversationTemplate:
                 counts[kind] = counts.get(kind, 0) + n
         for kind in counts:
             if kind not in self.media_ids:
-                raise SampleError("placeholder_mismatch", f"text has <{kind}> but the template supports only {sorted(self.media_ids)}")
+                raise SampleError(
+                    "placeholder_mismatch", f"text has <{kind}> but the template supports only {sorted(self.media_ids)}"
+                )
         if expected is not None:
             bad = [k for k in expected if k not in PLACEHOLDERS]
             if bad:
@@ -213,20 +219,31 @@ class ConversationTemplate:
         return counts
 
     @staticmethod
-    def _media_spans(num_media: dict[str, int], media_tokens: Mapping[str, int | Sequence[int]]) -> dict[str, list[int]]:
+    def _media_spans(
+        num_media: dict[str, int], media_tokens: Mapping[str, int | Sequence[int]]
+    ) -> dict[str, list[int]]:
         spans: dict[str, list[int]] = {}
         for kind, count in num_media.items():
             if kind not in media_tokens:
-                raise SampleError("placeholder_mismatch", f"text has <{kind}> but media_tokens gives no count for {kind!r}")
+                raise SampleError(
+                    "placeholder_mismatch", f"text has <{kind}> but media_tokens gives no count for {kind!r}"
+                )
             per = media_tokens[kind]
             spans[kind] = [int(n) for n in per] if isinstance(per, Sequence) else [int(per)] * count
             if len(spans[kind]) != count or min(spans[kind]) < 1:
-                raise SampleError("placeholder_mismatch", f"{count} <{kind}> placeholders but media_tokens[{kind!r}] = {per!r}")
+                raise SampleError(
+                    "placeholder_mismatch", f"{count} <{kind}> placeholders but media_tokens[{kind!r}] = {per!r}"
+                )
         return spans
 
     @staticmethod
     def _truncate(
-        ids: list[int], labels: list[int], num_media: dict[str, int], media_end: int, max_length: int | None, generation: bool
+        ids: list[int],
+        labels: list[int],
+        num_media: dict[str, int],
+        media_end: int,
+        max_length: int | None,
+        generation: bool,
     ) -> TokenizedConversation:
         total = len(ids)
         first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), total)
@@ -237,13 +254,15 @@ class ConversationTemplate:
         if media_end > max_length:
             media = ", ".join(f"{n} {k}" for k, n in num_media.items())
             raise SampleError(
-                "too_long", f"media ({media}) ends at token {media_end} > max_length {max_length} (sequence {total} tokens)"
+                "too_long",
+                f"media ({media}) ends at token {media_end} > max_length {max_length} (sequence {total} tokens)",
             )
         if generation:
             raise SampleError("too_long", f"prompt of {total} tokens > max_length {max_length}; prompts are never cut")
         if first >= max_length:
             raise SampleError(
-                "too_long", f"no answer token left: first answer token at {first}, max_length {max_length}, sequence {total}"
+                "too_long",
+                f"no answer token left: first answer token at {first}, max_length {max_length}, sequence {total}",
             )
         ids, labels = ids[:max_length], labels[:max_length]
         return TokenizedConversation(ids, labels, num_media, truncated=True)

@@ -49,7 +49,9 @@ class PlainTemplate(ConversationTemplate):
 
     def segments(self, turns: list[Turn], add_generation_prompt: bool) -> list[Segment]:
         if len(turns) > 2:
-            raise SampleError("bad_conversation", f"plain template takes one human and one gpt turn, got {len(turns)} turns")
+            raise SampleError(
+                "bad_conversation", f"plain template takes one human and one gpt turn, got {len(turns)} turns"
+            )
         segs = [Segment("".join(PLACEHOLDER_RE.findall(turns[0].text)))]
         if not add_generation_prompt:
             segs.append(Segment(turns[1].text + "\n", train=True))
@@ -156,7 +158,7 @@ class ChatTemplate(ConversationTemplate):
                     f"chat template is not prefix-stable at message {i}: rendering the conversation up to "
                     "a turn does not give a prefix of the full rendering, so assistant spans cannot be located"
                 )
-            span = upto[len(head):]
+            span = upto[len(head) :]
             needle = message["content"].strip()
             found = span.find(needle)
             if found < 0:

@@ -84,10 +84,14 @@ def sample_indices(total: int, native_fps: float, num_frames: int, fps: float | 
 
 def _info(indices: np.ndarray, native_fps: float, total: int, backend: str) -> dict[str, Any]:
     rate = native_fps if native_fps > 0 else 1.0
-    return {"indices": [int(i) for i in indices],
-            "timestamps": [round(float(i) / rate, 4) for i in indices],
-            "fps": float(native_fps), "frames_total": int(total),
-            "duration": round(total / rate, 4), "backend": backend}
+    return {
+        "indices": [int(i) for i in indices],
+        "timestamps": [round(float(i) / rate, 4) for i in indices],
+        "fps": float(native_fps),
+        "frames_total": int(total),
+        "duration": round(total / rate, 4),
+        "backend": backend,
+    }
 
 
 def _check_bytes(data: bytes) -> None:
@@ -99,9 +103,11 @@ def _check_bytes(data: bytes) -> None:
 
 def _looks_like_container(head: bytes) -> bool:
     """A cheap signature check (mp4/mov, Matroska/WebM, AVI, Ogg, FLV, MPEG-TS/PS)."""
-    return (head[4:8] in _BMFF_BOXES or head.startswith((b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV",
-                                                         b"\x00\x00\x01\xba"))
-            or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47))
+    return (
+        head[4:8] in _BMFF_BOXES
+        or head.startswith((b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba"))
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+    )
 
 
 def _container_name(head: bytes) -> str:
@@ -121,10 +127,10 @@ def _bmff_problem(data: bytes) -> str | None:
         return None
     pos, boxes, n = 0, [], len(data)
     while pos + 8 <= n:
-        size, kind = int.from_bytes(data[pos:pos + 4], "big"), bytes(data[pos + 4:pos + 8])
+        size, kind = int.from_bytes(data[pos : pos + 4], "big"), bytes(data[pos + 4 : pos + 8])
         header = 8
         if size == 1 and pos + 16 <= n:
-            size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
         elif size == 0:
             size = n - pos
         name = kind.decode("latin-1")
@@ -155,15 +161,16 @@ def _unstride(frame: np.ndarray, width: int) -> np.ndarray:
     row = frame.reshape(h, -1)
     if row.shape[1] < 3 * width:
         raise SampleError("corrupt_media", f"decord returned a frame of shape {frame.shape} for width {width}")
-    return np.ascontiguousarray(row[:, :3 * width]).reshape(h, width, 3)
+    return np.ascontiguousarray(row[:, : 3 * width]).reshape(h, width, 3)
 
 
 def _read_decord(data: bytes, num_frames: int, fps: float | None) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         import decord
     except ImportError as e:
-        raise SampleError("unsupported_media", f"video backend 'decord' is not installed ({e}); "
-                                               "install decord2 (or use backend pyav)") from None
+        raise SampleError(
+            "unsupported_media", f"video backend 'decord' is not installed ({e}); install decord2 (or use backend pyav)"
+        ) from None
     if not _looks_like_container(bytes(data[:256])):
         raise SampleError("corrupt_media", f"not a video container ({len(data)} bytes, starting {bytes(data[:8])!r})")
     try:
@@ -286,8 +293,9 @@ def _short(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def read_video(data: bytes, *, num_frames: int, fps: float | None = None,
-               backend: str = "decord") -> tuple[np.ndarray, dict[str, Any]]:
+def read_video(
+    data: bytes, *, num_frames: int, fps: float | None = None, backend: str = "decord"
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Bytes of a video file -> (uint8 frames ``[num_frames, H, W, 3]``, info). See the module docstring."""
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
@@ -311,8 +319,9 @@ def decode_video(data: bytes, settings: MediaSettings) -> DecodedMedia:
     return DecodedMedia(image_transform(settings.image).frames(frames), info)
 
 
-def encode_mp4(frames: np.ndarray, fps: int = 8, *, crf: int = 10, preset: str = "superfast",
-               gop: int | None = None) -> bytes:
+def encode_mp4(
+    frames: np.ndarray, fps: int = 8, *, crf: int = 10, preset: str = "superfast", gop: int | None = None
+) -> bytes:
     """uint8 ``[T, H, W, 3]`` (H, W even) -> mp4 bytes (H.264 via libx264, yuv420p, one thread).
 
     Frame ``i`` gets pts ``i`` in time base ``1/fps``. ``crf`` 10 keeps pixels within a few levels

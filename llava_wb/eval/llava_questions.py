@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterator
+from typing import Any
 
 from ..data.config import ImageConfig
 from ..data.errors import SampleError
@@ -77,8 +78,15 @@ def read_questions(question_file: str | Path, image_folder: str | Path | None) -
     return questions
 
 
-def _prompts(questions: list[dict[str, Any]], model: Any, tokenizer: Any, template: str, image: ImageConfig,
-             max_length: int, question_file: str | Path) -> Iterator[dict[str, Any]]:
+def _prompts(
+    questions: list[dict[str, Any]],
+    model: Any,
+    tokenizer: Any,
+    template: str,
+    image: ImageConfig,
+    max_length: int,
+    question_file: str | Path,
+) -> Iterator[dict[str, Any]]:
     from ..data.conversation import get_template
     from ..data.decode import image_transform
 
@@ -96,18 +104,32 @@ def _prompts(questions: list[dict[str, Any]], model: Any, tokenizer: Any, templa
             except SampleError as e:
                 raise QuestionFileError(f"{where}: image {q['image']!r}: {e.detail}") from None
         try:
-            tok = tmpl.tokenize([{"from": "human", "value": text}], max_length=max_length,
-                                media_tokens=model.media_tokens, add_generation_prompt=True,
-                                expected_media={k: len(v) for k, v in media.items()})
+            tok = tmpl.tokenize(
+                [{"from": "human", "value": text}],
+                max_length=max_length,
+                media_tokens=model.media_tokens,
+                add_generation_prompt=True,
+                expected_media={k: len(v) for k, v in media.items()},
+            )
         except SampleError as e:
             raise QuestionFileError(f"{where}: {e.reason}: {e.detail}") from None
         yield {"question": q, "ids": tok.input_ids, "instruction": tok.instruction_mask, "media": media}
 
 
-def answer_questions(model: Any, tokenizer: Any, question_file: str | Path, image_folder: str | Path | None, *,
-                     image: ImageConfig, template: str = "vicuna_v1", model_id: str = "llava_wb",
-                     max_new_tokens: int = 128, max_length: int = 2048, batch_size: int = 8,
-                     progress: bool = True) -> list[dict[str, Any]]:
+def answer_questions(
+    model: Any,
+    tokenizer: Any,
+    question_file: str | Path,
+    image_folder: str | Path | None,
+    *,
+    image: ImageConfig,
+    template: str = "vicuna_v1",
+    model_id: str = "llava_wb",
+    max_new_tokens: int = 128,
+    max_length: int = 2048,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """LLaVA answer records for every question of ``question_file`` (greedy, in question order)."""
     import torch
     from tqdm.auto import tqdm
@@ -122,8 +144,16 @@ def answer_questions(model: Any, tokenizer: Any, question_file: str | Path, imag
         while chunk := [it for _, it in zip(range(batch_size), items)]:
             for c, text in zip(chunk, answer_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens)):
                 q = c["question"]
-                answers.append({"question_id": q["question_id"], "prompt": q["text"], "text": text.strip(),
-                                "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": {}})
+                answers.append(
+                    {
+                        "question_id": q["question_id"],
+                        "prompt": q["text"],
+                        "text": text.strip(),
+                        "answer_id": uuid.uuid4().hex,
+                        "model_id": model_id,
+                        "metadata": {},
+                    }
+                )
             bar.update(len(chunk))
     return answers
 

@@ -31,14 +31,26 @@ from .lmms_prompt import build_prompt_item, cut_at_stops, load_run
 class LlavaWbLMM(lmms):
     """A llava_wb model behind lmms-eval's simple-model interface."""
 
-    def __init__(self, pretrained: str, batch_size: int | str = 8, template: str | None = None,
-                 aspect: str | None = None, max_length: int | str = 512, max_new_tokens: int | str = 8,
-                 device: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        batch_size: int | str = 8,
+        template: str | None = None,
+        aspect: str | None = None,
+        max_length: int | str = 512,
+        max_new_tokens: int | str = 8,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         if kwargs:
-            raise ValueError(f"llava_wb: unknown model_args {sorted(kwargs)} (known: pretrained, batch_size, template, "
-                             "aspect, max_length, max_new_tokens, device)")
-        self.model, self.tokenizer, template_name, self.settings = load_run(pretrained, template=template, aspect=aspect)
+            raise ValueError(
+                f"llava_wb: unknown model_args {sorted(kwargs)} (known: pretrained, batch_size, template, "
+                "aspect, max_length, max_new_tokens, device)"
+            )
+        self.model, self.tokenizer, template_name, self.settings = load_run(
+            pretrained, template=template, aspect=aspect
+        )
         if device:
             self.model.to(device)
         self.template = get_template(template_name, self.tokenizer)
@@ -50,9 +62,15 @@ class LlavaWbLMM(lmms):
         context, _, doc_to_visual, doc_id, task, split = request.args
         doc = self.task_dict[task][split][doc_id]
         visuals = doc_to_visual(doc) if doc_to_visual is not None else []
-        return build_prompt_item(context, [v for v in visuals or [] if v is not None], doc, template=self.template,
-                                 media_tokens=self.model.media_tokens, settings=self.settings,
-                                 max_length=self.max_length)
+        return build_prompt_item(
+            context,
+            [v for v in visuals or [] if v is not None],
+            doc,
+            template=self.template,
+            media_tokens=self.model.media_tokens,
+            settings=self.settings,
+            max_length=self.max_length,
+        )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
@@ -70,10 +88,11 @@ class LlavaWbLMM(lmms):
             if gen.get("do_sample") and float(gen.get("temperature", 0) or 0) > 0:
                 extra = {k: gen[k] for k in ("do_sample", "temperature", "top_p") if gen.get(k) is not None}
             for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
+                chunk = indices[start : start + self.batch_size]
                 items = [self._item(requests[i]) for i in chunk]
-                for i, text in zip(chunk, answer_batch(self.model, self.tokenizer, items, max_new_tokens=max_new,
-                                                       **extra)):
+                for i, text in zip(
+                    chunk, answer_batch(self.model, self.tokenizer, items, max_new_tokens=max_new, **extra)
+                ):
                     answers[i] = cut_at_stops(text, until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, answers[i])
                 bar.update(len(chunk))

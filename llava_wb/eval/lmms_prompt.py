@@ -24,9 +24,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..data.decode import EXT_MODALITY, MEDIA_DECODERS, DecodedMedia
 
@@ -104,8 +105,10 @@ def visual_bytes(visual: Any) -> tuple[str, bytes]:
 
         wave = np.asarray(visual["array"], dtype=np.float32)
         return "audio", encode_audio(wave, int(visual["sampling_rate"]), "wav")
-    raise ValueError(f"visual of type {type(visual).__name__} is not supported: give a PIL image, a media file path "
-                     "or an {'array', 'sampling_rate'} audio dict")
+    raise ValueError(
+        f"visual of type {type(visual).__name__} is not supported: give a PIL image, a media file path "
+        "or an {'array', 'sampling_rate'} audio dict"
+    )
 
 
 def request_conversation(context: str, modalities: Sequence[str], doc: dict | None = None) -> list[dict[str, str]]:
@@ -119,8 +122,16 @@ def request_conversation(context: str, modalities: Sequence[str], doc: dict | No
     return [{"from": "human", "value": prefix + context}]
 
 
-def build_prompt_item(context: str, visuals: Sequence[Any], doc: dict | None, *, template, media_tokens: dict[str, int],
-                      settings, max_length: int) -> dict[str, Any]:
+def build_prompt_item(
+    context: str,
+    visuals: Sequence[Any],
+    doc: dict | None,
+    *,
+    template,
+    media_tokens: dict[str, int],
+    settings,
+    max_length: int,
+) -> dict[str, Any]:
     """One request -> ``{"ids", "instruction", "media"}`` (``template``: a llava_wb template object)."""
     media: dict[str, list] = {}
     modalities = []
@@ -130,8 +141,13 @@ def build_prompt_item(context: str, visuals: Sequence[Any], doc: dict | None, *,
         media.setdefault(modality, []).append(value.value if isinstance(value, DecodedMedia) else value)
         modalities.append(modality)
     conversation = request_conversation(context, modalities, doc)
-    tok = template.tokenize(conversation, max_length=max_length, media_tokens=media_tokens,
-                            add_generation_prompt=True, expected_media={m: len(v) for m, v in media.items()})
+    tok = template.tokenize(
+        conversation,
+        max_length=max_length,
+        media_tokens=media_tokens,
+        add_generation_prompt=True,
+        expected_media={m: len(v) for m, v in media.items()},
+    )
     return {"ids": tok.input_ids, "instruction": tok.instruction_mask, "media": media}
 
 

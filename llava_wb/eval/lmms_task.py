@@ -14,8 +14,8 @@ import argparse
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..data.config import SourceConfig
 from ..data.conversation import split_for_eval
@@ -46,9 +46,16 @@ def write_task(shards: Sequence[str], out_dir: str | os.PathLike, *, limit: int 
                     qtypes = (record.get("meta") or {}).get("qtypes") or []
                     for item in split_for_eval(record["conversations"]):
                         qtype = qtypes[item.turn] if item.turn < len(qtypes) else "all"
-                        doc = {"question_id": f"{raw['__key__']}/{item.turn}", "id": str(record.get("id", "")),
-                               "turn": item.turn, "qtype": qtype, "question": item.prompt[-1]["value"],
-                               "answer": item.answer, "llava_wb_conversation": item.prompt, "media": media}
+                        doc = {
+                            "question_id": f"{raw['__key__']}/{item.turn}",
+                            "id": str(record.get("id", "")),
+                            "turn": item.turn,
+                            "qtype": qtype,
+                            "question": item.prompt[-1]["value"],
+                            "answer": item.answer,
+                            "llava_wb_conversation": item.prompt,
+                            "media": media,
+                        }
                         f.write(json.dumps(doc, ensure_ascii=False) + "\n")
                         counts[qtype] = counts.get(qtype, 0) + 1
                         n += 1
@@ -60,23 +67,29 @@ def write_task(shards: Sequence[str], out_dir: str | os.PathLike, *, limit: int 
                     break
     yaml_text = (TEMPLATES / f"{TASK}.yaml").read_text(encoding="utf-8")
     yaml_text = yaml_text.replace("    test: questions.jsonl", f"    test: {json.dumps(str(out / 'questions.jsonl'))}")
-    yaml_text += "".join(f"  - metric: acc_{q}\n    aggregation: mean\n    higher_is_better: true\n"
-                         for q in sorted(counts))
+    yaml_text += "".join(
+        f"  - metric: acc_{q}\n    aggregation: mean\n    higher_is_better: true\n" for q in sorted(counts)
+    )
     (out / f"{TASK}.yaml").write_text(yaml_text, encoding="utf-8")
     shutil.copyfile(TEMPLATES / "utils.py", out / "utils.py")
     return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llava_wb.eval.lmms_task", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m llava_wb.eval.lmms_task",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("shards", nargs="+", help="held-out shard folder(s), globs or URLs")
     p.add_argument("--out", required=True, help="task folder to write (give it to lmms-eval as --include_path)")
     p.add_argument("--limit", type=int, default=None, help="stop after this many questions")
     args = p.parse_args(argv)
     counts = write_task(args.shards, args.out, limit=args.limit)
-    print(f"wrote {sum(counts.values())} questions ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
-          f"to {args.out}")
+    print(
+        f"wrote {sum(counts.values())} questions ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
+        f"to {args.out}"
+    )
     return 0
 
 

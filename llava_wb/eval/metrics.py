@@ -26,9 +26,17 @@ class EvalResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, *, id: str, qtype: str, turn: int, question: str, answer: str, prediction: str) -> None:
-        self.predictions.append({"id": id, "qtype": qtype, "turn": turn, "question": question,
-                                 "answer": answer, "prediction": prediction,
-                                 "correct": normalize(prediction) == normalize(answer)})
+        self.predictions.append(
+            {
+                "id": id,
+                "qtype": qtype,
+                "turn": turn,
+                "question": question,
+                "answer": answer,
+                "prediction": prediction,
+                "correct": normalize(prediction) == normalize(answer),
+            }
+        )
 
     @property
     def per_type(self) -> dict[str, dict[str, Any]]:
@@ -40,8 +48,13 @@ class EvalResult:
             items = groups[qtype]
             answer, count = Counter(normalize(p["answer"]) for p in items).most_common(1)[0]
             correct = sum(p["correct"] for p in items)
-            out[qtype] = {"n": len(items), "correct": correct, "accuracy": correct / len(items),
-                          "majority_answer": answer, "majority_accuracy": count / len(items)}
+            out[qtype] = {
+                "n": len(items),
+                "correct": correct,
+                "accuracy": correct / len(items),
+                "majority_answer": answer,
+                "majority_accuracy": count / len(items),
+            }
         return out
 
     @property
@@ -53,8 +66,10 @@ class EvalResult:
     def to_markdown(self) -> str:
         rows = ["| question type | n | accuracy | majority baseline (answer) |", "|---|---:|---:|---|"]
         for t, r in self.per_type.items():
-            rows.append(f"| {t} | {r['n']} | {100 * r['accuracy']:.1f}% | {100 * r['majority_accuracy']:.1f}% "
-                        f"({r['majority_answer']}) |")
+            rows.append(
+                f"| {t} | {r['n']} | {100 * r['accuracy']:.1f}% | {100 * r['majority_accuracy']:.1f}% "
+                f"({r['majority_answer']}) |"
+            )
         o = self.overall
         rows.append(f"| **all** | {o['n']} | {100 * o['accuracy']:.1f}% | |")
         return "\n".join(rows)

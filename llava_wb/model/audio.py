@@ -25,7 +25,7 @@ from llava_wb.registry import Registry
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
 
-AUDIO_TOWERS: Registry[type["AudioTower"]] = Registry("audio tower")
+AUDIO_TOWERS: Registry[type[AudioTower]] = Registry("audio tower")
 
 
 class AudioTower(nn.Module):
@@ -57,12 +57,16 @@ class AudioTower(nn.Module):
         """The pooling factor that takes the encoder's frames to ``tokens_per_second``."""
         pool = cls.frames_per_second / float(tokens_per_second)
         if abs(pool - round(pool)) > 1e-6 or round(pool) < 1:
-            raise ValueError(f"audio tokens_per_second={tokens_per_second} must divide the encoder's "
-                             f"{cls.frames_per_second:g} frames per second (e.g. 50, 25, 12.5, 10, 5)")
+            raise ValueError(
+                f"audio tokens_per_second={tokens_per_second} must divide the encoder's "
+                f"{cls.frames_per_second:g} frames per second (e.g. 50, 25, 12.5, 10, 5)"
+            )
         frames = cls.frames_of(config)
         if frames % round(pool):
-            raise ValueError(f"the audio tower's {frames} frames per clip are not a multiple of "
-                             f"the pooling factor {round(pool)} (tokens_per_second={tokens_per_second})")
+            raise ValueError(
+                f"the audio tower's {frames} frames per clip are not a multiple of "
+                f"the pooling factor {round(pool)} (tokens_per_second={tokens_per_second})"
+            )
         return round(pool)
 
     @classmethod
@@ -113,8 +117,10 @@ class AudioTower(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 3 or tuple(features.shape[1:]) != (self.n_mels, self.input_frames):
-            raise ValueError(f"audio features must be [N, {self.n_mels}, {self.input_frames}] "
-                             f"({self.seconds:g} s of log-mel frames), got {tuple(features.shape)}")
+            raise ValueError(
+                f"audio features must be [N, {self.n_mels}, {self.input_frames}] "
+                f"({self.seconds:g} s of log-mel frames), got {tuple(features.shape)}"
+            )
         weight = next(self.model.parameters())
         hidden = self.encode(features.to(weight.dtype))
         if self.pool > 1:
@@ -138,7 +144,9 @@ class WhisperAudioTower(AudioTower):
         return cls(WhisperEncoder._from_config(config, attn_implementation="sdpa"), tokens_per_second)
 
     @classmethod
-    def from_pretrained(cls, path: str, overrides: dict[str, Any] | None, tokens_per_second: float) -> WhisperAudioTower:
+    def from_pretrained(
+        cls, path: str, overrides: dict[str, Any] | None, tokens_per_second: float
+    ) -> WhisperAudioTower:
         from transformers import WhisperConfig, WhisperModel
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -178,8 +186,13 @@ class WhisperAudioTower(AudioTower):
         return [self.model.embed_positions.weight]  # sinusoids, frozen in Whisper too
 
 
-def build_audio_tower(name: str, *, path: str | None = None, config: PreTrainedConfig | dict[str, Any] | None = None,
-                      tokens_per_second: float = 25.0) -> AudioTower:
+def build_audio_tower(
+    name: str,
+    *,
+    path: str | None = None,
+    config: PreTrainedConfig | dict[str, Any] | None = None,
+    tokens_per_second: float = 25.0,
+) -> AudioTower:
     """Build the audio tower registered as ``name`` from a local ``path`` (``config`` = overrides) or a config."""
     cls = AUDIO_TOWERS.get(name)
     if path is not None:

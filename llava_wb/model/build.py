@@ -91,8 +91,9 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWB
     lm = build_llm(cfg.llm, tokenizer)
     audio = None
     if cfg.audio is not None:
-        audio = build_audio_tower(cfg.audio.type, path=cfg.audio.path, config=cfg.audio.config,
-                                  tokens_per_second=cfg.audio.tokens_per_second)
+        audio = build_audio_tower(
+            cfg.audio.type, path=cfg.audio.path, config=cfg.audio.config, tokens_per_second=cfg.audio.tokens_per_second
+        )
     config = LlavaWBConfig(
         vision_config=tower.config,
         text_config=lm.config,
@@ -104,13 +105,19 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaWB
         tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
     )
     model = LlavaWBForCausalLM(config, vision_tower=tower, language_model=lm, audio_tower=audio)
-    set_trainable(model, tower=not cfg.vision.freeze, projector=True, llm=True,
-                  audio=cfg.audio is not None and not cfg.audio.freeze)
+    set_trainable(
+        model,
+        tower=not cfg.vision.freeze,
+        projector=True,
+        llm=True,
+        audio=cfg.audio is not None and not cfg.audio.freeze,
+    )
     return model
 
 
-def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, llm: bool,
-                  audio: bool = False) -> dict[str, int]:
+def set_trainable(
+    model: LlavaWBForCausalLM, *, tower: bool, projector: bool, llm: bool, audio: bool = False
+) -> dict[str, int]:
     """Set ``requires_grad`` per part (the reducers, the frame separator and the audio projector
     follow the projector; tower parameters that the features never reach stay frozen; ``audio``:
     the audio tower). Returns the trainable parameter count per part."""
@@ -118,8 +125,12 @@ def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, ll
     for name, param in model.vision_tower.named_parameters():
         param.requires_grad_(tower and name not in unused)
     media = [m for m in (model.video_reducer_module, model.frame_separator, model.audio_projector) if m is not None]
-    flags = [(model.projector, projector), (model.reducer, projector), (model.language_model, llm),
-             *((m, projector) for m in media)]
+    flags = [
+        (model.projector, projector),
+        (model.reducer, projector),
+        (model.language_model, llm),
+        *((m, projector) for m in media),
+    ]
     if model.audio_tower is not None:
         flags.append((model.audio_tower, audio))
     for module, flag in flags:
@@ -128,8 +139,14 @@ def set_trainable(model: LlavaWBForCausalLM, *, tower: bool, projector: bool, ll
     if model.audio_tower is not None:
         for param in model.audio_tower.fixed_parameters():
             param.requires_grad_(False)
-    parts = {"tower": model.vision_tower, "reducer": model.reducer, "projector": model.projector, "llm": model.language_model,
-             "media": torch.nn.ModuleList(media), "audio_tower": model.audio_tower or torch.nn.ModuleList()}
+    parts = {
+        "tower": model.vision_tower,
+        "reducer": model.reducer,
+        "projector": model.projector,
+        "llm": model.language_model,
+        "media": torch.nn.ModuleList(media),
+        "audio_tower": model.audio_tower or torch.nn.ModuleList(),
+    }
     return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
 
 
@@ -166,7 +183,12 @@ def media_token_counts(model_config: ModelConfig) -> TokenCounts:
             audio = audio_tokens(audio_cls, config, m.audio.tokens_per_second)
         except ValueError as exc:
             raise TokenCountError("model.audio.tokens_per_second", str(exc)) from None
-    return TokenCounts(image=image, video=video, audio=audio, image_size=int(vision["image_size"] if isinstance(vision, dict) else vision.image_size))
+    return TokenCounts(
+        image=image,
+        video=video,
+        audio=audio,
+        image_size=int(vision["image_size"] if isinstance(vision, dict) else vision.image_size),
+    )
 
 
 def _reducer(build: Any, name: str, options: dict[str, Any], field: str) -> Any:

@@ -51,7 +51,7 @@ def _key_map(model: LlavaWBForCausalLM) -> dict[str, str]:
     for key in model.state_dict():
         if key.startswith(("projector.", VIDEO_ONLY)):
             continue
-        target = next((new + key[len(old):] for old, new in rules if key.startswith(old)), None)
+        target = next((new + key[len(old) :] for old, new in rules if key.startswith(old)), None)
         if target is None:
             raise ValueError(f"cannot map parameter {key!r} to the HF Llava layout")
         mapping[key] = target
@@ -60,7 +60,9 @@ def _key_map(model: LlavaWBForCausalLM) -> dict[str, str]:
 
 def _check_convertible(config: LlavaWBConfig) -> None:
     if config.reducer_type != "identity":
-        raise ValueError(f"HF Llava has no token reducer: only reducer 'identity' converts, got {config.reducer_type!r}")
+        raise ValueError(
+            f"HF Llava has no token reducer: only reducer 'identity' converts, got {config.reducer_type!r}"
+        )
     if config.projector_type not in _ACT:
         raise ValueError(f"HF Llava supports projectors {sorted(_ACT)}, got {config.projector_type!r}")
     if config.projector_options:

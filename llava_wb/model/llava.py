@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
-from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_wb.constants import IGNORE_INDEX
@@ -99,13 +99,20 @@ class LlavaWBConfig(PreTrainedConfig):
 # carry in their config.json (loading one sets them, which fills ``model_config``) and that
 # ``hf_llava`` and the media mixin read.
 _FLAT_FIELDS = {
-    "vision_tower_type": ("vision", "type"), "vision_feature_layer": ("vision", "feature_layer"),
-    "vision_feature_select": ("vision", "select"), "reducer_type": ("reducer", "type"),
-    "reducer_options": ("reducer", "options"), "projector_type": ("projector", "type"),
-    "projector_options": ("projector", "options"), "video_frames": ("video", "frames"),
-    "video_separators": ("video", "separators"), "video_reducer_type": ("video", "reducer", "type"),
-    "video_reducer_options": ("video", "reducer", "options"), "audio_tower_type": ("audio", "type"),
-    "audio_tokens_per_second": ("audio", "tokens_per_second"), "audio_projector_type": ("audio", "projector", "type"),
+    "vision_tower_type": ("vision", "type"),
+    "vision_feature_layer": ("vision", "feature_layer"),
+    "vision_feature_select": ("vision", "select"),
+    "reducer_type": ("reducer", "type"),
+    "reducer_options": ("reducer", "options"),
+    "projector_type": ("projector", "type"),
+    "projector_options": ("projector", "options"),
+    "video_frames": ("video", "frames"),
+    "video_separators": ("video", "separators"),
+    "video_reducer_type": ("video", "reducer", "type"),
+    "video_reducer_options": ("video", "reducer", "options"),
+    "audio_tower_type": ("audio", "type"),
+    "audio_tokens_per_second": ("audio", "tokens_per_second"),
+    "audio_projector_type": ("audio", "projector", "type"),
     "audio_projector_options": ("audio", "projector", "options"),
 }
 
@@ -183,8 +190,9 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         self.language_model = language_model
         d_llm = language_model.config.hidden_size
         # None: videos use the image reducer (a property, so no module is registered twice)
-        self.video_reducer_module = (None if m.video.reducer is None else
-                                     build_reducer(m.video.reducer.type, m.video.reducer.options))
+        self.video_reducer_module = (
+            None if m.video.reducer is None else build_reducer(m.video.reducer.type, m.video.reducer.options)
+        )
         if self.video_reducer_module is not None and self.video_reducer_module.placement != "after":
             raise ValueError("the video reducer must merge after the tower (placement 'after')")
         self.frame_separator = nn.Embedding(1, d_llm) if m.video.separators else None
@@ -192,8 +200,11 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         if audio_tower is None and config.audio_config is not None:
             audio_tower = AUDIO_TOWERS.get(audio.type).from_config(config.audio_config, audio.tokens_per_second)
         self.audio_tower = audio_tower
-        self.audio_projector = None if audio_tower is None else build_projector(
-            audio.projector.type, audio_tower.hidden_size, d_llm, audio.projector.options)
+        self.audio_projector = (
+            None
+            if audio_tower is None
+            else build_projector(audio.projector.type, audio_tower.hidden_size, d_llm, audio.projector.options)
+        )
         # One source of truth: resizing the LLM's embeddings updates the saved config too.
         config.vision_config = vision_tower.config
         config.text_config = language_model.config
@@ -275,10 +286,14 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             sizes = self.reducer.size_embed(reduced.sizes.clamp(max=self.patches_per_image)).to(embeds.dtype)
             embeds = embeds + torch.nn.functional.pad(sizes, (0, 0, k, 0))
         if embeds.shape[1] != self.tokens_per_image:
-            raise RuntimeError(f"encoded {embeds.shape[1]} tokens per image, tokens_per_image is {self.tokens_per_image}")
+            raise RuntimeError(
+                f"encoded {embeds.shape[1]} tokens per image, tokens_per_image is {self.tokens_per_image}"
+            )
         return ImageFeatures(embeds=embeds, reduced=reduced)
 
-    def visual_position_ids(self, mask: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def visual_position_ids(
+        self, mask: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         """Position ids with each image's tokens at ``prefix + original raster index`` and the text
         after it continuing from ``prefix + patches_per_image`` (``position_ids="original"``).
         ``mask``: image-token positions; ``positions [N_img, M]`` from the reducer."""
@@ -296,8 +311,9 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             step.view(-1).index_add_(0, after[inside], bump[inside])
         return ((step.cumsum(-1) - 1) * attention_mask.long()).clamp_min(0)
 
-    def check_placeholders(self, input_ids: torch.Tensor, num_items: int, counts: torch.Tensor | None,
-                           kind: str = "image") -> torch.Tensor:
+    def check_placeholders(
+        self, input_ids: torch.Tensor, num_items: int, counts: torch.Tensor | None, kind: str = "image"
+    ) -> torch.Tensor:
         """The ``kind`` placeholder mask of ``input_ids``; ``ValueError`` when the placeholders do not
         match ``num_items * tokens_per_<kind>`` (and ``counts[b] * tokens_per_<kind>`` per sample)."""
         per_item = self.media_tokens.get(kind, 0)
@@ -350,8 +366,11 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         default ones from the attention mask; set when the reducer asks for ``position_ids="original"``)."""
         embeds = self.get_input_embeddings()(input_ids)
         position_ids = None
-        media = {"image": (pixel_values, image_counts), "video": (video_values, video_counts),
-                 "audio": (audio_values, audio_counts)}
+        media = {
+            "image": (pixel_values, image_counts),
+            "video": (video_values, video_counts),
+            "audio": (audio_values, audio_counts),
+        }
         text = embeds  # the instruction's embeddings, before any media is spliced in
         present: set[str] = set()
         placeholders = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -402,8 +421,17 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         """Loss and logits for a collated batch. ``output_hidden_states``/``output_attentions`` go
         to the LLM; other batch keys (``id``, ...) are ignored."""
         embeds, labels, visual_positions = self.embed_inputs(
-            input_ids, pixel_values, image_counts, labels, attention_mask,
-            video_values, video_counts, audio_values, audio_counts, instruction_mask)
+            input_ids,
+            pixel_values,
+            image_counts,
+            labels,
+            attention_mask,
+            video_values,
+            video_counts,
+            audio_values,
+            audio_counts,
+            instruction_mask,
+        )
         if position_ids is None:
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
@@ -443,9 +471,16 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (a sample's last position is padding)")
         embeds, _, position_ids = self.embed_inputs(
-            input_ids, pixel_values, image_counts, attention_mask=attention_mask, video_values=video_values,
-            video_counts=video_counts, audio_values=audio_values, audio_counts=audio_counts,
-            instruction_mask=instruction_mask)
+            input_ids,
+            pixel_values,
+            image_counts,
+            attention_mask=attention_mask,
+            video_values=video_values,
+            video_counts=video_counts,
+            audio_values=audio_values,
+            audio_counts=audio_counts,
+            instruction_mask=instruction_mask,
+        )
         if position_ids is not None:
             generate_kwargs["position_ids"] = position_ids
         generate_kwargs.setdefault("do_sample", False)

@@ -28,7 +28,9 @@ from llava_wb.data.config import DataConfig, ImageConfig, MediaSettings
 from llava_wb.model.tokens import time_slices, video_tokens
 
 
-def insert_separators(tokens: torch.Tensor, slice_of: torch.Tensor, num_slices: int, separator: torch.Tensor) -> torch.Tensor:
+def insert_separators(
+    tokens: torch.Tensor, slice_of: torch.Tensor, num_slices: int, separator: torch.Tensor
+) -> torch.Tensor:
     """``tokens [N, M, D]`` with ``slice_of [N, M]`` (each token's time slice) -> ``[N, M + S, D]``
     grouped by slice, ``separator [D]`` after each of the ``S = num_slices`` slices."""
     n, m, d = tokens.shape
@@ -37,10 +39,14 @@ def insert_separators(tokens: torch.Tensor, slice_of: torch.Tensor, num_slices: 
     slices = order.values
     out = tokens.new_zeros(n, m + num_slices, d)
     token_index = torch.arange(m, device=tokens.device).expand(n, m) + slices
-    counts = torch.zeros(n, num_slices, dtype=torch.long, device=tokens.device).scatter_add_(1, slices, torch.ones_like(slices))
+    counts = torch.zeros(n, num_slices, dtype=torch.long, device=tokens.device).scatter_add_(
+        1, slices, torch.ones_like(slices)
+    )
     sep_index = counts.cumsum(1) + torch.arange(num_slices, device=tokens.device)
     out = out.scatter(1, token_index.unsqueeze(-1).expand(n, m, d), tokens)
-    return out.scatter(1, sep_index.unsqueeze(-1).expand(n, num_slices, d), separator.to(out.dtype).expand(n, num_slices, d))
+    return out.scatter(
+        1, sep_index.unsqueeze(-1).expand(n, num_slices, d), separator.to(out.dtype).expand(n, num_slices, d)
+    )
 
 
 class MediaMixin:
@@ -67,7 +73,9 @@ class MediaMixin:
         (``instruction``: per clip, for an instruction-aware reducer)."""
         t, h, w = self.video_grid
         if video_values.dim() != 5 or video_values.shape[1] != t:
-            raise ValueError(f"video_values must be [N, {t}, 3, S, S] (model.video.frames = {t}), got {tuple(video_values.shape)}")
+            raise ValueError(
+                f"video_values must be [N, {t}, 3, S, S] (model.video.frames = {t}), got {tuple(video_values.shape)}"
+            )
         n = video_values.shape[0]
         k = self.vision_tower.num_prefix_tokens
         features = self.vision_tower(video_values.flatten(0, 1))[:, k:]  # patches only: [N*T, H*W, D]
@@ -80,12 +88,16 @@ class MediaMixin:
             sep = self.frame_separator(torch.zeros(1, dtype=torch.long, device=embeds.device))[0]
             embeds = insert_separators(embeds, reduced.positions // (h * w) // st, slices, sep)
         if embeds.shape[1] != self.tokens_per_video:
-            raise RuntimeError(f"encoded {embeds.shape[1]} tokens per video, tokens_per_video is {self.tokens_per_video}")
+            raise RuntimeError(
+                f"encoded {embeds.shape[1]} tokens per video, tokens_per_video is {self.tokens_per_video}"
+            )
         return embeds
 
     # ---- instructions --------------------------------------------------------------------------
     @staticmethod
-    def item_instruction(text: torch.Tensor, mask: torch.Tensor | None, per_sample: torch.Tensor) -> dict[str, Any] | None:
+    def item_instruction(
+        text: torch.Tensor, mask: torch.Tensor | None, per_sample: torch.Tensor
+    ) -> dict[str, Any] | None:
         """Each media item's instruction: its sample's text embeddings ``[N_items, L, D]`` and
         ``instruction_mask`` rows; ``per_sample``: items per sample (from the placeholders, so it is
         right even without ``{kind}_counts``). None without a mask (an older pipeline)."""
@@ -136,7 +148,12 @@ class MediaMixin:
         if "video" not in present and any(p.requires_grad for p in self.video_reducer.parameters()):
             t, h, w = self.video_grid  # a separate video reducer with parameters (no tower call needed)
             feats = torch.zeros(1, t * h * w, self.vision_tower.hidden_size, device=device)
-            term = term + self.video_reducer(feats, grid=(t, h, w), **self.reducer_context(self.video_reducer, None)).tokens.sum()
+            term = (
+                term
+                + self.video_reducer(
+                    feats, grid=(t, h, w), **self.reducer_context(self.video_reducer, None)
+                ).tokens.sum()
+            )
         if "audio" not in present and self.audio_tower is not None:
             tower = self.audio_tower
             term = term + self.encode_audios(torch.zeros(1, tower.n_mels, tower.input_frames, device=device)).sum()
@@ -152,15 +169,19 @@ def media_settings(model: Any, data: DataConfig | ImageConfig | MediaSettings) -
         data = data.media
     frames = int(model.config.video_frames)
     if data.video.num_frames not in (None, frames):
-        raise ValueError(f"data.video.num_frames={data.video.num_frames} but the model reads {frames} frames per "
-                         "clip (model.video.frames); leave data.video.num_frames unset")
+        raise ValueError(
+            f"data.video.num_frames={data.video.num_frames} but the model reads {frames} frames per "
+            "clip (model.video.frames); leave data.video.num_frames unset"
+        )
     video = dataclasses.replace(data.video, num_frames=frames)
     audio = data.audio
     tower = getattr(model, "audio_tower", None)
     if tower is not None:
         if data.audio.seconds not in (None, tower.seconds):
-            raise ValueError(f"data.audio.seconds={data.audio.seconds} but the audio tower hears {tower.seconds:g} s "
-                             "per clip (max_source_positions / 50); leave data.audio.seconds unset")
+            raise ValueError(
+                f"data.audio.seconds={data.audio.seconds} but the audio tower hears {tower.seconds:g} s "
+                "per clip (max_source_positions / 50); leave data.audio.seconds unset"
+            )
         if data.audio.n_mels != tower.n_mels:
             raise ValueError(f"data.audio.n_mels={data.audio.n_mels} but the audio tower takes {tower.n_mels} mel bins")
         audio = dataclasses.replace(data.audio, seconds=tower.seconds)

@@ -24,12 +24,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llava_wb.model.reducer_base import (REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid,
-                                         gather_kept, num_windows, window_partition)
+from llava_wb.model.reducer_base import (
+    REDUCERS,
+    Grid,
+    ReducerOutput,
+    TokenReducer,
+    check_budget,
+    check_grid,
+    gather_kept,
+    num_windows,
+    window_partition,
+)
 
 
-def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, random_dst: bool,
-                      generator: torch.Generator | None = None, typical: torch.Tensor | None = None) -> torch.Tensor:
+def pick_destinations(
+    group: torch.Tensor,
+    first: torch.Tensor,
+    batch: int,
+    random_dst: bool,
+    generator: torch.Generator | None = None,
+    typical: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[B, M]`` patch index of each window's destination: its first patch, a uniform random member
     (``random_dst``), or, given ``typical`` (``[B, N, D]`` metric), the member whose summed cosine
     similarity to its window's members is largest (the window's medoid; ties go to the first)."""
@@ -48,7 +63,8 @@ def pick_destinations(group: torch.Tensor, first: torch.Tensor, batch: int, rand
     is_dst = score == best.gather(1, groups)
     idx = torch.arange(n, device=group.device).expand(batch, -1)
     return torch.full((batch, m), n, dtype=torch.long, device=group.device).scatter_reduce(
-        1, groups, torch.where(is_dst, idx, n), "amin")
+        1, groups, torch.where(is_dst, idx, n), "amin"
+    )
 
 
 def check_destination(destination: str) -> str:
@@ -72,7 +88,9 @@ def neighbour_windows(grid: Grid, window: Grid, reach: int, device: torch.device
     wt, wh, ww = torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij")
     coords = torch.stack([wt.flatten(), wh.flatten(), ww.flatten()], 1)  # [M, 3]
     span = range(-reach, reach + 1)
-    offsets = [(0, 0, 0)] + [(a, b, c) for a in (span if nt > 1 else [0]) for b in span for c in span if (a, b, c) != (0, 0, 0)]
+    offsets = [(0, 0, 0)] + [
+        (a, b, c) for a in (span if nt > 1 else [0]) for b in span for c in span if (a, b, c) != (0, 0, 0)
+    ]
     off = torch.tensor(offsets)  # [K, 3]
     cand = coords[:, None, :] + off[None]  # [M, K, 3]
     valid = ((cand >= 0) & (cand < torch.tensor([nt, nh, nw]))).all(-1)
@@ -90,9 +108,19 @@ def _windows(x: torch.Tensor, grid: Grid, window: Grid, r: int, who: str) -> tup
     return group, first
 
 
-def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,
-                sizes: torch.Tensor | None = None, random_dst: bool = False, neighbours: int = 0,
-                generator: torch.Generator | None = None, destination: str = "first") -> ReducerOutput:
+def local_merge(
+    x: torch.Tensor,
+    metric: torch.Tensor,
+    grid: Grid,
+    window: Grid,
+    r: int,
+    *,
+    sizes: torch.Tensor | None = None,
+    random_dst: bool = False,
+    neighbours: int = 0,
+    generator: torch.Generator | None = None,
+    destination: str = "first",
+) -> ReducerOutput:
     """Merge ``r`` sources per item into nearby destinations; keep raster order (module docstring)."""
     b, n, d = x.shape
     group, first = _windows(x, grid, window, r, "local_merge")
@@ -105,8 +133,10 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
     cand_windows = neighbour_windows(grid, window, neighbours, x.device)[group]  # [N, K]
     cand = dst.gather(1, cand_windows.clamp(min=0).reshape(1, -1).expand(b, -1)).view(b, n, -1)  # [B, N, K]
     unit = F.normalize(metric.float(), dim=-1)
-    sim = (unit.unsqueeze(2) * unit.gather(1, cand.reshape(b, -1, 1).expand(-1, -1, unit.shape[-1]))
-           .view(b, n, -1, unit.shape[-1])).sum(-1)  # [B, N, K]
+    sim = (
+        unit.unsqueeze(2)
+        * unit.gather(1, cand.reshape(b, -1, 1).expand(-1, -1, unit.shape[-1])).view(b, n, -1, unit.shape[-1])
+    ).sum(-1)  # [B, N, K]
     sim = sim.masked_fill((cand_windows < 0).unsqueeze(0), float("-inf"))
     score, best = sim.max(-1)
     score = score.masked_fill(is_dst, float("-inf"))
@@ -115,9 +145,17 @@ def local_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid,
     return gather_kept(x, target, sizes, n - r)
 
 
-def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Grid, r: int, *,
-                  random_dst: bool = False, generator: torch.Generator | None = None,
-                  destination: str = "first") -> ReducerOutput:
+def tome_sd_merge(
+    x: torch.Tensor,
+    metric: torch.Tensor,
+    grid: Grid,
+    window: Grid,
+    r: int,
+    *,
+    random_dst: bool = False,
+    generator: torch.Generator | None = None,
+    destination: str = "first",
+) -> ReducerOutput:
     """ToMe-SD bipartite soft matching (global; output ``[unmerged sources, destinations]``)."""
     b, n, d = x.shape
     group, first = _windows(x, grid, window, r, "tome_sd")
@@ -125,7 +163,7 @@ def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Gri
     dst = pick_destinations(group, first, b, random_dst, generator, typical_metric(metric, destination))  # [B, M]
     arange = torch.arange(n, device=x.device).expand(b, n)
     is_dst = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, dst, True)
-    src = torch.sort(torch.where(is_dst, arange + n, arange), dim=1).values[:, :n - m]  # [B, S] ascending
+    src = torch.sort(torch.where(is_dst, arange + n, arange), dim=1).values[:, : n - m]  # [B, S] ascending
     unit = F.normalize(metric.float(), dim=-1)
     a = unit.gather(1, src.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))
     bdst = unit.gather(1, dst.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))
@@ -135,7 +173,8 @@ def tome_sd_merge(x: torch.Tensor, metric: torch.Tensor, grid: Grid, window: Gri
     target = arange.clone().scatter_(1, src.gather(1, merged), dst.gather(1, node_idx.gather(1, merged)))
     kept = torch.cat([src.gather(1, unm), dst], 1)  # ToMe-SD's output order
     out_index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
-        1, kept, torch.arange(n - r, device=x.device).expand(b, -1))
+        1, kept, torch.arange(n - r, device=x.device).expand(b, -1)
+    )
     sums = torch.zeros_like(x).scatter_add_(1, target.unsqueeze(-1).expand(-1, -1, d), x)
     count = torch.zeros(b, n, dtype=torch.long, device=x.device).scatter_add_(1, target, torch.ones_like(target))
     tokens = (sums / count.clamp(min=1).unsqueeze(-1).to(x.dtype)).gather(1, kept.unsqueeze(-1).expand(-1, -1, d))
@@ -153,9 +192,19 @@ class MergeReducer(TokenReducer):
     ``features`` (after placement) or ``keys`` of the layer where merging happens (tower placement;
     ``auto`` picks these)."""
 
-    def __init__(self, ratio: float | None = None, tokens: int | None = None, window: tuple[int, int, int] | list[int] = (2, 2, 2),
-                 random_dst: bool = False, seed: int | None = None, placement: str = "after", layers: int = 1,
-                 metric: str = "auto", destination: str = "first", **common: Any):
+    def __init__(
+        self,
+        ratio: float | None = None,
+        tokens: int | None = None,
+        window: tuple[int, int, int] | list[int] = (2, 2, 2),
+        random_dst: bool = False,
+        seed: int | None = None,
+        placement: str = "after",
+        layers: int = 1,
+        metric: str = "auto",
+        destination: str = "first",
+        **common: Any,
+    ):
         super().__init__(**common)
         self.destination = check_destination(destination)
         if placement not in ("after", "tower"):
@@ -178,8 +227,10 @@ class MergeReducer(TokenReducer):
         r = n - self.tokens if self.tokens is not None else int(round(self.ratio * n))
         most = n - num_windows(grid, self.window)
         if not 0 <= r <= most:
-            raise ValueError(f"{type(self).__name__}: {n - r} tokens asked for a {t}x{h}x{w} grid, but with "
-                             f"window {self.window} at most {most} of {n} can merge (>= {n - most} remain)")
+            raise ValueError(
+                f"{type(self).__name__}: {n - r} tokens asked for a {t}x{h}x{w} grid, but with "
+                f"window {self.window} at most {most} of {n} can merge (>= {n - most} remain)"
+            )
         return r
 
     def output_len(self, grid: Grid) -> int:
@@ -201,12 +252,22 @@ class LocalMergeReducer(MergeReducer):
             raise ValueError(f"neighbours must be an int >= 0, got {neighbours!r}")
         self.neighbours = neighbours
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-               sizes: torch.Tensor | None = None) -> ReducerOutput:
+    def reduce(
+        self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> ReducerOutput:
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
-        return local_merge(x, x if metric is None else metric, grid, self.window, self.merges(grid), sizes=sizes,
-                           random_dst=self._random(), neighbours=self.neighbours, generator=gen,
-                           destination=self.destination)
+        return local_merge(
+            x,
+            x if metric is None else metric,
+            grid,
+            self.window,
+            self.merges(grid),
+            sizes=sizes,
+            random_dst=self._random(),
+            neighbours=self.neighbours,
+            generator=gen,
+            destination=self.destination,
+        )
 
 
 @REDUCERS.register("tome_sd")
@@ -215,8 +276,17 @@ class ToMeSDReducer(MergeReducer):
 
     preserves_order = False
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-               sizes: torch.Tensor | None = None) -> ReducerOutput:
+    def reduce(
+        self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> ReducerOutput:
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
-        return tome_sd_merge(x, x if metric is None else metric, grid, self.window, self.merges(grid),
-                             random_dst=self._random(), generator=gen, destination=self.destination)
+        return tome_sd_merge(
+            x,
+            x if metric is None else metric,
+            grid,
+            self.window,
+            self.merges(grid),
+            random_dst=self._random(),
+            generator=gen,
+            destination=self.destination,
+        )

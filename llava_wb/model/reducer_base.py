@@ -80,23 +80,38 @@ class TokenReducer(nn.Module):
         """Number of tokens ``forward`` returns per item for a ``(T, H, W)`` grid."""
         raise NotImplementedError
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-               sizes: torch.Tensor | None = None) -> ReducerOutput:
+    def reduce(
+        self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> ReducerOutput:
         """Reduce ``x [B, T*H*W, D]`` (``metric``: what similarity is measured on, default ``x``;
         ``sizes``: patches each input token already stands for); called by ``forward``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-                sizes: torch.Tensor | None = None, **context: Any) -> ReducerOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        grid: Grid,
+        metric: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        **context: Any,
+    ) -> ReducerOutput:
         """``context``: the instruction (``query``, ``query_mask``, ``project``) for reducers with
         ``needs_instruction``; the others take none."""
         grid = check_grid(grid)
         if x.dim() != 3 or x.shape[1] != grid[0] * grid[1] * grid[2]:
-            raise ValueError(f"{type(self).__name__}: expected [B, {grid[0] * grid[1] * grid[2]}, D] for grid {grid}, got {tuple(x.shape)}")
-        out = self.reduce(x, grid, metric, sizes, **context) if self.needs_instruction else self.reduce(x, grid, metric, sizes)
+            raise ValueError(
+                f"{type(self).__name__}: expected [B, {grid[0] * grid[1] * grid[2]}, D] for grid {grid}, got {tuple(x.shape)}"
+            )
+        out = (
+            self.reduce(x, grid, metric, sizes, **context)
+            if self.needs_instruction
+            else self.reduce(x, grid, metric, sizes)
+        )
         expected = self.output_len(grid)
         if out.tokens.shape[1] != expected:
-            raise RuntimeError(f"{type(self).__name__} returned {out.tokens.shape[1]} tokens, output_len says {expected}")
+            raise RuntimeError(
+                f"{type(self).__name__} returned {out.tokens.shape[1]} tokens, output_len says {expected}"
+            )
         return out
 
 
@@ -111,8 +126,9 @@ class IdentityReducer(TokenReducer):
         t, h, w = check_grid(grid)
         return t * h * w
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-               sizes: torch.Tensor | None = None) -> ReducerOutput:
+    def reduce(
+        self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> ReducerOutput:
         b, n, _ = x.shape
         index = torch.arange(n, device=x.device).expand(b, n)
         return ReducerOutput(tokens=x, positions=index, sizes=torch.ones_like(index), group_ids=index)
@@ -130,14 +146,16 @@ class AvgPoolReducer(TokenReducer):
     def output_len(self, grid: Grid) -> int:
         return num_windows(check_grid(grid), self.window)
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None,
-               sizes: torch.Tensor | None = None) -> ReducerOutput:
+    def reduce(
+        self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> ReducerOutput:
         b, _, d = x.shape
         group, positions, sizes = window_partition(grid, self.window, device=x.device)
         sums = x.new_zeros(b, positions.numel(), d).index_add_(1, group, x)
         tokens = sums / sizes.to(x.dtype).unsqueeze(-1)
-        return ReducerOutput(tokens=tokens, positions=positions.expand(b, -1), sizes=sizes.expand(b, -1),
-                             group_ids=group.expand(b, -1))
+        return ReducerOutput(
+            tokens=tokens, positions=positions.expand(b, -1), sizes=sizes.expand(b, -1), group_ids=group.expand(b, -1)
+        )
 
 
 def num_windows(grid: Grid, window: Grid) -> int:
@@ -145,8 +163,9 @@ def num_windows(grid: Grid, window: Grid) -> int:
     return math.prod(-(-g // w) for g, w in zip(grid, window))
 
 
-def window_partition(grid: Grid, window: Grid, device: torch.device | str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def window_partition(
+    grid: Grid, window: Grid, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(window_of_patch [N], first_patch_of_window [M], patches_per_window [M])`` for a raster
     ``(T, H, W)`` grid cut into ``(st, sh, sw)`` windows, windows numbered in raster order; the
     first patches are strictly increasing, so window order is the patches' reading order."""
@@ -171,13 +190,15 @@ def gather_kept(x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor | Non
     # accumulated in fp32: bf16 cannot count past 256 patches nor average them exactly
     w = torch.ones(b, n, dtype=torch.float32, device=x.device) if sizes is None else sizes.float()
     sums = torch.zeros(b, n, d, dtype=torch.float32, device=x.device).scatter_add_(
-        1, target.unsqueeze(-1).expand(-1, -1, d), x.float() * w.unsqueeze(-1))
+        1, target.unsqueeze(-1).expand(-1, -1, d), x.float() * w.unsqueeze(-1)
+    )
     mass = torch.zeros_like(w).scatter_add_(1, target, w)
     arange = torch.arange(n, device=x.device).expand(b, n)
     kept = target == arange
     order = torch.sort(torch.where(kept, arange, arange + n), dim=1).values[:, :keep]  # kept, ascending
     out_index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
-        1, order, torch.arange(keep, device=x.device).expand(b, keep))
+        1, order, torch.arange(keep, device=x.device).expand(b, keep)
+    )
     tokens = (sums / mass.clamp(min=1e-12).unsqueeze(-1)).gather(1, order.unsqueeze(-1).expand(-1, -1, d)).to(x.dtype)
     size_out = mass.gather(1, order).round().long()
     return ReducerOutput(tokens, order, size_out, out_index.gather(1, target))

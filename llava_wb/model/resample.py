@@ -38,13 +38,22 @@ Without any instruction token (captions with an empty prompt) relevance is 0 and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llava_wb.model.reducer_base import REDUCERS, Grid, ReducerOutput, TokenReducer, check_budget, check_grid, gather_kept
+from llava_wb.model.reducer_base import (
+    REDUCERS,
+    Grid,
+    ReducerOutput,
+    TokenReducer,
+    check_budget,
+    check_grid,
+    gather_kept,
+)
 
 RESAMPLE_MODES = ("zero", "learned")
 
@@ -69,7 +78,9 @@ def instruction_rows(query: torch.Tensor, query_mask: torch.Tensor) -> tuple[tor
     return rows, torch.arange(order.shape[1], device=query.device) < count.unsqueeze(1)
 
 
-def split_last_linear(project: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear | None]:
+def split_last_linear(
+    project: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear | None]:
     """``(head, last)`` with ``project(x) == last(head(x))`` when the projector ends in ``nn.Linear``;
     ``(project, None)`` otherwise."""
     if isinstance(project, nn.Linear):
@@ -79,7 +90,9 @@ def split_last_linear(project: Callable[[torch.Tensor], torch.Tensor]) -> tuple[
     return project, None
 
 
-def instruction_dots(x: torch.Tensor, query: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def instruction_dots(
+    x: torch.Tensor, query: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``[B, N, L]``: ``<project(x_i), q_j>`` up to a constant per ``j`` (see the module docstring)."""
     head, last = split_last_linear(project)
     weight = next(project.parameters(), None) if isinstance(project, nn.Module) else None
@@ -115,8 +128,13 @@ def temporal_novelty(x: torch.Tensor, grid: Grid) -> torch.Tensor:
     return torch.cat([first, later], 1).reshape(x.shape[0], -1)
 
 
-def resample(x: torch.Tensor, scores: torch.Tensor, keep: int, metric: torch.Tensor | None = None,
-             sizes: torch.Tensor | None = None) -> ReducerOutput:
+def resample(
+    x: torch.Tensor,
+    scores: torch.Tensor,
+    keep: int,
+    metric: torch.Tensor | None = None,
+    sizes: torch.Tensor | None = None,
+) -> ReducerOutput:
     """Keep the ``keep`` best-scoring tokens in ascending index order; merge each other token into
     its most similar kept token (cosine on ``metric``, default ``x``)."""
     b, n, _ = x.shape
@@ -139,9 +157,17 @@ class InstructResampler(TokenReducer):
     needs_instruction = True
     calls_vary_per_rank = True  # what it calls depends on each rank's batch (the instructions it reads)
 
-    def __init__(self, ratio: float | None = None, tokens: int | None = None, mode: str = "zero",
-                 novelty: float = 0.5, saliency: float = 1.0, relevance: float = 1.0, dim: int = 64,
-                 **common: Any):
+    def __init__(
+        self,
+        ratio: float | None = None,
+        tokens: int | None = None,
+        mode: str = "zero",
+        novelty: float = 0.5,
+        saliency: float = 1.0,
+        relevance: float = 1.0,
+        dim: int = 64,
+        **common: Any,
+    ):
         super().__init__(**common)
         check_budget(ratio, tokens)
         if mode not in RESAMPLE_MODES:
@@ -166,8 +192,14 @@ class InstructResampler(TokenReducer):
             raise ValueError(f"instruct_resample: {keep} tokens asked for a {t}x{h}x{w} grid of {n}")
         return keep
 
-    def score(self, x: torch.Tensor, grid: Grid, project: Callable[[torch.Tensor], torch.Tensor] | None,
-              query: torch.Tensor | None, query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def score(
+        self,
+        x: torch.Tensor,
+        grid: Grid,
+        project: Callable[[torch.Tensor], torch.Tensor] | None,
+        query: torch.Tensor | None,
+        query_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(selection scores ``[B, N]``, the learned part or None)."""
         b, n, _ = x.shape
         scores = torch.zeros(b, n, device=x.device)
@@ -189,15 +221,25 @@ class InstructResampler(TokenReducer):
                 mean_q = (query.to(weight.dtype) * w).sum(1) / w.sum(1).clamp(min=1.0)
             else:
                 mean_q = x.new_zeros(b, self.query_proj.in_features, dtype=weight.dtype)
-            learned = (self.visual_proj(x.to(weight.dtype)) @ self.query_proj(mean_q).unsqueeze(-1)).squeeze(-1) / self.dim ** 0.5
+            learned = (self.visual_proj(x.to(weight.dtype)) @ self.query_proj(mean_q).unsqueeze(-1)).squeeze(
+                -1
+            ) / self.dim**0.5
             scores = scores + learned.float()
         if self.novelty and grid[0] > 1:
             scores = scores + self.novelty * standardize(temporal_novelty(x.detach(), grid))
         return scores, learned
 
-    def reduce(self, x: torch.Tensor, grid: Grid, metric: torch.Tensor | None = None, sizes: torch.Tensor | None = None,
-               *, query: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
-               project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ReducerOutput:
+    def reduce(
+        self,
+        x: torch.Tensor,
+        grid: Grid,
+        metric: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        *,
+        query: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> ReducerOutput:
         scores, learned = self.score(x, grid, project, query, query_mask)
         if learned is None or not torch.is_grad_enabled():
             return resample(x, scores.detach(), self.output_len(grid), metric, sizes)

@@ -50,6 +50,7 @@ from llava_wb.registry import Registry
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
 
+
 def patch_grid(config: Any, strict: bool = False) -> tuple[int, int]:
     """Patch rows and columns of one image for a vision config (object or mapping with
     ``image_size`` and ``patch_size``); ``strict``: raise ``ValueError`` unless the patches tile it."""
@@ -126,7 +127,9 @@ class VisionTower(nn.Module):
         if isinstance(config, dict):
             config = model_cls.config_class(**config)
         if getattr(config, "model_type", None) != cls.hf_model_type:
-            raise ValueError(f"{cls.__name__} needs a {cls.hf_model_type!r} config, got {getattr(config, 'model_type', None)!r}")
+            raise ValueError(
+                f"{cls.__name__} needs a {cls.hf_model_type!r} config, got {getattr(config, 'model_type', None)!r}"
+            )
         return cls(model_cls._from_config(config), **kwargs)
 
     @classmethod
@@ -183,7 +186,9 @@ class VisionTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         rows, cols = self.grid
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, self.image_size, self.image_size):
-            raise ValueError(f"pixel_values must be [N, 3, {self.image_size}, {self.image_size}], got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be [N, 3, {self.image_size}, {self.image_size}], got {tuple(pixel_values.shape)}"
+            )
         # Only the selected hidden state is captured (transformers 5 output capturing).
         out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=self.feature_layer)
         hidden = out.hidden_states[self.feature_layer]
@@ -194,7 +199,9 @@ class VisionTower(nn.Module):
             raise RuntimeError(f"{type(self).__name__} produced {hidden.shape[1]} tokens, expected {expected}")
         return hidden
 
-    def forward_merged(self, pixel_values: torch.Tensor, reducer: Any, grid: tuple[int, int, int]) -> tuple[torch.Tensor, Any]:
+    def forward_merged(
+        self, pixel_values: torch.Tensor, reducer: Any, grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, Any]:
         """ToMe-style placement: run the layers up to ``feature_layer``, merging with ``reducer``
         right before its last ``reducer.layers`` of them (similarity on that layer's keys when
         ``reducer.metric == "keys"``), then those layers on the fewer tokens with proportional
@@ -203,7 +210,9 @@ class VisionTower(nn.Module):
         run = self.feature_layer % (self.config.num_hidden_layers + 1)  # hidden state i = after i layers
         start = run - reducer.layers
         if start < 0:
-            raise ValueError(f"reducer layers={reducer.layers} but feature_layer {self.feature_layer} runs {run} layers")
+            raise ValueError(
+                f"reducer layers={reducer.layers} but feature_layer {self.feature_layer} runs {run} layers"
+            )
         h = self.embed(pixel_values.to(self.dtype))
         p = 1 if self.has_cls else 0
         bias, reduced = None, None
@@ -218,7 +227,7 @@ class VisionTower(nn.Module):
                 bias = sizes.log()[:, None, None, :]  # [B, 1, 1, N']: proportional attention
             h = self.run_layer(i, h, bias)
         reduced.tokens = h[:, p:]
-        return h[:, :self.num_prefix_tokens], reduced
+        return h[:, : self.num_prefix_tokens], reduced
 
     def unused_parameter_names(self) -> list[str]:
         """Names (in ``self``) of parameters the selected hidden state does not depend on: blocks

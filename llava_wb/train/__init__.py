@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llava_wb.train.config import ConfigError, LoraConfig, RunConfig, TrainConfig, TrainableConfig, load_config
+from llava_wb.train.config import ConfigError, LoraConfig, RunConfig, TrainableConfig, TrainConfig, load_config
 
 __all__ = ["ConfigError", "LoraConfig", "RunConfig", "TrainConfig", "TrainableConfig", "load_config", "train"]
 

@@ -58,8 +58,10 @@ def write_loader_state(folder: str | Path, rank: int, state: dict[str, Any]) -> 
 def read_loader_state(folder: str | Path, rank: int) -> dict[str, Any]:
     path = loader_state_file(folder, rank)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the checkpoint was saved by a run with a different world size "
-                                "or without the llava_wb trainer; exact resumption needs it")
+        raise FileNotFoundError(
+            f"{path} is missing: the checkpoint was saved by a run with a different world size "
+            "or without the llava_wb trainer; exact resumption needs it"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -102,12 +104,19 @@ def mark_complete(folder: str | Path, step: int, world_size: int) -> None:
     """Write the completion marker: every file of ``folder`` with size and sha256 (rank 0, after
     all ranks finished writing)."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _digest(p, sync=True)}
-             for p in _files(folder)}
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _digest(p, sync=True)}
+        for p in _files(folder)
+    }
     for sub in {p.parent for p in _files(folder)}:
         _fsync_dir(sub)
-    write_atomic(folder / MARKER, json.dumps({"format": MARKER_FORMAT, "step": step, "world_size": world_size,
-                                              "time": time.time(), "files": files}, indent=1))
+    write_atomic(
+        folder / MARKER,
+        json.dumps(
+            {"format": MARKER_FORMAT, "step": step, "world_size": world_size, "time": time.time(), "files": files},
+            indent=1,
+        ),
+    )
 
 
 def unmark(folder: str | Path) -> None:
@@ -166,9 +175,12 @@ def resume_checkpoint(output_dir: str | Path) -> Path | None:
         log.warning("%s cannot be resumed from: %s; trying an older checkpoint", folder, "; ".join(problems))
         rejected.append(f"{folder.name}: {'; '.join(problems)}")
     if rejected:
-        raise CheckpointError(f"no checkpoint in {output_dir} matches its {MARKER}, so none can be resumed from ("
-                              + " | ".join(rejected) + "); delete the damaged ones or start over with "
-                              "train.overwrite=true")
+        raise CheckpointError(
+            f"no checkpoint in {output_dir} matches its {MARKER}, so none can be resumed from ("
+            + " | ".join(rejected)
+            + "); delete the damaged ones or start over with "
+            "train.overwrite=true"
+        )
     return None
 
 
@@ -197,8 +209,11 @@ def rotate(output_dir: str | Path, keep: int | None) -> list[Path]:
     if not complete:
         return []
     newest = int(_STEP_RE.match(complete[-1].name).group(1))  # type: ignore[union-attr]
-    doomed = [p for p in checkpoints(output_dir, complete_only=False)
-              if p not in complete and int(_STEP_RE.match(p.name).group(1)) < newest]  # type: ignore[union-attr]
+    doomed = [
+        p
+        for p in checkpoints(output_dir, complete_only=False)
+        if p not in complete and int(_STEP_RE.match(p.name).group(1)) < newest
+    ]  # type: ignore[union-attr]
     if keep is not None and len(complete) > keep:
         doomed += complete[: len(complete) - keep]
     for path in doomed:
@@ -268,7 +283,8 @@ def disk_full_guard(folder: str | Path, needed: int, what: str) -> Iterator[None
             f"{what}: writing {folder} failed, the disk is full: {_human(free)} free on its file system, it needs "
             f"about {_human(needed)} ({type(exc).__name__}: {str(exc).strip()[:200]}). Free space (or point "
             f"train.output_dir elsewhere) and resume with train.resume=true; the unfinished folder has no "
-            f"completion marker and is ignored") from exc
+            f"completion marker and is ignored"
+        ) from exc
 
 
 def load_model_weights(model: Any, folder: str | Path) -> None:

@@ -62,8 +62,10 @@ def check_run_config(cfg: RunConfig) -> ConfigFacts:
         )
     _check_zero3(cfg)
     if cfg.data.epoch_mode != "balanced":
-        raise ConfigError(f"data.epoch_mode={cfg.data.epoch_mode!r}: training needs 'balanced' (every rank takes "
-                          "the same number of batches; 'exact' is for evaluation)")
+        raise ConfigError(
+            f"data.epoch_mode={cfg.data.epoch_mode!r}: training needs 'balanced' (every rank takes "
+            "the same number of batches; 'exact' is for evaluation)"
+        )
     if "wandb" in cfg.train.report_to:
         import importlib.util
 
@@ -97,7 +99,9 @@ def _check_names(cfg: RunConfig) -> None:
 
     known = [s.value for s in SchedulerType]
     if cfg.train.lr_scheduler_type not in known:
-        raise ConfigError(f"train.lr_scheduler_type: unknown {cfg.train.lr_scheduler_type!r}; known: {', '.join(known)}")
+        raise ConfigError(
+            f"train.lr_scheduler_type: unknown {cfg.train.lr_scheduler_type!r}; known: {', '.join(known)}"
+        )
 
 
 def _check_zero3(cfg: RunConfig) -> None:
@@ -122,8 +126,10 @@ def _check_zero3(cfg: RunConfig) -> None:
         parts["model.audio"] = AUDIO_TOWERS.get(m.audio.type)
     varying = [f"{field} ({cls.__name__})" for field, cls in parts.items() if cls.calls_vary_per_rank]
     if stage == 3 and varying:
-        raise ConfigError(f"train.deepspeed: {path} is ZeRO-3, which is not supported with {', '.join(varying)} "
-                          "yet (their module calls vary per rank); use ZeRO-2")
+        raise ConfigError(
+            f"train.deepspeed: {path} is ZeRO-3, which is not supported with {', '.join(varying)} "
+            "yet (their module calls vary per rank); use ZeRO-2"
+        )
 
 
 def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
@@ -137,8 +143,12 @@ def predict_visual_tokens(cfg: RunConfig) -> ConfigFacts:
         raise ConfigError(str(exc)) from None
     except UnknownNameError as exc:
         raise ConfigError(f"model: {exc}") from None
-    return ConfigFacts(tokens_per_image=counts.image, image_size=counts.image_size, tokens_per_video=counts.video,
-                       tokens_per_audio=counts.audio)
+    return ConfigFacts(
+        tokens_per_image=counts.image,
+        image_size=counts.image_size,
+        tokens_per_video=counts.video,
+        tokens_per_audio=counts.audio,
+    )
 
 
 def _check_paths(cfg: RunConfig) -> None:
@@ -146,18 +156,26 @@ def _check_paths(cfg: RunConfig) -> None:
     if t.deepspeed is not None and not Path(t.deepspeed).is_file():
         raise ConfigError(f"train.deepspeed: no DeepSpeed config file at {t.deepspeed!r}")
     if t.deepspeed is not None and "LOCAL_RANK" not in os.environ:
-        raise ConfigError("train.deepspeed needs a launcher: run under `deepspeed --num_gpus N --module llava_wb.train` "
-                          "or `torchrun --nproc_per_node N -m llava_wb.train` (they set RANK, LOCAL_RANK, WORLD_SIZE, "
-                          "MASTER_ADDR, MASTER_PORT)")
+        raise ConfigError(
+            "train.deepspeed needs a launcher: run under `deepspeed --num_gpus N --module llava_wb.train` "
+            "or `torchrun --nproc_per_node N -m llava_wb.train` (they set RANK, LOCAL_RANK, WORLD_SIZE, "
+            "MASTER_ADDR, MASTER_PORT)"
+        )
     if t.init_from is not None:
         resolve_init_from(t.init_from)
-    if cfg.model.llm.path is not None and t.init_from is None and not (Path(cfg.model.llm.path) / "config.json").is_file():
+    if (
+        cfg.model.llm.path is not None
+        and t.init_from is None
+        and not (Path(cfg.model.llm.path) / "config.json").is_file()
+    ):
         raise ConfigError(f"model.llm.path: {cfg.model.llm.path!r} is not a local checkpoint folder (no config.json)")
     if _warmup(cfg):
         return _check_warmup(cfg)
     tok = tokenizer_path(cfg)
     if tok is None:
-        raise ConfigError("tokenizer: give a tokenizer folder (top-level 'tokenizer:'), a model.llm.path or train.init_from")
+        raise ConfigError(
+            "tokenizer: give a tokenizer folder (top-level 'tokenizer:'), a model.llm.path or train.init_from"
+        )
     if not Path(tok).is_dir():
         raise ConfigError(f"tokenizer: {tok!r} is not a folder")
     for i, source in enumerate(cfg.data.sources):
@@ -175,13 +193,16 @@ def _warmup(cfg: RunConfig) -> bool:
 def _check_warmup(cfg: RunConfig) -> None:
     t = cfg.train
     if not t.warmup.attributes:
-        raise ConfigError("train.warmup.attributes: the tower_warmup stage needs at least one object attribute "
-                          "with its class names, e.g. {colour: [red, green], shape: [circle, square]}")
+        raise ConfigError(
+            "train.warmup.attributes: the tower_warmup stage needs at least one object attribute "
+            "with its class names, e.g. {colour: [red, green], shape: [circle, square]}"
+        )
     if t.max_steps is None:
         raise ConfigError("train.max_steps: the tower_warmup stage needs a step count")
     if t.init_from is not None or t.lora.enabled or t.deepspeed is not None:
-        raise ConfigError("train.stage=tower_warmup trains a bare tower: drop train.init_from, train.lora and "
-                          "train.deepspeed")
+        raise ConfigError(
+            "train.stage=tower_warmup trains a bare tower: drop train.init_from, train.lora and train.deepspeed"
+        )
     for i, path in enumerate(t.warmup.eval_sources):
         if "://" not in path and not os.path.exists(path):
             raise ConfigError(f"train.warmup.eval_sources[{i}]: {path!r} does not exist")

@@ -47,8 +47,12 @@ files in train.output_dir: resolved_config.yaml, metrics.jsonl, tensorboard/, ch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llava_wb.train", description=DESCRIPTION,
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m llava_wb.train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="YAML run config (sections model, data, train; optional tokenizer)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=20")
     p.add_argument("--check", action="store_true", help="validate and print the resolved config, do not train")
@@ -59,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from llava_wb.train.checks import check_run_config
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     from llava_wb.train.checkpoints import CheckpointError
+    from llava_wb.train.checks import check_run_config
     from llava_wb.train.config import ConfigError, load_config
 
     try:
@@ -70,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             facts = check_run_config(cfg)
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            print(f"# ok: tokens_per_image={facts.tokens_per_image} image_size={facts.image_size} "
-                  f"media_tokens={facts.media_tokens}")
+            print(
+                f"# ok: tokens_per_image={facts.tokens_per_image} image_size={facts.image_size} "
+                f"media_tokens={facts.media_tokens}"
+            )
             return 0
         from llava_wb.train.run import train
 

@@ -92,8 +92,10 @@ class WarmupConfig:
     def __post_init__(self) -> None:
         for name, classes in self.attributes.items():
             if name in ("row", "col", "count") or not classes or len(set(classes)) != len(classes):
-                raise ConfigError(f"train.warmup.attributes.{name}: needs a non-empty list of distinct class "
-                                  "names (and 'row', 'col', 'count' are taken)")
+                raise ConfigError(
+                    f"train.warmup.attributes.{name}: needs a non-empty list of distinct class "
+                    "names (and 'row', 'col', 'count' are taken)"
+                )
 
 
 @section
@@ -141,8 +143,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.report_to = [t for t in self.report_to if t != "none"]
         if self.global_batch_size is not None and self.grad_accum != 1:
-            raise ConfigError("set train.global_batch_size or train.grad_accum, not both "
-                              f"(got {self.global_batch_size} and {self.grad_accum})")
+            raise ConfigError(
+                "set train.global_batch_size or train.grad_accum, not both "
+                f"(got {self.global_batch_size} and {self.grad_accum})"
+            )
         if self.lora.enabled and (not self.lora.target_modules or self.lora.r <= 0):
             raise ConfigError("train.lora needs r > 0 and a non-empty target_modules list when enabled")
 
@@ -230,7 +234,8 @@ def expand_env(value: Any, where: str = "") -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{where}: environment variable {name} is not set (used in {value!r}); "
-                          f"export it or override {where}=...")
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set (used in {value!r}); export it or override {where}=..."
+        )
 
     return _ENV_RE.sub(sub, value)

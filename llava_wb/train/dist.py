@@ -15,8 +15,10 @@ def init_deepspeed_on_cpu() -> None:
     from accelerate import PartialState
 
     if int(os.environ.get("LOCAL_RANK", "-1")) == -1:
-        raise ConfigError("train.deepspeed on CPU needs a launcher (deepspeed or torchrun) that sets LOCAL_RANK, "
-                          "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+        raise ConfigError(
+            "train.deepspeed on CPU needs a launcher (deepspeed or torchrun) that sets LOCAL_RANK, "
+            "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+        )
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:
         PartialState(backend="gloo")
@@ -34,15 +36,17 @@ def replicas_in_sync(trainer: Any, model: Any) -> bool | None:
     if trainer.args.world_size == 1 or (ds is not None and ds.zero_stage == 3):
         return None
     with torch.no_grad():
-        total = sum(p.detach().double().sum() + p.detach().double().abs().sum()
-                    for p in model.parameters() if p.requires_grad)
+        total = sum(
+            p.detach().double().sum() + p.detach().double().abs().sum() for p in model.parameters() if p.requires_grad
+        )
         sums = torch.tensor([float(total)], dtype=torch.float64, device=trainer.args.device)
         gathered = [torch.zeros_like(sums) for _ in range(trainer.args.world_size)]
         dist.all_gather(gathered, sums)
     values = [float(g) for g in gathered]
     if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
-        raise RuntimeError(f"ranks hold different weights after training (checksums {values}): "
-                           "gradients were not synchronised")
+        raise RuntimeError(
+            f"ranks hold different weights after training (checksums {values}): gradients were not synchronised"
+        )
     return True
 
 

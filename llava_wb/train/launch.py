@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def free_port() -> int:
@@ -26,17 +27,33 @@ def command(config: str, overrides: Sequence[str] = (), *, nproc: int = 2, launc
     """The launch command line for ``nproc`` local processes."""
     port = str(free_port())
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", port, "-m", "llava_wb.train", config, *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            port,
+            "-m",
+            "llava_wb.train",
+            config,
+            *overrides,
+        ]
     if launcher == "deepspeed":
         exe = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or "deepspeed"
-        return [exe, "--num_gpus", str(nproc), "--master_port", port, "--module", "llava_wb.train", config,
-                *overrides]
+        return [exe, "--num_gpus", str(nproc), "--master_port", port, "--module", "llava_wb.train", config, *overrides]
     raise ValueError(f"unknown launcher {launcher!r}; known: deepspeed, torchrun")
 
 
-def launch(config: str, overrides: Sequence[str] = (), *, nproc: int = 2, launcher: str = "torchrun",
-           env: dict[str, str] | None = None) -> dict[str, Any]:
+def launch(
+    config: str,
+    overrides: Sequence[str] = (),
+    *,
+    nproc: int = 2,
+    launcher: str = "torchrun",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run training in ``nproc`` processes and return the run's ``result.json``."""
     from .config import load_config
 

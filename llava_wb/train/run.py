@@ -49,8 +49,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and the deepspeed launcher
     if resume_from is not None and ckpt.checkpoint_world_size(resume_from) != world:
-        raise ConfigError(f"train.resume: {resume_from} was saved by {ckpt.checkpoint_world_size(resume_from)} "
-                          f"process(es), this run has {world}; exact resumption needs the same world size")
+        raise ConfigError(
+            f"train.resume: {resume_from} was saved by {ckpt.checkpoint_world_size(resume_from)} "
+            f"process(es), this run has {world}; exact resumption needs the same world size"
+        )
     from transformers import set_seed
 
     from llava_wb.model.media import media_settings
@@ -62,8 +64,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg)
     model = _build_model(cfg, tokenizer)
     if {k: v for k, v in model.media_tokens.items() if k in facts.media_tokens} != facts.media_tokens:
-        raise RuntimeError(f"model has placeholder tokens per item {model.media_tokens}, the config check predicted "
-                           f"{facts.media_tokens}")
+        raise RuntimeError(
+            f"model has placeholder tokens per item {model.media_tokens}, the config check predicted "
+            f"{facts.media_tokens}"
+        )
     counts = apply_stage(model, cfg)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
 
@@ -82,8 +86,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from llava_wb.data.loader import build_train_loader
     from llava_wb.train.trainer import StreamFeed
 
-    loader = build_train_loader(cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world,
-                                media=media)
+    loader = build_train_loader(
+        cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world, media=media
+    )
     id_log = None
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)
@@ -97,10 +102,18 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         done_steps = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
         _truncate_logs(out, rank, done_steps, feed.batches)
     if rank == 0:
-        log.info("stage %s, trainable %s, parameters %s; tokens per item %s; world %d x batch %d x accum %d; "
-                 "max_steps %d%s", t.stage, trainable_parts(cfg), counts, model.media_tokens, world,
-                 cfg.data.batch_size, args.gradient_accumulation_steps, max_steps,
-                 f"; resuming from {resume_from}" if resume_from else "")
+        log.info(
+            "stage %s, trainable %s, parameters %s; tokens per item %s; world %d x batch %d x accum %d; max_steps %d%s",
+            t.stage,
+            trainable_parts(cfg),
+            counts,
+            model.media_tokens,
+            world,
+            cfg.data.batch_size,
+            args.gradient_accumulation_steps,
+            max_steps,
+            f"; resuming from {resume_from}" if resume_from else "",
+        )
 
     t0 = time.perf_counter()
     trainer = _make_trainer(cfg, args, model, tokenizer, feed)
@@ -120,15 +133,27 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         # resumed a run that had finished training but died before final/ appeared (it appears by rename)
         ckpt.load_model_weights(model, resume_from)  # type: ignore[arg-type]
         save_final(trainer, model, tokenizer, final_dir)
-    result = {"output_dir": str(out), "final_dir": str(final_dir) if final_dir else None, "global_step": step,
-              "max_steps": max_steps, "finished": step >= max_steps, "train_loss": train_loss,
-              "resumed_from": str(resume_from) if resume_from else None, "world_size": world,
-              "distributed": str(trainer.accelerator.distributed_type), "replicas_in_sync": in_sync,
-              "grad_accum": args.gradient_accumulation_steps, "global_batch_size": world * cfg.data.batch_size
-              * args.gradient_accumulation_steps, "tokens_per_image": model.tokens_per_image,
-              "media_tokens": model.media_tokens, "trainable_parameters": counts, "seconds": round(time.perf_counter() - t0, 2),
-              "metrics_file": str(out / "metrics.jsonl"), "resolved_config": str(out / "resolved_config.yaml"),
-              "skips": loader.skip_state()}
+    result = {
+        "output_dir": str(out),
+        "final_dir": str(final_dir) if final_dir else None,
+        "global_step": step,
+        "max_steps": max_steps,
+        "finished": step >= max_steps,
+        "train_loss": train_loss,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "world_size": world,
+        "distributed": str(trainer.accelerator.distributed_type),
+        "replicas_in_sync": in_sync,
+        "grad_accum": args.gradient_accumulation_steps,
+        "global_batch_size": world * cfg.data.batch_size * args.gradient_accumulation_steps,
+        "tokens_per_image": model.tokens_per_image,
+        "media_tokens": model.media_tokens,
+        "trainable_parameters": counts,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "metrics_file": str(out / "metrics.jsonl"),
+        "resolved_config": str(out / "resolved_config.yaml"),
+        "skips": loader.skip_state(),
+    }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         log.info("done: step %d/%d in %.1fs; %s", step, max_steps, result["seconds"], loader.skip_summary())
@@ -195,10 +220,14 @@ def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:
     for field in INIT_FROM_FIXED:
         have, asked = _at(saved, field), _at(want, field)
         if have != asked:
-            raise ConfigError(f"train.init_from: {path} was saved with model.{field}={have!r}, this config says {asked!r}")
+            raise ConfigError(
+                f"train.init_from: {path} was saved with model.{field}={have!r}, this config says {asked!r}"
+            )
     if special_token_id(tokenizer, m.image_token) != c.image_token_id:
-        raise ConfigError(f"tokenizer: {m.image_token!r} has id {special_token_id(tokenizer, m.image_token)} but "
-                          f"the train.init_from model was built with image_token_id {c.image_token_id}")
+        raise ConfigError(
+            f"tokenizer: {m.image_token!r} has id {special_token_id(tokenizer, m.image_token)} but "
+            f"the train.init_from model was built with image_token_id {c.image_token_id}"
+        )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
@@ -220,8 +249,12 @@ def _truncate_logs(out: Path, rank: int, step: int, batches: int) -> None:
                 except ValueError:  # a line torn by the kill that interrupted the run
                     row = None
                 if not isinstance(row, dict):
-                    log.warning("%s line %d is not valid JSON (torn by an interrupted write?): dropped: %.80r",
-                                path, number, line)
+                    log.warning(
+                        "%s line %d is not valid JSON (torn by an interrupted write?): dropped: %.80r",
+                        path,
+                        number,
+                        line,
+                    )
                 elif row.get(key, 0) < limit + (key == "step"):
                     rows.append(line)
             ckpt.write_atomic(path, "".join(r + "\n" for r in rows))
@@ -238,8 +271,10 @@ def _grad_accum(cfg: RunConfig, world: int) -> int:
     if t.global_batch_size is None:
         return t.grad_accum
     if t.global_batch_size % per_step:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of data.batch_size "
-                          f"({cfg.data.batch_size}) x world size ({world})")
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not a multiple of data.batch_size "
+            f"({cfg.data.batch_size}) x world size ({world})"
+        )
     return t.global_batch_size // per_step
 
 
@@ -262,14 +297,35 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
         init_deepspeed_on_cpu()
         extra["accelerator_config"] = {"use_configured_state": True}
     return TrainingArguments(
-        output_dir=t.output_dir, per_device_train_batch_size=cfg.data.batch_size, max_steps=t.max_steps or 1,
-        gradient_accumulation_steps=grad_accum, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler_type, max_grad_norm=t.max_grad_norm, bf16=_bf16(t.bf16),
-        activation_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed, logging_steps=t.logging_steps,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=None, seed=t.seed, data_seed=t.seed,
-        report_to=report or "none", run_name=t.run_name, ignore_data_skip=True, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=cpu and not t.deepspeed, ddp_backend="gloo" if cpu and world > 1 else None,
-        ddp_find_unused_parameters=False, disable_tqdm=True, log_level="warning", **extra,
+        output_dir=t.output_dir,
+        per_device_train_batch_size=cfg.data.batch_size,
+        max_steps=t.max_steps or 1,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        bf16=_bf16(t.bf16),
+        activation_checkpointing=t.gradient_checkpointing,
+        deepspeed=t.deepspeed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=None,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=report or "none",
+        run_name=t.run_name,
+        ignore_data_skip=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=cpu and not t.deepspeed,
+        ddp_backend="gloo" if cpu and world > 1 else None,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=True,
+        log_level="warning",
+        **extra,
     )
 
 
@@ -284,8 +340,14 @@ def _make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, feed: A
     )
 
     out = Path(cfg.train.output_dir)
-    trainer = LlavaTrainer(model=model, args=args, processing_class=tokenizer, feed=feed, train_cfg=cfg.train,
-                           save_total_limit=cfg.train.save_total_limit)
+    trainer = LlavaTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        feed=feed,
+        train_cfg=cfg.train,
+        save_total_limit=cfg.train.save_total_limit,
+    )
     trainer.add_callback(GroupLRCallback(trainer))
     trainer.add_callback(JsonlMetricsCallback(out / "metrics.jsonl"))
     if "tensorboard" in cfg.train.report_to:

@@ -17,11 +17,26 @@ from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.config import ConfigError, RunConfig
 
 log = logging.getLogger("llava_wb.train")
-RUN_FILES = ("metrics.jsonl", "result.json", "tensorboard", "sample_ids", "final", "final.partial",
-             "warmup_heads.safetensors")
+RUN_FILES = (
+    "metrics.jsonl",
+    "result.json",
+    "tensorboard",
+    "sample_ids",
+    "final",
+    "final.partial",
+    "warmup_heads.safetensors",
+)
 # Changing these between a run and its resumption keeps the continuation exact.
-RESUME_FREE = {"train.resume", "train.stop_after", "train.overwrite", "train.logging_steps", "train.save_steps",
-               "train.save_total_limit", "train.report_to", "train.run_name"}
+RESUME_FREE = {
+    "train.resume",
+    "train.stop_after",
+    "train.overwrite",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.report_to",
+    "train.run_name",
+}
 
 
 def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
@@ -34,13 +49,16 @@ def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
             changed = _changed_fields(yaml.safe_load((out / "resolved_config.yaml").read_text()), cfg.to_dict())
             changed = [c for c in changed if c not in RESUME_FREE]
             if changed:
-                log.warning("resuming %s with a changed config (%s): the continuation is not exact",
-                            latest, ", ".join(changed))
+                log.warning(
+                    "resuming %s with a changed config (%s): the continuation is not exact", latest, ", ".join(changed)
+                )
         return latest
     taken = ckpt.checkpoints(out, complete_only=False) or (out / "final").exists()
     if taken and not t.overwrite:
-        raise ConfigError(f"train.output_dir {str(out)!r} already holds checkpoints or a final model: "
-                          "set train.resume=true to continue it or train.overwrite=true to start over")
+        raise ConfigError(
+            f"train.output_dir {str(out)!r} already holds checkpoints or a final model: "
+            "set train.resume=true to continue it or train.overwrite=true to start over"
+        )
     return None
 
 

@@ -40,16 +40,34 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("training stage")
-STAGES.register("pretrain", Stage("pretrain", tower=False, projector=True, llm=False,
-                                  description="feature alignment: only the projector trains"))
-STAGES.register("finetune", Stage("finetune", tower=False, projector=True, llm=True,
-                                  description="instruction tuning: projector and LLM train"))
-STAGES.register("tower_warmup", Stage("tower_warmup", tower=True, projector=False, llm=False, objective="patch_labels",
-                                      description="supervised per-patch warm-up of the vision tower alone"))
+STAGES.register(
+    "pretrain",
+    Stage(
+        "pretrain", tower=False, projector=True, llm=False, description="feature alignment: only the projector trains"
+    ),
+)
+STAGES.register(
+    "finetune",
+    Stage("finetune", tower=False, projector=True, llm=True, description="instruction tuning: projector and LLM train"),
+)
+STAGES.register(
+    "tower_warmup",
+    Stage(
+        "tower_warmup",
+        tower=True,
+        projector=False,
+        llm=False,
+        objective="patch_labels",
+        description="supervised per-patch warm-up of the vision tower alone",
+    ),
+)
 
-PART_PREFIXES = {"tower": ("vision_tower.",), "projector": ("projector.", "reducer.", "video_reducer_module.",
-                                                          "frame_separator.", "audio_projector."),
-                 "llm": ("language_model.",), "audio_tower": ("audio_tower.",)}
+PART_PREFIXES = {
+    "tower": ("vision_tower.",),
+    "projector": ("projector.", "reducer.", "video_reducer_module.", "frame_separator.", "audio_projector."),
+    "llm": ("language_model.",),
+    "audio_tower": ("audio_tower.",),
+}
 
 
 def trainable_parts(cfg: RunConfig) -> dict[str, bool]:
@@ -59,10 +77,12 @@ def trainable_parts(cfg: RunConfig) -> dict[str, bool]:
     stage = STAGES.get(cfg.train.stage)
     over = cfg.train.trainable
     tower = over.tower if over.tower is not None else (stage.tower or not cfg.model.vision.freeze)
-    return {"tower": tower,
-            "projector": stage.projector if over.projector is None else over.projector,
-            "llm": stage.llm if over.llm is None else over.llm,
-            "audio_tower": cfg.model.audio is not None and not cfg.model.audio.freeze and stage.objective == "lm"}
+    return {
+        "tower": tower,
+        "projector": stage.projector if over.projector is None else over.projector,
+        "llm": stage.llm if over.llm is None else over.llm,
+        "audio_tower": cfg.model.audio is not None and not cfg.model.audio.freeze and stage.objective == "lm",
+    }
 
 
 def apply_stage(model: Any, cfg: RunConfig) -> dict[str, int]:
@@ -71,12 +91,19 @@ def apply_stage(model: Any, cfg: RunConfig) -> dict[str, int]:
 
     parts = trainable_parts(cfg)
     lora = cfg.train.lora.enabled and parts["llm"]
-    set_trainable(model, tower=parts["tower"], projector=parts["projector"], llm=parts["llm"] and not lora,
-                  audio=parts["audio_tower"])
+    set_trainable(
+        model,
+        tower=parts["tower"],
+        projector=parts["projector"],
+        llm=parts["llm"] and not lora,
+        audio=parts["audio_tower"],
+    )
     if lora:
         add_lora(model, cfg.train)
-    counts = {part: sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefixes))
-              for part, prefixes in PART_PREFIXES.items()}
+    counts = {
+        part: sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefixes))
+        for part, prefixes in PART_PREFIXES.items()
+    }
     if not any(counts.values()):
         raise ValueError(f"stage {cfg.train.stage!r} with train.trainable={parts} leaves nothing to train")
     return counts
@@ -87,8 +114,13 @@ def add_lora(model: Any, train: TrainConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
     lc = train.lora
-    config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                        target_modules=list(lc.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.target_modules),
+        task_type="CAUSAL_LM",
+    )
     try:
         model.language_model = get_peft_model(model.language_model, config)
     except ValueError as exc:
@@ -117,10 +149,12 @@ def param_groups(model: nn.Module, train: TrainConfig, decay_names: set[str] | l
     """Optimizer groups per part (learning rates ``learning_rate``, ``projector_lr``, ``tower_lr``
     for the vision and the audio tower)
     and decay class (no weight decay on biases and norms); empty groups are left out."""
-    lrs = {"llm": train.learning_rate,
-           "projector": train.projector_lr or train.learning_rate,
-           "tower": train.tower_lr or train.learning_rate,
-           "audio_tower": train.tower_lr or train.learning_rate}
+    lrs = {
+        "llm": train.learning_rate,
+        "projector": train.projector_lr or train.learning_rate,
+        "tower": train.tower_lr or train.learning_rate,
+        "audio_tower": train.tower_lr or train.learning_rate,
+    }
     decay = set(decay_names)
     groups: dict[tuple[str, bool], list[Any]] = {}
     for name, param in model.named_parameters():
@@ -128,6 +162,12 @@ def param_groups(model: nn.Module, train: TrainConfig, decay_names: set[str] | l
             groups.setdefault((part_of(name), name in decay), []).append(param)
     out = []
     for (part, decays), params in sorted(groups.items()):
-        out.append({"params": params, "lr": lrs[part], "weight_decay": train.weight_decay if decays else 0.0,
-                    "name": f"{part}" if decays else f"{part}_no_decay"})
+        out.append(
+            {
+                "params": params,
+                "lr": lrs[part],
+                "weight_decay": train.weight_decay if decays else 0.0,
+                "name": f"{part}" if decays else f"{part}_no_decay",
+            }
+        )
     return out

@@ -31,8 +31,18 @@ from transformers import Trainer, TrainerCallback
 from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.stages import param_groups
 
-MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_counts", "video_values", "video_counts",
-              "audio_values", "audio_counts", "instruction_mask")
+MODEL_KEYS = (
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "pixel_values",
+    "image_counts",
+    "video_values",
+    "video_counts",
+    "audio_values",
+    "audio_counts",
+    "instruction_mask",
+)
 
 
 class StreamFeed:
@@ -96,7 +106,9 @@ class StreamFeed:
             self.visual += int(counts.sum()) * per_item if counts is not None else 0
         if self.id_log is not None:
             with open(self.id_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"batch": self.batches, "epoch": self.loader.epoch, "ids": list(batch["id"])}) + "\n")
+                f.write(
+                    json.dumps({"batch": self.batches, "epoch": self.loader.epoch, "ids": list(batch["id"])}) + "\n"
+                )
 
 
 class LlavaTrainer(Trainer):
@@ -137,8 +149,12 @@ class LlavaTrainer(Trainer):
             totals = moved.cpu()
         samples, tokens, visual, wait = totals.tolist()
         f.reset_stats()
-        return {"samples_per_s": samples / dt, "tokens_per_s": tokens / dt,
-                "visual_tokens_per_sample": visual / max(samples, 1.0), "data_wait_frac": wait / self.args.world_size}
+        return {
+            "samples_per_s": samples / dt,
+            "tokens_per_s": tokens / dt,
+            "visual_tokens_per_sample": visual / max(samples, 1.0),
+            "data_wait_frac": wait / self.args.world_size,
+        }
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         out = Path(self._get_output_dir(trial))
@@ -161,8 +177,7 @@ class LlavaTrainer(Trainer):
         if done and ckpt.checkpoint_bytes(done[-1]):
             return ckpt.checkpoint_bytes(done[-1])
         params = list(self.model.parameters())
-        return sum(p.numel() * p.element_size() for p in params) + sum(8 * p.numel() for p in params
-                                                                        if p.requires_grad)
+        return sum(p.numel() * p.element_size() for p in params) + sum(8 * p.numel() for p in params if p.requires_grad)
 
 
 class GroupLRCallback(TrainerCallback):

@@ -128,14 +128,17 @@ def head_classes(w: WarmupConfig) -> dict[str, int]:
     return {**{n: len(c) + 1 for n, c in w.attributes.items()}, "row": cells, "col": cells, "count": w.max_objects}
 
 
-def losses_and_hits(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w: WarmupConfig
-                    ) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+def losses_and_hits(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w: WarmupConfig
+) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
     """Weighted loss and ``name -> (correct, total)`` on object patches (all images for ``count``)."""
     loss = torch.zeros((), device=next(iter(out.values())).device)
     hits = {}
     for name, logits in out.items():
         target = batch[name]
-        loss = loss + w.weights.get(name, 1.0) * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        loss = loss + w.weights.get(name, 1.0) * F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+        )
         keep = torch.ones_like(target, dtype=torch.bool) if name == "count" else target > 0
         pred = logits.argmax(-1)
         hits[name] = (int((pred[keep] == target[keep]).sum()), int(keep.sum()))
@@ -168,11 +171,18 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     params = [p for n, p in tower.named_parameters() if n not in unused] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     steps = t.max_steps
-    sched = get_scheduler(t.lr_scheduler_type, opt, num_warmup_steps=math.ceil(t.warmup_ratio * steps),
-                          num_training_steps=steps)
+    sched = get_scheduler(
+        t.lr_scheduler_type, opt, num_warmup_steps=math.ceil(t.warmup_ratio * steps), num_training_steps=steps
+    )
     loader = build_loader(cfg.data, process=PatchLabels(cfg.data.image, grid, tower.patch_size, w), collate=collate)
-    log.info("tower warm-up: %d steps x batch %d, grid %dx%d, heads %s", steps, cfg.data.batch_size, grid, grid,
-             head_classes(w))
+    log.info(
+        "tower warm-up: %d steps x batch %d, grid %dx%d, heads %s",
+        steps,
+        cfg.data.batch_size,
+        grid,
+        grid,
+        head_classes(w),
+    )
     t0 = since = time.perf_counter()
     seen, window, step, last, unlabelled = 0, {}, 0, {}, 0
     tower.train()
@@ -192,8 +202,14 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
         if step % t.logging_steps == 0 or step == steps:
             dt = time.perf_counter() - since
             last = {f"acc/{k}": round(c / max(n, 1), 4) for k, (c, n) in window.items()}
-            row = {"step": step, "time": round(time.time(), 3), "loss": round(loss.item(), 5),
-                   "learning_rate": sched.get_last_lr()[0], "samples_per_s": seen / max(dt, 1e-9), **last}
+            row = {
+                "step": step,
+                "time": round(time.time(), 3),
+                "loss": round(loss.item(), 5),
+                "learning_rate": sched.get_last_lr()[0],
+                "samples_per_s": seen / max(dt, 1e-9),
+                **last,
+            }
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             log.info("warm-up step %d/%d loss %.4f %s", step, steps, row["loss"], last)
@@ -204,12 +220,24 @@ def train_tower(cfg: RunConfig) -> dict[str, Any]:
     tower.model.save_pretrained(final)
     from safetensors.torch import save_file
 
-    save_file({k: p.detach().contiguous() for k, p in heads.state_dict().items()}, str(out / "warmup_heads.safetensors"))
-    result = {"stage": "tower_warmup", "world_size": 1, "output_dir": str(out), "final_dir": str(final), "global_step": step,
-              "max_steps": steps, "finished": step >= steps, "seconds": round(time.perf_counter() - t0, 2),
-              "train_accuracy": last, "metrics_file": str(out / "metrics.jsonl"),
-              "resolved_config": str(out / "resolved_config.yaml"), "skips": loader.skip_state(),
-              "unlabelled_samples": unlabelled}
+    save_file(
+        {k: p.detach().contiguous() for k, p in heads.state_dict().items()}, str(out / "warmup_heads.safetensors")
+    )
+    result = {
+        "stage": "tower_warmup",
+        "world_size": 1,
+        "output_dir": str(out),
+        "final_dir": str(final),
+        "global_step": step,
+        "max_steps": steps,
+        "finished": step >= steps,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_accuracy": last,
+        "metrics_file": str(out / "metrics.jsonl"),
+        "resolved_config": str(out / "resolved_config.yaml"),
+        "skips": loader.skip_state(),
+        "unlabelled_samples": unlabelled,
+    }
     if w.eval_sources:
         result["heldout_accuracy"] = evaluate_tower(tower, heads, cfg, w.eval_sources)
         log.info("held-out per-patch accuracy (object patches): %s", result["heldout_accuracy"])
@@ -236,10 +264,19 @@ def evaluate_tower(tower: Any, heads: WarmupHeads, cfg: RunConfig, sources: list
     from llava_wb.data.config import DataConfig
     from llava_wb.data.loader import build_loader
 
-    data = DataConfig.from_dict({**cfg.data.to_dict(), "sources": list(sources), "epoch_mode": "exact",
-                                 "shuffle_shards": False, "shuffle_buffer": 0, "num_workers": 0})
-    loader = build_loader(data, process=PatchLabels(cfg.data.image, tower.grid[0], tower.patch_size, cfg.train.warmup),
-                          collate=collate)
+    data = DataConfig.from_dict(
+        {
+            **cfg.data.to_dict(),
+            "sources": list(sources),
+            "epoch_mode": "exact",
+            "shuffle_shards": False,
+            "shuffle_buffer": 0,
+            "num_workers": 0,
+        }
+    )
+    loader = build_loader(
+        data, process=PatchLabels(cfg.data.image, tower.grid[0], tower.patch_size, cfg.train.warmup), collate=collate
+    )
     tower.eval()
     total: dict[str, tuple[int, int]] = {}
     for batch in loader:

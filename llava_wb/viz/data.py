@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..data.config import ImageConfig
 from ..data.decode import ImageTransform

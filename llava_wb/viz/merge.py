@@ -56,7 +56,7 @@ def patchify(clip: np.ndarray, patch: int) -> tuple[Any, tuple[int, int, int]]:
     clip = as_clip(clip).astype(np.float32) / 255.0
     t, h, w, _ = clip.shape
     gh, gw = h // patch, w // patch
-    x = clip[:, :gh * patch, :gw * patch].reshape(t, gh, patch, gw, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+    x = clip[:, : gh * patch, : gw * patch].reshape(t, gh, patch, gw, patch, 3).transpose(0, 1, 3, 2, 4, 5)
     return torch.from_numpy(np.ascontiguousarray(x.reshape(1, t * gh * gw, -1))), (t, gh, gw)
 
 
@@ -70,8 +70,9 @@ def build_shown(reducer: str, options: Mapping[str, Any] | None) -> Any:
     return build_reducer(reducer, options).train(bool(options.get("random_dst")))
 
 
-def merge_image(clip: np.ndarray, reducer: str, options: Mapping[str, Any] | None = None, *, patch: int = 16,
-                features: Any = None) -> Any:
+def merge_image(
+    clip: np.ndarray, reducer: str, options: Mapping[str, Any] | None = None, *, patch: int = 16, features: Any = None
+) -> Any:
     """Run reducer ``reducer`` on the image's patches (``build_shown``: eval mode, training-style
     random destinations with ``random_dst``); returns its ``ReducerOutput``.
     ``features [1, N, D]`` (e.g. a tower's patch features) replace the pixels as the similarity metric."""
@@ -132,13 +133,24 @@ def readable_labels(rows: np.ndarray, cols: np.ndarray, font: float, cell: float
     keep = np.zeros(m, dtype=bool)
     for j in range(m):
         placed = np.nonzero(keep[:j])[0]
-        clash = (np.abs(cols[placed] - cols[j]) * 2 < width[placed] + width[j]) & (np.abs(rows[placed] - rows[j]) < height)
+        clash = (np.abs(cols[placed] - cols[j]) * 2 < width[placed] + width[j]) & (
+            np.abs(rows[placed] - rows[j]) < height
+        )
         keep[j] = not clash.any()
     return keep
 
 
-def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str = "mean", numbers: bool = True,
-                path: bool = True, title: str = "") -> int:
+def draw_groups(
+    axes: Any,
+    clip: np.ndarray,
+    out: Any,
+    patch: int,
+    *,
+    fill: str = "mean",
+    numbers: bool = True,
+    path: bool = True,
+    title: str = "",
+) -> int:
     """Paint groups, borders, token numbers and the reading path on ``axes`` (one per frame).
     Numbers are sized to the patch cells on the figure (``label_font``); where cells are too small
     for readable numbers side by side some are left out (``readable_labels``). Returns how many
@@ -159,7 +171,7 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
     for f in range(t):
         ax = axes[f]
         painted = np.kron(colours[gid[f]], np.ones((patch, patch, 1)))  # [gh*p, gw*p, 3]
-        ax.imshow(clip[f, :gh * patch, :gw * patch], alpha=1.0)
+        ax.imshow(clip[f, : gh * patch, : gw * patch], alpha=1.0)
         ax.imshow(painted, alpha=0.78 if fill == "mean" else 0.55)
         lab = np.kron(gid[f], np.ones((patch, patch), dtype=int))
         edge = np.zeros(lab.shape, dtype=bool)
@@ -172,8 +184,16 @@ def draw_groups(axes: Any, clip: np.ndarray, out: Any, patch: int, *, fill: str 
             ax.plot(cx[here], cy[here], "-", color=PATH_COLOUR, lw=0.8, alpha=0.9)
         if numbers:
             for j in np.nonzero(here & shown)[0]:
-                ax.text(cx[j], cy[j], str(j), ha="center", va="center", fontsize=font, color="black",
-                        bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8})
+                ax.text(
+                    cx[j],
+                    cy[j],
+                    str(j),
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="black",
+                    bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.8},
+                )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{title} · frame {f}" if t > 1 else title, fontsize=10)
@@ -204,11 +224,22 @@ def add_legend(fig: Any, *, fill: str = "mean", all_numbered: bool = True) -> An
     from matplotlib.patches import Patch
 
     handles = [
-        Patch(facecolor="#b08a6a", alpha=0.8, label="merged group = one output token (fill: "
-              + ("its patches' mean colour)" if fill == "mean" else "one colour per group)")),
-        Line2D([], [], ls="", marker="$7$", markersize=9, color="black",
-               label="token's place in the LLM's input, on its destination patch"
-               + ("" if all_numbered else "\n(numbers left out where they would overlap)")),
+        Patch(
+            facecolor="#b08a6a",
+            alpha=0.8,
+            label="merged group = one output token (fill: "
+            + ("its patches' mean colour)" if fill == "mean" else "one colour per group)"),
+        ),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="$7$",
+            markersize=9,
+            color="black",
+            label="token's place in the LLM's input, on its destination patch"
+            + ("" if all_numbered else "\n(numbers left out where they would overlap)"),
+        ),
         Line2D([], [], color=BORDER, lw=2.5, label="group border"),
         Line2D([], [], color=PATH_COLOUR, lw=1.5, label="reading path (the order the LLM reads the tokens)"),
     ]
@@ -228,8 +259,15 @@ def panel_title(label: str, out: Any, options: Mapping[str, Any]) -> str:
     return f"{label}: {out.tokens.shape[1]} tokens ({tag})\n{describe(options)}"
 
 
-def compare(clip: np.ndarray, reducers: Mapping[str, tuple[str, Mapping[str, Any]]], *, patch: int = 16,
-            fill: str = "mean", features: Any = None, numbers: bool = True):
+def compare(
+    clip: np.ndarray,
+    reducers: Mapping[str, tuple[str, Mapping[str, Any]]],
+    *,
+    patch: int = 16,
+    fill: str = "mean",
+    features: Any = None,
+    numbers: bool = True,
+):
     """One row per reducer (one panel per frame): ``{label: (reducer, options)}`` -> figure with a
     legend; each title names the ratio, window and anchor."""
     import matplotlib.pyplot as plt
@@ -239,12 +277,20 @@ def compare(clip: np.ndarray, reducers: Mapping[str, tuple[str, Mapping[str, Any
     width = 4.2 * t
     legend = LEGEND_INCHES[2 if width >= LEGEND_TWO_COLUMNS else 1]
     fig, axes = plt.subplots(len(reducers), t, figsize=(width, 4.4 * len(reducers) + legend), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(), bottom=legend / fig.get_figheight(),
-                        hspace=0.25, wspace=0.05)
+    fig.subplots_adjust(
+        left=0.02,
+        right=0.98,
+        top=1 - 0.45 / fig.get_figheight(),
+        bottom=legend / fig.get_figheight(),
+        hspace=0.25,
+        wspace=0.05,
+    )
     all_numbered = True
     for row, (label, (name, options)) in zip(axes, reducers.items()):
         out = merge_image(clip, name, options, patch=patch, features=features)
-        numbered = draw_groups(row, clip, out, patch, fill=fill, numbers=numbers, title=panel_title(label, out, options))
+        numbered = draw_groups(
+            row, clip, out, patch, fill=fill, numbers=numbers, title=panel_title(label, out, options)
+        )
         all_numbered &= numbered == out.tokens.shape[1]
     add_legend(fig, fill=fill, all_numbered=all_numbered or not numbers)
     return fig
@@ -267,7 +313,7 @@ def pan_clip(image: np.ndarray, frames: int = 4, step: int = 16) -> np.ndarray:
     """A clip from one photo: the view pans ``step`` pixels right per frame (same size as ``image``)."""
     w = image.shape[1]
     wide = np.concatenate([image, image[:, ::-1]], axis=1)  # mirrored so the pan never runs out
-    return np.stack([wide[:, f * step:f * step + w] for f in range(frames)])
+    return np.stack([wide[:, f * step : f * step + w] for f in range(frames)])
 
 
 def load_tower(tower_dir: str, tower_type: str | None = None, feature_layer: int = -2) -> Any:
@@ -304,8 +350,16 @@ def tower_input(tower: Any, image: np.ndarray) -> tuple[Any, np.ndarray]:
     return ImageTransform(cfg)(_png_bytes(small))[None], small
 
 
-def tower_merge(tower_dir: str | None, image: np.ndarray, reducer: str, options: Mapping[str, Any], *,
-                tower_type: str | None = None, feature_layer: int = -2, tower: Any = None) -> tuple[Any, np.ndarray, int]:
+def tower_merge(
+    tower_dir: str | None,
+    image: np.ndarray,
+    reducer: str,
+    options: Mapping[str, Any],
+    *,
+    tower_type: str | None = None,
+    feature_layer: int = -2,
+    tower: Any = None,
+) -> tuple[Any, np.ndarray, int]:
     """Merge with a saved tower's view of ``image`` (or an already loaded ``tower``): similarity on
     its features (``placement: after``) or inside it (``placement: tower``). Returns
     ``(ReducerOutput, resized image, patch)``."""

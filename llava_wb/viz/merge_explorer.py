@@ -43,11 +43,26 @@ class MergeExplorer:
     ``placement``: ``after`` the tower (its features are computed once) or ``tower`` (merging
     inside its last ``layers`` layers, recomputed per redraw)."""
 
-    def __init__(self, image: np.ndarray, patch: int = 14, *, ratio: float = 0.75, window: int = 4,
-                 anchor: str = "first", seed: int = 0, tower: Any = None, tower_type: str | None = None,
-                 feature_layer: int = -2, similarity: str | None = None, placement: str = "after",
-                 layers: int = 1, reducers: Sequence[str] = ("local_merge", "tome_sd"), fill: str = "mean",
-                 width: float = 11.0, dpi: int = 100):
+    def __init__(
+        self,
+        image: np.ndarray,
+        patch: int = 14,
+        *,
+        ratio: float = 0.75,
+        window: int = 4,
+        anchor: str = "first",
+        seed: int = 0,
+        tower: Any = None,
+        tower_type: str | None = None,
+        feature_layer: int = -2,
+        similarity: str | None = None,
+        placement: str = "after",
+        layers: int = 1,
+        reducers: Sequence[str] = ("local_merge", "tome_sd"),
+        fill: str = "mean",
+        width: float = 11.0,
+        dpi: int = 100,
+    ):
         import ipywidgets as widgets
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -62,16 +77,25 @@ class MergeExplorer:
         self._setup_source(image, patch, tower, tower_type, feature_layer)
         gh, gw = self.grid
         controls = {
-            "ratio": widgets.FloatSlider(value=ratio, min=0.0, max=0.9375, step=0.0625, description="ratio",
-                                         continuous_update=False, readout_format=".4g"),
-            "window": widgets.IntSlider(value=window, min=2, max=max(2, window, min(8, gh, gw)), description="window",
-                                        continuous_update=False),
+            "ratio": widgets.FloatSlider(
+                value=ratio,
+                min=0.0,
+                max=0.9375,
+                step=0.0625,
+                description="ratio",
+                continuous_update=False,
+                readout_format=".4g",
+            ),
+            "window": widgets.IntSlider(
+                value=window, min=2, max=max(2, window, min(8, gh, gw)), description="window", continuous_update=False
+            ),
             "anchor": widgets.Dropdown(options=list(vm.ANCHORS), value=anchor, description="anchor"),
             "seed": widgets.IntSlider(value=seed, min=0, max=99, description="seed", continuous_update=False),
         }
         if self.tower is not None:
-            controls["similarity"] = widgets.Dropdown(options=[(v, k) for k, v in SIMILARITY.items()],
-                                                      value=similarity, description="similarity")
+            controls["similarity"] = widgets.Dropdown(
+                options=[(v, k) for k, v in SIMILARITY.items()], value=similarity, description="similarity"
+            )
         self.controls = controls
         controls["seed"].disabled = anchor != "random"
         self.similarity = similarity
@@ -85,8 +109,9 @@ class MergeExplorer:
         for control in controls.values():
             control.observe(self.redraw, names="value")
 
-    def _setup_source(self, image: np.ndarray, patch: int, tower: Any, tower_type: str | None,
-                      feature_layer: int) -> None:
+    def _setup_source(
+        self, image: np.ndarray, patch: int, tower: Any, tower_type: str | None, feature_layer: int
+    ) -> None:
         """What is shown (``self.shown``, cut into ``self.patch`` pixel patches on ``self.grid``) and
         the similarity features per mode (``None``: the shown pixels themselves)."""
         from PIL import Image
@@ -118,8 +143,12 @@ class MergeExplorer:
     def options(self) -> dict[str, Any]:
         """Reducer options of the current values."""
         v = self.values()
-        opts = {"ratio": v["ratio"], "window": [1, v["window"], v["window"]], **vm.anchor_options(v["anchor"]),
-                "seed": v["seed"]}
+        opts = {
+            "ratio": v["ratio"],
+            "window": [1, v["window"], v["window"]],
+            **vm.anchor_options(v["anchor"]),
+            "seed": v["seed"],
+        }
         if self.tower is not None and v.get("similarity", self.similarity) == "tower" and self.placement == "tower":
             opts.update(placement="tower", layers=self.layers)
         return opts
@@ -154,8 +183,12 @@ class MergeExplorer:
         fig.set_size_inches(self.width, height)
         axes = fig.subplots(1, n, squeeze=False)[0]
         fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.95 / height, bottom=0.85 / height, wspace=0.15 / panel)
-        numbered = {name: vm.draw_groups([ax], self.shown, out, self.patch, fill=self.fill,
-                                         title=vm.panel_title(name, out, opts)) for ax, (name, out) in zip(axes, outs.items())}
+        numbered = {
+            name: vm.draw_groups(
+                [ax], self.shown, out, self.patch, fill=self.fill, title=vm.panel_title(name, out, opts)
+            )
+            for ax, (name, out) in zip(axes, outs.items())
+        }
         fig.suptitle(self._title(), fontsize=11, y=1 - 0.12 / height, va="top")
         vm.add_legend(fig, fill=self.fill, all_numbered=all(n == outs[k].tokens.shape[1] for k, n in numbered.items()))
         buf = io.BytesIO()

@@ -11,13 +11,21 @@ clip whose answer sits in one frame and one region comes from ``data_tools.examp
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 
-def kept_for_questions(model: Any, tokenizer: Any, values: Any, questions: Sequence[str], *, kind: str = "image",
-                       template: str = "vicuna_v1") -> list[Any]:
+def kept_for_questions(
+    model: Any,
+    tokenizer: Any,
+    values: Any,
+    questions: Sequence[str],
+    *,
+    kind: str = "image",
+    template: str = "vicuna_v1",
+) -> list[Any]:
     """``values``: one image ``[3, S, S]`` or clip ``[T, 3, S, S]`` (normalised, as the loader gives
     them); returns one ``ReducerOutput`` (batch of 1) per question."""
     import torch
@@ -33,17 +41,35 @@ def kept_for_questions(model: Any, tokenizer: Any, values: Any, questions: Seque
     hook = reducer.register_forward_hook(lambda mod, args, out: outs.append(out))
     try:
         for q in questions:
-            t = build_prompt([{"from": "human", "value": f"<{kind}>\n{q}"}], tokenizer, template, max_length=None,
-                             media_tokens=model.media_tokens, expected_media={kind: 1})
-            batch = Collator(tokenizer.pad_token_id)([{"input_ids": t.input_ids, "labels": t.labels,
-                                                       "instruction_mask": t.instruction_mask,
-                                                       "media": {kind: [values]}}])
+            t = build_prompt(
+                [{"from": "human", "value": f"<{kind}>\n{q}"}],
+                tokenizer,
+                template,
+                max_length=None,
+                media_tokens=model.media_tokens,
+                expected_media={kind: 1},
+            )
+            batch = Collator(tokenizer.pad_token_id)(
+                [
+                    {
+                        "input_ids": t.input_ids,
+                        "labels": t.labels,
+                        "instruction_mask": t.instruction_mask,
+                        "media": {kind: [values]},
+                    }
+                ]
+            )
             key = {"image": "pixel_values", "video": "video_values"}[kind]
             with torch.no_grad():
-                model.embed_inputs(batch["input_ids"], **({"pixel_values": batch[key], "image_counts": batch["image_counts"]}
-                                                          if kind == "image" else
-                                                          {"video_values": batch[key], "video_counts": batch["video_counts"]}),
-                                   instruction_mask=batch["instruction_mask"])
+                model.embed_inputs(
+                    batch["input_ids"],
+                    **(
+                        {"pixel_values": batch[key], "image_counts": batch["image_counts"]}
+                        if kind == "image"
+                        else {"video_values": batch[key], "video_counts": batch["video_counts"]}
+                    ),
+                    instruction_mask=batch["instruction_mask"],
+                )
     finally:
         hook.remove()
     return outs
@@ -71,7 +97,9 @@ def draw_kept(clip: np.ndarray, outs: Sequence[Any], questions: Sequence[str], p
             mask = np.repeat(np.repeat(is_kept, patch, 0), patch, 1)[..., None]
             ax.imshow(np.where(mask, img, 0.35 * img + 0.35 * shade))
             for r, c in zip(*np.nonzero(is_kept)):
-                ax.add_patch(Rectangle((c * patch - 0.5, r * patch - 0.5), patch, patch, fill=False, ec="white", lw=1.2))
+                ax.add_patch(
+                    Rectangle((c * patch - 0.5, r * patch - 0.5), patch, patch, fill=False, ec="white", lw=1.2)
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"frame {f}" if t > 1 else "", fontsize=8)
@@ -107,11 +135,31 @@ def resample_model(model_dir: str | None = None, *, ratio: float = 0.75, frames:
 
     tok = build_demo_tokenizer(demo_corpus(["what colour is the circle which way does the square move"]))
     torch.manual_seed(0)
-    cfg = {"vision": {"type": "clip", "config": dict(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                     num_hidden_layers=2, num_attention_heads=4)},
-           "llm": {"config": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=4, num_key_value_heads=2)},
-           "reducer": {"type": "instruct_resample", "options": {"ratio": ratio}}, "video": {"frames": frames}}
+    cfg = {
+        "vision": {
+            "type": "clip",
+            "config": dict(
+                image_size=64,
+                patch_size=8,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
+        },
+        "llm": {
+            "config": dict(
+                model_type="llama",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+            )
+        },
+        "reducer": {"type": "instruct_resample", "options": {"ratio": ratio}},
+        "video": {"frames": frames},
+    }
     return build_model(ModelConfig.from_dict(cfg), tok).eval(), tok
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -17,8 +17,10 @@ def plot_training(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    series = {k: [(r["step"], r[k]) for r in rows if k in r]
-              for k in ("loss", "learning_rate", "samples_per_s", "tokens_per_s")}
+    series = {
+        k: [(r["step"], r[k]) for r in rows if k in r]
+        for k in ("loss", "learning_rate", "samples_per_s", "tokens_per_s")
+    }
     for ax, key, title in ((axes[0], "loss", "training loss"), (axes[1], "learning_rate", "learning rate")):
         if series[key]:
             ax.plot(*zip(*series[key]), marker=".")
