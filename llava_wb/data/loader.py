@@ -97,6 +97,8 @@ class StreamDataset:
                 batch = []
         if batch:
             yield self._emit(batch, worker, stream)
+        else:  # the stream counted its last shard after the last full batch left: send that count on
+            yield {"_worker": worker, "_state": stream.state(), "_state_only": True}
 
     def _emit(self, batch: list[dict], worker: int, stream: WorkerStream) -> dict:
         out = self.collate(batch)
@@ -214,6 +216,9 @@ class StreamingLoader:
         for batch in self._dataloader():
             worker, state = batch.pop("_worker"), batch.pop("_state")
             self.worker_states[worker] = state
+            if batch.pop("_state_only", False):  # a worker's final counts, no samples
+                self._check_skips()
+                continue
             self.last_worker = worker
             self.batches_in_epoch += 1
             self._check_skips()
