@@ -53,10 +53,10 @@ def av_run(base: Path, n_heldout: int = 12) -> dict[str, Path]:
 
     from data_tools.convert_to_wds import convert
     from data_tools.make_synthetic import generate
-    from llava_wb.demo import stream_records
     from llava_wb.model import ModelConfig, build_model
     from llava_wb.model.bundle import save_bundle
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+    from recipes.demo import stream_records
 
     data = generate(
         base / "data",

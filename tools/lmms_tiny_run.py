@@ -62,8 +62,8 @@ MODEL = {
 def prepare(base: Path, steps: int) -> None:
     from data_tools.convert_to_wds import convert
     from data_tools.make_synthetic import generate
-    from llava_wb.demo import stream_records
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
+    from recipes.demo import stream_records
 
     data = generate(
         base / "data",
