@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import sys
 from typing import Any
 
 import numpy as np
@@ -25,11 +24,11 @@ import pytest
 import torch
 from train_fixtures import (
     TINY_MODEL,
-    free_port,
     make_workspace,
     read_metrics,
     run,
     tiny_config,
+    torchrun_cmd,
     write_config,
 )
 
@@ -304,19 +303,7 @@ def test_every_tower_trains_under_torchrun(name: str, ws: dict[str, str], tmp_pa
     }
     path = write_config(tmp_path / "ddp.yaml", cfg)
     run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "llava_wb.train",
-            str(path),
-            "-q",
-        ],
+        torchrun_cmd(["-m", "llava_wb.train", str(path), "-q"]),
         timeout=300,
     )
     assert sorted(read_metrics(out)) == [1, 2]

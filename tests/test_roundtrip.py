@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+from train_fixtures import torchrun_cmd
 
 from data_tools.convert_to_wds import convert
 from data_tools.make_synthetic import generate
@@ -32,14 +32,6 @@ def converted(tmp_path_factory):
     with open(data["files"]["instruct"], encoding="utf-8") as f:
         records = json.load(f)  # small test input; the converter itself streams
     return {"data": data, "out": str(out), "summary": summary, "records": records}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expected(converted):
@@ -80,18 +72,7 @@ def test_every_sample_streams_back_once_identical(converted, workers):
 
 def test_two_ranks_two_workers_with_torchrun(converted, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        os.path.join(ROOT, "tests", "dist_stream_worker.py"),
-        converted["out"],
-        str(tmp_path),
-    ]
+    cmd = torchrun_cmd([os.path.join(ROOT, "tests", "dist_stream_worker.py"), converted["out"], str(tmp_path)])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]

@@ -24,6 +24,7 @@ from train_fixtures import (
     read_metrics,
     run,
     tiny_config,
+    torchrun_cmd,
     write_config,
 )
 
@@ -54,19 +55,7 @@ def test_torchrun_two_processes(ws, tmp_path):
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path / "ddp.yaml", tiny_config(ws, out, max_steps=STEPS, save_steps=STEPS))
     run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "llava_wb.train",
-            str(cfg),
-            "-q",
-        ],
+        torchrun_cmd(["-m", "llava_wb.train", str(cfg), "-q"]),
         timeout=300,
     )
     assert check_ranks(out)["distributed"] == "DistributedType.MULTI_CPU"
@@ -144,20 +133,7 @@ def test_launchers_train_the_demo_stages(ws, tmp_path, monkeypatch, launcher):
         "train.logging_steps=1",
     ]
     if launcher == "torchrun":
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "llava_wb.train",
-            str(root / "demo.yaml"),
-            "-q",
-            *overrides,
-        ]
+        cmd = torchrun_cmd(["-m", "llava_wb.train", str(root / "demo.yaml"), "-q", *overrides])
     else:
         exe = Path(sys.executable).parent / "deepspeed"
         if not exe.exists() and shutil.which("deepspeed") is None:

@@ -184,6 +184,21 @@ def train_cmd(config: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "llava_wb.train", str(config), "-q", *overrides]
 
 
+def torchrun_cmd(target: list[str], nproc: int = 2) -> list[str]:
+    """``torchrun`` with ``nproc`` local processes on a free port; ``target``: ``["-m", module, ...]`` or
+    ``[script, ...]``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        *target,
+    ]
+
+
 def run(cmd: list[str], timeout: int = 300, **kwargs: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         cmd, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
