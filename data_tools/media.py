@@ -19,6 +19,7 @@ never holding its bytes.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -143,12 +144,18 @@ def _real_under(real_root: str, path: str) -> str:
     return full
 
 
+def _outside(path: str, real_root: str, real: str, root: str) -> None:
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise MediaProblem("outside_media_root", f"{path!r} resolves outside media root {root}")
+
+
 def resolve_media(path: str, roots: Sequence[str]) -> str:
     """The real path of ``root/path`` for the first root that has it, confined to that root.
 
-    The single gate between a record's media path and the file system: the path is resolved with
-    symlinks followed (``os.path.realpath``) and must stay inside the resolved root, so ``..``
-    parts and symlinks pointing elsewhere are refused (``outside_media_root``). Nothing is read.
+    The path is resolved with symlinks followed (``os.path.realpath``) and must stay inside the
+    resolved root, so ``..`` parts and symlinks pointing elsewhere are refused
+    (``outside_media_root``). Nothing is read. :func:`read_first` takes a faster road to the same
+    verdicts for plain paths and comes here for the rest.
     """
     if not roots:
         raise MediaProblem("missing_media", f"{path}: no media roots were given")
@@ -157,40 +164,148 @@ def resolve_media(path: str, roots: Sequence[str]) -> str:
     for root in roots:
         real_root = _real_root(root)
         real = _real_under(real_root, path)
-        if os.path.commonpath([real_root, real]) != real_root:
-            raise MediaProblem("outside_media_root", f"{path!r} resolves outside media root {root}")
+        _outside(path, real_root, real, root)
         if os.path.lexists(real) and not os.path.isdir(real):
             return real
     raise MediaProblem("missing_media", f"{path} not found under {', '.join(roots)}")
 
 
-def read_first(path: str, roots: Sequence[str], max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
-    """Read the file :func:`resolve_media` finds; return (real path, bytes).
+# Media files are opened non-blocking (a FIFO cannot hang the open), never as a controlling tty.
+_O_READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_FAST = bool(_O_NOFOLLOW and getattr(os, "O_DIRECTORY", 0) and os.open in os.supports_dir_fd)
+_SYMLINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # O_NOFOLLOW on a symlink: ELOOP (Linux), EMLINK (BSD)
 
-    Only regular files are read: the file is opened non-blocking (a FIFO cannot hang the open)
-    and checked with ``fstat`` on the open descriptor (``not_a_regular_file`` for FIFOs, devices,
-    sockets, folders); a file over ``max_bytes`` is refused (``media_too_large``) and the read is
-    bounded by the cap whatever the file does meanwhile. Details name the file, never its bytes.
-    """
-    full = resolve_media(path, roots)
+# Verified folders: (real root, folder as the records spell it) -> (descriptor, real path). Records
+# share few folders, so each is resolved and checked against its root once per run, then held
+# open and files are opened relative to the descriptor with O_NOFOLLOW: per file one open and one
+# fstat. The descriptor pins the folder that was checked, so renaming it or putting a symlink in
+# its place later in the run cannot redirect reads outside the root. Trust boundary
+# (docs/reliability.md): the converter reads a tree it does not write; a folder that is deleted
+# and re-created during a run is still read through the old, checked one. Bounded: closed when full.
+_DIRS: dict[tuple[str, str], tuple[int, str]] = {}
+_DIRS_MAX = 256
+
+
+def _clear_dirs() -> None:
+    while _DIRS:
+        fd, _ = _DIRS.popitem()[1]
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _verified_dir(path: str, root: str, real_root: str, folder: str) -> tuple[int, str] | None:
+    """The open, checked folder ``root/folder`` (None when it does not exist there as a folder);
+    MediaProblem(outside_media_root) when it resolves outside the root."""
+    key = (real_root, folder)
+    hit = _DIRS.get(key)
+    if hit is not None:
+        return hit
+    real = _real_under(real_root, folder) if folder else real_root
+    _outside(path, real_root, real, root)
     try:
-        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(real, _O_DIR)
+    except OSError:  # missing, a file, unreadable: this root does not have the path
+        return None
+    if len(_DIRS) >= _DIRS_MAX:
+        _clear_dirs()
+    _DIRS[key] = (fd, real)
+    return fd, real
+
+
+def _plain(path: str) -> bool:
+    """A relative path of named components only (no ``.``, ``..``, empty part or trailing /)."""
+    s = f"/{path}/"
+    return not path.startswith("/") and "//" not in s and "/./" not in s and "/../" not in s
+
+
+def _open_media(path: str, roots: Sequence[str]) -> tuple[str, int, os.stat_result]:
+    """Open the media file ``path`` of the first root that has it; return (real path, descriptor,
+    its ``fstat``).
+
+    Plain paths: the folder comes from :func:`_verified_dir`, the file is opened relative to it
+    with O_NOFOLLOW; a symlink as the last part (ELOOP) is resolved and confined like any other.
+    Other paths, and systems without ``openat``/O_NOFOLLOW, go through :func:`resolve_media`.
+    """
+    if not roots:
+        raise MediaProblem("missing_media", f"{path}: no media roots were given")
+    if "\0" in path:
+        raise MediaProblem("bad_media_path", f"{path!r}: media path holds a NUL byte")
+    if not (_FAST and _plain(path)):
+        full = resolve_media(path, roots)
+        return _open_path(full)
+    folder, _, name = path.rpartition("/")
+    for root in roots:
+        real_root = _real_root(root)
+        found = _verified_dir(path, root, real_root, folder)
+        if found is None:
+            continue
+        dir_fd, real_dir = found
+        full = os.path.join(real_dir, name)
+        try:
+            fd = os.open(name, _O_READ | _O_NOFOLLOW, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno not in _SYMLINK_ERRNOS:
+                raise MediaProblem("missing_media", f"{full}: cannot be opened ({exc.strerror or exc})") from None
+            real = os.path.realpath(full)  # the last part is a symlink: follow it, then confine it
+            _outside(path, real_root, real, root)
+            if not os.path.lexists(real) or os.path.isdir(real):
+                continue
+            return _open_path(real)
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):  # a folder of that name: not here, try the next root
+            os.close(fd)
+            continue
+        return full, fd, st
+    raise MediaProblem("missing_media", f"{path} not found under {', '.join(roots)}")
+
+
+def _open_path(full: str) -> tuple[str, int, os.stat_result]:
+    try:
+        fd = os.open(full, _O_READ | _O_NOFOLLOW)
     except OSError as exc:
         raise MediaProblem("missing_media", f"{full}: cannot be opened ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
+    return full, fd, os.fstat(fd)
+
+
+def read_first(path: str, roots: Sequence[str], max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
+    """Read the media file ``path`` of the first root that has it; return (real path, bytes).
+
+    Confined as :func:`resolve_media` says (its real path must lie inside the root). Only regular
+    files are read: the file is opened non-blocking (a FIFO cannot hang the open) and checked
+    with ``fstat`` on the open descriptor (``not_a_regular_file`` for FIFOs, devices, sockets);
+    a file over ``max_bytes`` is refused (``media_too_large``) and the read is bounded by the cap
+    whatever the file does meanwhile. Details name the file, never its bytes.
+    """
+    full, fd, st = _open_media(path, roots)
+    try:
         if not stat.S_ISREG(st.st_mode):
             raise MediaProblem("not_a_regular_file", f"{full}: not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size > max_bytes:
             raise MediaProblem("media_too_large", f"{full}: {st.st_size} bytes > cap {max_bytes} (--max-media-bytes)")
+        # Sized by fstat (a 1 GiB read buffer would cost a huge allocation per file), still
+        # bounded by the cap: a file that grew meanwhile reads on, up to one byte past the cap.
+        ask = min(st.st_size, max_bytes) + 1
+        chunks: list[bytes] = []
+        size = 0
         try:
-            # Sized by fstat (a 1 GiB read buffer would cost a huge allocation per file), still
-            # bounded by the cap: a file growing meanwhile is caught below.
-            data = f.read(min(st.st_size, max_bytes) + 1)
-            if len(data) > st.st_size:  # the size lied (grew, or a procfs-like file): read on
-                data += f.read(max_bytes + 1 - len(data))
+            while size <= max_bytes:  # usually two reads: the file, then b"" at its end
+                chunk = os.read(fd, ask)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                ask = min(max_bytes + 1 - size, 1 << 24)
         except OSError as exc:
             raise MediaProblem("missing_media", f"{full}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(data) > max_bytes:
         raise MediaProblem("media_too_large", f"{full}: grew past the cap {max_bytes} while read")
     return full, data
@@ -237,9 +352,10 @@ def read_media(
             "unsupported_media", f"{full}: listed as {modality} but its bytes are {fmt} ({real_modality})"
         )
     if real_modality == "image":
-        check_image_pixels(data, fmt, full, max_pixels)
-        if validate:
-            check_image_decodes(data, fmt, full)
+        if validate:  # the decode reads the header anyway and checks the pixel cap before decoding
+            check_image_decodes(data, fmt, full, max_pixels)
+        else:
+            check_image_pixels(data, fmt, full, max_pixels)
     return data, fmt
 
 
@@ -267,7 +383,7 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
-def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int) -> None:
+def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Refuse an image whose header declares more than ``max_pixels`` pixels (a decompression
     bomb: a few KB of PNG can decode to gigabytes). Reads only the header: PIL opens lazily."""
     from PIL import Image
@@ -283,6 +399,10 @@ def check_image_pixels(data: bytes, fmt: str, name: str, max_pixels: int) -> Non
         raise MediaProblem("image_too_large", f"{name}: {exc}") from None
     except Exception:  # header unreadable: not a bomb; full validation (if on) judges the rest
         return
+    _check_pixels(width, height, name, max_pixels)
+
+
+def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise MediaProblem(
             "image_too_large",
@@ -298,25 +418,30 @@ _DECODED_OK_MAX = 200_000
 
 
 def reset_decode_cache() -> None:
-    """Forget which images decoded (the converter calls this at the start of every run)."""
+    """Forget which images decoded and which folders were checked (the converter calls this at
+    the start of every run, so a run sees the tree as it is when it starts)."""
     _DECODED_OK.clear()
+    _clear_dirs()
 
 
-def check_image_decodes(data: bytes, fmt: str, name: str) -> None:
+def check_image_decodes(data: bytes, fmt: str, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Fully decode an image with PIL (structure check, then pixel decode); MediaProblem if not.
 
+    The pixel cap is checked first, from the header PIL reads when it opens the image, so an
+    image over ``max_pixels`` is refused (``image_too_large``) before anything is decoded; the
+    same bytes seen again under the same cap are neither re-checked nor re-decoded.
     Grayscale, RGBA and palette images are valid: nothing is converted here.
     """
-    digest = hashlib.blake2b(data, digest_size=16).digest()
+    digest = hashlib.blake2b(data, digest_size=16, person=max_pixels.to_bytes(8, "little")).digest()
     if digest in _DECODED_OK:
         return
-    _decode(data, fmt, name)
+    _decode(data, fmt, name, max_pixels)
     if len(_DECODED_OK) >= _DECODED_OK_MAX:
         _DECODED_OK.clear()
     _DECODED_OK.add(digest)
 
 
-def _decode(data: bytes, fmt: str, name: str) -> None:
+def _decode(data: bytes, fmt: str, name: str, max_pixels: int) -> None:
     from PIL import Image, ImageFile
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -328,12 +453,18 @@ def _decode(data: bytes, fmt: str, name: str) -> None:
     try:
         if fmt == "png":
             with Image.open(io.BytesIO(data), formats=[pil_format]) as im:
+                _check_pixels(*im.size, name, max_pixels)
                 im.verify()  # chunk CRCs and the closing IEND chunk, which load() does not need
         with Image.open(io.BytesIO(data), formats=[pil_format]) as im:
+            _check_pixels(*im.size, name, max_pixels)
             if fmt == "jpeg":
                 # Decode the whole entropy-coded stream but run the IDCT at 1/8 scale: a
                 # truncated or broken stream fails exactly as in a full-size decode, ~3x faster.
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
+    except MediaProblem:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own cap, met before ours: still a bomb
+        raise MediaProblem("image_too_large", f"{name}: {exc}") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
         raise MediaProblem("corrupt_media", f"{name}: {fmt} does not decode ({type(exc).__name__}: {exc})") from None

@@ -152,3 +152,77 @@ def test_read_only_output_folder_is_a_clear_error(tmp_path, capsys):
     rc = main([src, "--out", out, "--workers", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot be written" in err and out in err and "Traceback" not in err
+
+
+def test_folder_checks_are_cached_per_run_but_never_let_a_path_escape(tmp_path):
+    # read_first checks each folder once and then opens files relative to its descriptor.
+    from data_tools.media import MediaProblem, read_first, reset_decode_cache
+
+    reset_decode_cache()
+    root = tmp_path / "media"
+    (root / "coco").mkdir(parents=True)
+    (root / "coco" / "a.png").write_bytes(b"A" * 10)
+    (root / "coco" / "b.png").write_bytes(b"B" * 10)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "a.png").write_bytes(SECRET)
+    (tmp_path / "secret" / "b.png").write_bytes(SECRET)
+
+    def reason(path: str) -> str:
+        try:
+            return "ok:" + read_first(path, [str(root)])[1].decode()[:1]
+        except MediaProblem as exc:
+            assert "TOPSECRET" not in exc.detail
+            return exc.reason
+
+    assert reason("coco/a.png") == "ok:A"  # coco/ is now checked and held open
+    # A symlinked folder created inside the root during the run, pointing outside: refused.
+    os.symlink(str(tmp_path / "secret"), str(root / "late"))
+    assert reason("late/a.png") == "outside_media_root"
+    # The checked folder replaced by a symlink to outside: reads stay in the folder that was checked.
+    os.rename(root / "coco", tmp_path / "moved")
+    os.symlink(str(tmp_path / "secret"), str(root / "coco"))
+    assert reason("coco/b.png") == "ok:B"
+    # A new run checks afresh and refuses the symlinked folder.
+    reset_decode_cache()
+    assert reason("coco/b.png") == "outside_media_root"
+    # A symlink as the last part (refused by O_NOFOLLOW, then resolved and confined).
+    (root / "in").mkdir()
+    os.symlink(str(tmp_path / "secret" / "a.png"), str(root / "in" / "out.png"))
+    os.symlink(str(tmp_path / "moved" / "a.png"), str(root / "in" / "also_out.png"))
+    (root / "in" / "real.png").write_bytes(b"R")
+    os.symlink("real.png", str(root / "in" / "inside.png"))
+    assert reason("in/out.png") == "outside_media_root"
+    assert reason("in/also_out.png") == "outside_media_root"
+    assert reason("in/inside.png") == "ok:R"
+    # Paths that are not plain (., .., //) take the full realpath road and are judged the same.
+    assert reason("in/./inside.png") == "ok:R"
+    assert reason("in//real.png") == "ok:R"
+    assert reason("in/../../secret/a.png") == "outside_media_root"
+    assert reason("in/nothing.png") == "missing_media"
+    assert reason("in") == "missing_media"  # a folder is not a media file
+    reset_decode_cache()
+
+
+def test_pixel_cap_applies_with_full_validation_and_a_cached_decode(tmp_path):
+    ds = Dataset(root=str(tmp_path / "media"))
+    for fmt in ("PNG", "JPEG", "GIF"):
+        path = ds.add_media(f"img.{fmt.lower()}", image_bytes(fmt, size=(64, 64)))
+        ds.add({"id": fmt, "image": path, "conversations": conv("What?")})
+    src = ds.write_jsonl(str(tmp_path / "in.jsonl"))
+    ok = run([src], ds.root, str(tmp_path / "ok"), validate_media=True)
+    assert ok.converted == 3
+    # Same process, same bytes (already decoded once), a lower cap: refused, not served from cache.
+    capped = run([src], ds.root, str(tmp_path / "cap"), validate_media=True, max_image_pixels=64 * 64 - 1)
+    assert capped.converted == 0 and capped.rejected_by_reason == {"image_too_large": 3}
+    assert "4096 pixels" in errors(str(tmp_path / "cap"))["JPEG"]["detail"]
+    # Without a reset in between (one worker, two caps): the cache is keyed by the cap too.
+    from data_tools.media import MediaProblem, check_image_decodes
+
+    png = image_bytes("PNG", size=(64, 64), seed=3)
+    check_image_decodes(png, "png", "x.png", max_pixels=64 * 64)
+    try:
+        check_image_decodes(png, "png", "x.png", max_pixels=64 * 64 - 1)
+    except MediaProblem as exc:
+        assert exc.reason == "image_too_large"
+    else:
+        raise AssertionError("a cached decode skipped the pixel cap")
