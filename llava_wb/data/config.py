@@ -80,6 +80,18 @@ class MediaSettings:
 
 
 @section
+class PackingConfig:
+    """Sequence packing (``llava_wb.data.packing``): each batch is ``data.batch_size`` rows of at most
+    ``max_tokens`` LLM positions, filled from a pool of ``buffer`` tokenized samples, ``best_fit``
+    (largest pending sample that fits) or ``first_fit`` (arrival order). ``max_tokens`` must be at
+    least ``data.max_length`` so every sample fits in a row."""
+
+    max_tokens: PositiveInt = 2048
+    buffer: PositiveInt = 256
+    strategy: Literal["best_fit", "first_fit"] = "best_fit"
+
+
+@section
 class DataConfig:
     """Everything the loader needs. ``epoch_mode``:
 
@@ -88,6 +100,10 @@ class DataConfig:
       so a rank that runs dry early reads on into its next pass instead of hanging DDP.
     - ``exact`` (evaluation, round trips): one pass, every sample exactly once per epoch; ranks
       may yield different numbers of batches.
+
+    ``packing`` (null: off) packs several samples into each row (``PackingConfig``); ``batch_size``
+    then counts rows, and ``epoch_mode: balanced`` needs ``batches_per_epoch`` for an epoch length
+    (else the stream never ends an epoch and ``train.max_steps`` decides).
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
@@ -107,6 +123,7 @@ class DataConfig:
     skip_check_min_samples: int = 200
     log_skips: int = 20
     prefetch_factor: int = 2
+    packing: PackingConfig | None = None
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -118,6 +135,11 @@ class DataConfig:
         names = [s.name or s.path for s in self.sources]
         if len(set(names)) != len(names):
             raise DataConfigError(f"data.sources: names must be unique, got {names}")
+        if self.packing is not None and self.packing.max_tokens < self.max_length:
+            raise DataConfigError(
+                f"data.packing.max_tokens ({self.packing.max_tokens}) is below data.max_length "
+                f"({self.max_length}): a sample of max_length tokens would fit in no row"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:

@@ -89,6 +89,16 @@ class StreamDataset:
             skips=skips,
             state=self.resume.get(worker),
         )
+        if self.cfg.packing is not None:
+            from .packing import packed_batches
+
+            done = (self.resume.get(worker) or {}).get("pack_done", ())
+            for rows, state in packed_batches(stream, self.cfg.packing, self.cfg.batch_size, done):
+                out = self.collate(rows)
+                out["_worker"], out["_state"] = worker, state
+                yield out
+            yield {"_worker": worker, "_state": {**stream.state(), "pack_done": []}, "_state_only": True}
+            return
         batch: list[dict] = []
         for sample in stream:
             batch.append(sample)
@@ -176,8 +186,8 @@ class StreamingLoader:
     def _batches_per_epoch(self) -> int | None:
         if self.cfg.batches_per_epoch is not None:
             return self.cfg.batches_per_epoch
-        if self.cfg.epoch_mode == "exact":
-            return None
+        if self.cfg.epoch_mode == "exact" or self.cfg.packing is not None:
+            return None  # packed batches hold a varying number of samples: no count from index.json
         if any(s.total is None for s in self.sources):
             raise DataConfigError(
                 "data.batches_per_epoch must be set for epoch_mode 'balanced' when a source has no "
@@ -194,7 +204,11 @@ class StreamingLoader:
 
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
-            raise TypeError("exact epoch_mode without batches_per_epoch has no fixed length")
+            why = "packed batches" if self.cfg.packing is not None else "exact epoch_mode"
+            raise TypeError(
+                f"{why} without data.batches_per_epoch have no fixed length: set data.batches_per_epoch "
+                "or train.max_steps"
+            )
         return self.batches_per_epoch
 
     def _dataloader(self):
@@ -270,9 +284,14 @@ class StreamingLoader:
             "seed": self.cfg.seed,
             "epoch_mode": self.cfg.epoch_mode,
             "sources": [s.name for s in self.sources],
+            "packing": self._packing(),
+            "batch_size": self.cfg.batch_size,
             "workers": {str(k): v for k, v in self.worker_states.items()},
             "carried_skips": getattr(self, "_carried_skips", {}),
         }
+
+    def _packing(self) -> dict | None:
+        return None if self.cfg.packing is None else self.cfg.to_dict()["packing"]
 
     def load_state_dict(self, state: dict) -> None:
         expect = {
@@ -284,6 +303,8 @@ class StreamingLoader:
             "sources": [s.name for s in self.sources],
             "rank": self.rank,
         }
+        if "packing" in state:  # states saved before packing existed carry neither key
+            expect.update(packing=self._packing(), batch_size=self.cfg.batch_size)
         for k, v in expect.items():
             if state.get(k) != v:
                 raise DataConfigError(
@@ -338,5 +359,12 @@ def build_train_loader(
         media_tokens=media_tokens,
         source_templates={source_name(s): s.template for s in cfg.sources if s.template},
     )
-    collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)
+    if cfg.packing is not None:
+        if padding_side != "right":
+            raise DataConfigError("packed batches are for training: padding_side must be 'right'")
+        from .packing import PackedCollator
+
+        collate: Callable[[list], dict] = PackedCollator(pad_token_id=tokenizer.pad_token_id)
+    else:
+        collate = Collator(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)
     return StreamingLoader(cfg, process=process, collate=collate, rank=rank, world_size=world_size)

@@ -78,7 +78,7 @@ class SkipCounter:
         return {
             "seen": self.seen,
             "skipped": dict(self.skipped),
-            "examples": self.examples,
+            "examples": {k: list(v) for k, v in self.examples.items()},
             "noted": dict(self.noted),
             "expected": self.expected,
             "read": self.read,

@@ -45,6 +45,7 @@ from llava_wb.constants import IGNORE_INDEX
 from llava_wb.model.audio import AUDIO_TOWERS, AudioTower
 from llava_wb.model.config import AudioModelConfig, ModelConfig
 from llava_wb.model.media import MediaMixin
+from llava_wb.model.packed import check_packing, is_packed, restrict_to_sample, segment_ids, segment_mask
 from llava_wb.model.projectors import build_projector
 from llava_wb.model.reducers import Grid, ReducerOutput, build_reducer
 from llava_wb.model.tokens import image_tokens
@@ -292,11 +293,19 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         return ImageFeatures(embeds=embeds, reduced=reduced)
 
     def visual_position_ids(
-        self, mask: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+        self,
+        mask: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Position ids with each image's tokens at ``prefix + original raster index`` and the text
         after it continuing from ``prefix + patches_per_image`` (``position_ids="original"``).
-        ``mask``: image-token positions; ``positions [N_img, M]`` from the reducer."""
+        ``mask``: image-token positions; ``positions [N_img, M]`` from the reducer; ``segments``:
+        each token's sample in a packed row (positions then count from 0 in every sample)."""
+        starts = None
+        if segments is not None:
+            starts = torch.diff(segments, dim=1, prepend=segments[:, :1] - 1) != 0
         step = attention_mask.long().clone()  # each real token advances the position by one
         k, n = self.vision_tower.num_prefix_tokens, self.patches_per_image
         if positions.numel():
@@ -307,9 +316,14 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             flat = mask.reshape(-1).nonzero().reshape(positions.shape[0], -1)[:, -1]  # each image's last token
             after = flat + 1
             inside = (after % mask.shape[1]) != 0  # the image is not at the end of its row
+            if starts is not None:  # ... nor at the end of its sample
+                inside &= ~starts.reshape(-1)[after.clamp(max=starts.numel() - 1)]
             bump = (n - 1 - positions[:, -1]).to(step.dtype)
             step.view(-1).index_add_(0, after[inside], bump[inside])
-        return ((step.cumsum(-1) - 1) * attention_mask.long()).clamp_min(0)
+        total = step.cumsum(-1)
+        if starts is not None:  # restart the count at every sample of the row
+            return total - torch.where(starts, total - step, 0).cummax(-1).values - 1
+        return ((total - 1) * attention_mask.long()).clamp_min(0)
 
     def check_placeholders(
         self, input_ids: torch.Tensor, num_items: int, counts: torch.Tensor | None, kind: str = "image"
@@ -360,10 +374,12 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         audio_values: torch.Tensor | None = None,
         audio_counts: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Text embeddings with the image/video/audio embeddings written into their placeholder
         positions, ``labels`` with those positions set to -100, and position ids (``None``: the
-        default ones from the attention mask; set when the reducer asks for ``position_ids="original"``)."""
+        default ones from the attention mask; set when the reducer asks for ``position_ids="original"``).
+        ``segments``: each token's sample in a packed row (``llava_wb.model.packed``)."""
         embeds = self.get_input_embeddings()(input_ids)
         position_ids = None
         media = {
@@ -385,12 +401,16 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             instruction = None
             if kind != "audio" and reducer.needs_instruction:
                 instruction = self.item_instruction(text, instruction_mask, mask.sum(1) // self.media_tokens[kind])
+                if instruction is not None and segments is not None:
+                    instruction["query_mask"] = restrict_to_sample(
+                        instruction["query_mask"], segments, mask, self.media_tokens[kind]
+                    )
             if kind == "image":
                 features = self.encode_images(values, instruction)
                 feats = features.embeds
                 if self.reducer.position_ids == "original":
                     attn = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-                    position_ids = self.visual_position_ids(mask, attn, features.reduced.positions)
+                    position_ids = self.visual_position_ids(mask, attn, features.reduced.positions, segments)
             else:
                 feats = self.encode_videos(values, instruction) if kind == "video" else self.encode_audios(values)
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
@@ -419,7 +439,13 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         **metadata: Any,
     ) -> CausalLMOutputWithPast:
         """Loss and logits for a collated batch. ``output_hidden_states``/``output_attentions`` go
-        to the LLM; other batch keys (``id``, ...) are ignored."""
+        to the LLM; other batch keys (``id``, ...) are ignored. A packed batch
+        (``llava_wb.data.packing``) has ``position_ids`` restarting at every sample and no
+        ``attention_mask``; its samples never see each other."""
+        segments = None
+        if attention_mask is None and position_ids is not None and is_packed(position_ids):
+            check_packing(self.language_model.config, self.reducer.position_ids == "original")
+            segments = segment_ids(position_ids)
         embeds, labels, visual_positions = self.embed_inputs(
             input_ids,
             pixel_values,
@@ -431,7 +457,11 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             audio_values,
             audio_counts,
             instruction_mask,
+            segments,
         )
+        if segments is not None and visual_positions is not None:
+            # positions jump inside a sample now, so they cannot mark its boundaries: the mask does
+            attention_mask, position_ids = segment_mask(segments, embeds.dtype), visual_positions
         if position_ids is None:
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:

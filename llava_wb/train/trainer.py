@@ -7,7 +7,7 @@ How the Trainer is bent (transformers 5.x):
   rank's loader already reads its own shards), and the Trainer, seeing no length, runs one long
   "epoch" of ``max_steps`` optimizer steps, so its epoch bookkeeping never fights the loader's.
 - The feed strips metadata (``id``, ``meta``...) before the batch reaches the model and counts
-  samples, LLM tokens (attention mask), visual tokens and the time spent waiting for data.
+  samples, LLM tokens (attention mask, or a packed batch's token mask), visual tokens and the time spent waiting for data.
 - ``ignore_data_skip=True``: on resume the Trainer must not replay batches; the loader restores
   its exact position from ``loader_state_rank{R}.json`` (see ``checkpoints``), which
   ``_save_checkpoint`` writes before HF's own files. HF restores model, optimizer, scheduler,
@@ -35,6 +35,7 @@ MODEL_KEYS = (
     "input_ids",
     "labels",
     "attention_mask",
+    "position_ids",  # packed batches (llava_wb.data.packing): restart at every sample
     "pixel_values",
     "image_counts",
     "video_values",
@@ -99,8 +100,9 @@ class StreamFeed:
             yield {k: batch[k] for k in MODEL_KEYS if k in batch}
 
     def _count(self, batch: dict[str, Any]) -> None:
-        self.samples += int(batch["input_ids"].shape[0])
-        self.tokens += int(batch["attention_mask"].sum())
+        packed = "samples_per_row" in batch
+        self.samples += int(batch["samples_per_row"].sum()) if packed else int(batch["input_ids"].shape[0])
+        self.tokens += int(batch["token_mask" if packed else "attention_mask"].sum())
         for kind, per_item in self.media_tokens.items():
             counts = batch.get(f"{kind}_counts")
             self.visual += int(counts.sum()) * per_item if counts is not None else 0
