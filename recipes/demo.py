@@ -137,13 +137,15 @@ STAGES = (
 )
 
 
-def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool) -> dict:
+def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool, seed: int = 0) -> dict:
     from llava_wb.notebook_runner import run_notebook
 
     paths = ChainPaths.under(out)
     heldout = [str(shards["heldout"].resolve())]
     for stage, notebook, quick_overrides in STAGES:
         overrides = [*stage_overrides(stage, paths), "train.overwrite=true", *(quick_overrides if quick else [])]
+        if seed:  # one seed for everything: the data above, initialisation and the loader's order
+            overrides += [f"train.seed={seed}", f"data.seed={seed}"]
         main_job = stage == "finetune"
         run_notebook(
             "03_train.ipynb",
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the data, the model initialisation and the data order")
     p.add_argument("--workers", type=int, default=2, help="conversion and data-check worker processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["instruct"], workers=args.workers)}
     with open(out / "data_summary.json", "w") as f:
         json.dump(summary, f, indent=1)
-    metrics = train_and_evaluate(out, shards, quick=args.quick)
+    metrics = train_and_evaluate(out, shards, quick=args.quick, seed=args.seed)
     metrics["data"] = summary
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     with open(out / "metrics.json", "w") as f:

@@ -112,6 +112,11 @@ def packed_batches(
         sample = next(it, None)
         if sample is None:
             break
+        if "input_ids" not in sample:
+            raise ValueError(
+                "data.packing packs tokenized samples (build_train_loader); this loader yields samples "
+                "without input_ids: set data.packing: null for it"
+            )
         if k in skip:  # emitted before the restore: read again only to rebuild the pool
             skip.discard(k)
         else:

@@ -13,8 +13,8 @@ How the Trainer is bent (transformers 5.x):
   ``_save_checkpoint`` writes before HF's own files. HF restores model, optimizer, scheduler,
   RNG and the step counter.
 - ``create_optimizer`` builds per-part learning-rate groups (``stages.param_groups``).
-- ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction (summed over
-  ranks) and each group's learning rate to every training log line.
+- ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction, the share of
+  LLM positions that were padding (summed over ranks) and each group's learning rate to every training log line.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class StreamFeed:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.samples = self.tokens = self.visual = 0
+        self.samples = self.tokens = self.visual = self.positions = 0
         self.wait = 0.0
         self.since = time.perf_counter()
 
@@ -103,6 +103,7 @@ class StreamFeed:
         packed = "samples_per_row" in batch
         self.samples += int(batch["samples_per_row"].sum()) if packed else int(batch["input_ids"].shape[0])
         self.tokens += int(batch["token_mask" if packed else "attention_mask"].sum())
+        self.positions += batch["input_ids"].numel()
         for kind, per_item in self.media_tokens.items():
             counts = batch.get(f"{kind}_counts")
             self.visual += int(counts.sum()) * per_item if counts is not None else 0
@@ -144,18 +145,19 @@ class LlavaTrainer(Trainer):
     def _throughput(self) -> dict[str, float]:
         f = self.feed
         dt = max(time.perf_counter() - f.since, 1e-9)
-        totals = torch.tensor([f.samples, f.tokens, f.visual, f.wait / dt], dtype=torch.float64)
+        totals = torch.tensor([f.samples, f.tokens, f.visual, f.wait / dt, f.positions], dtype=torch.float64)
         if self.args.world_size > 1:
             moved = totals.to(self.args.device)
             torch.distributed.all_reduce(moved)
             totals = moved.cpu()
-        samples, tokens, visual, wait = totals.tolist()
+        samples, tokens, visual, wait, positions = totals.tolist()
         f.reset_stats()
         return {
             "samples_per_s": samples / dt,
             "tokens_per_s": tokens / dt,
             "visual_tokens_per_sample": visual / max(samples, 1.0),
             "data_wait_frac": wait / self.args.world_size,
+            "padding_frac": 1.0 - tokens / max(positions, 1.0),  # LLM positions that were padding
         }
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
