@@ -790,8 +790,14 @@ def gpu_section(c: dict[str, Any]) -> Section:
         "layouts do the same useful work and their MFU ratio is their tokens/s ratio. " + FLOPS_FORMULA,
         "Peak dense bf16 FLOP/s by device name (`train_shapes.PEAKS_BF16`): H100 SXM 989, H200 989 TFLOP/s.",
     ]
+    title = "(c) GPU, realistic shape: packed vs padded per attention implementation"
     if not c.get("run"):
-        return Section("(c) GPU, realistic shape", "Not measured here.", head, [["", c["reason"]] + [""] * 8], notes)
+        explain = (
+            "CLIP ViT-L/14-336 (frozen) + LLaMA-1.1B (`train_shapes.REALISTIC`), bf16 autocast, on LLaVA-1.5-like "
+            f"samples built in memory, padded batches of {LLAVA_BATCH} vs packed rows of {LLAVA_MAX_LEN}, with SDPA, "
+            "flex_attention and flash_attention_2: real tokens/s and MFU. It needs a CUDA device."
+        )
+        return Section(title, explain, head, [["all", c["reason"]] + [""] * 8], notes)
     rows = []
     for attn, r in c["runs"].items():
         if "skipped" in r or "error" in r:
@@ -823,7 +829,7 @@ def gpu_section(c: dict[str, Any]) -> Section:
             "SMOKE TEST: tiny shape" + ("" if "cpu" not in c["device"] else " on CPU") + "; numbers meaningless."
         )
     return Section(
-        "(c) GPU, realistic shape: packed vs padded per attention implementation",
+        title,
         f"{c['shape']}, random init, {c['precision']}, fused AdamW, through `LlavaWBForCausalLM.forward`, on "
         f"{c['device']}. The same samples collated both ways: padded batches of {LLAVA_BATCH} vs packed rows of "
         f"{c['max_len']} ({c['rows']} per batch); one pass = a step on every batch; median of the interleaved passes "
