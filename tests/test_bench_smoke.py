@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -133,3 +135,49 @@ def test_quick_runs_write_under_runs_never_into_the_committed_results(tmp_path, 
     paths = bench_video.main(["--quick", "--parts", "b"])
     assert all(Path(p).parent == tmp_path / "runs" / "bench_quick" for p in paths), paths
     assert {p.name: p.read_bytes() for p in common.RESULTS.glob("video.*")} == committed
+
+
+def test_bench_packing_quick_writes_every_part(tmp_path):
+    """``bench_packing --quick``: (a) padding both ways, (b) CPU passes of every layout on the same samples,
+    (c) the GPU code path at the tiny shape on the CPU (SDPA; flex_attention and flash_attention_2 skipped)."""
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "benchmarks.bench_packing", "--quick", "--out", str(out), "--cache", str(cache)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = out / "packing.md"
+    assert proc.stdout.strip().splitlines()[-1] == str(md)
+    text = md.read_text(encoding="utf-8")
+    assert "QUICK MODE" in text and "Machine: " in text
+    for heading in ("## (a)(i) Padding, demo mix", "## (a)(ii) Padding, LLaVA-1.5", "## (b) CPU", "## (c) GPU"):
+        assert heading in text, heading
+    raw = json.loads((out / "packing.json").read_text(encoding="utf-8"))
+    assert raw["name"] == "packing" and raw["quick"] is True
+    a = raw["a_demo"]
+    assert a["media_tokens"] == {"image": 16, "video": 68, "audio": 20}  # from the demo config, not hard-coded
+    padded, *packed = a["layouts"].values()
+    assert len(packed) == 4 and all(p["samples"] == padded["samples"] > 0 for p in packed)
+    assert all(p["real_tokens"] == padded["real_tokens"] and p["padding"] < padded["padding"] for p in packed)
+    padded, *packed = raw["a_llava"]["layouts"].values()
+    assert len(packed) == 6 and all(p["padding"] < padded["padding"] for p in packed)
+    b = raw["b"]["layouts"]
+    assert len(b) == 3 and len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
+    assert all(len(v["timing"]["seconds"]) == 1 and v["median_towers_forward_s"] > 0 for v in b.values())
+    c = raw["c"]
+    assert c["run"] and set(c["runs"]) == {"sdpa", "flex_attention", "flash_attention_2"}
+    assert "skipped" in c["runs"]["flex_attention"]
+    sdpa = c["runs"]["sdpa"]
+    assert "error" not in sdpa and sdpa["ratio"] > 0 and set(c["layouts"]) <= set(sdpa)
+
+
+def test_bench_packing_gpu_only_without_cuda_is_a_clear_error(capsys):
+    import torch
+
+    from benchmarks import bench_packing
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit) as exc:
+        bench_packing.main(["--gpu-only"])
+    assert exc.value.code == 2
+    assert "--gpu-only needs a CUDA device" in capsys.readouterr().err
