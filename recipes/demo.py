@@ -1,7 +1,7 @@
 """The main job on the embedded default data: ``python -m recipes.demo --out runs/demo`` (``make demo``).
 
 Steps, each an executed notebook in the run folder: synthetic LLaVA-format data -> 01 converts each
-split to shards -> (a streamed, tokenized epoch of the instruction shards as a data check) -> 03
+split to shards -> (a streamed, tokenized epoch of the held-out shards as a data check) -> 03
 three times, the stages of ``recipes.chain``: ``configs/demo_tower.yaml`` (supervised tower warm-up,
 ``tower/``), ``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions,
 ``train/``) -> 04 evaluates the final model on the held-out shards. Every path a stage reads or
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = make_data(out, quick=args.quick, seed=args.seed)
     shards = convert_splits(out, data, shard_size=100 if args.quick else 500, workers=args.workers)
-    summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["instruct"], workers=args.workers)}
+    # the training shards are checked as training streams them (skips counted and summarised)
+    summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["heldout"], workers=args.workers)}
     with open(out / "data_summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     metrics = train_and_evaluate(out, shards, quick=args.quick, seed=args.seed)

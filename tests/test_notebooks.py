@@ -160,7 +160,7 @@ def test_demo_quick_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
-    assert summary["stream"]["samples"] == summary["data"]["instruct"]["records"] == 600
+    assert summary["stream"]["samples"] == summary["data"]["heldout"]["records"] == 150
     for split in ("pretrain", "instruct", "heldout"):
         assert (tmp_path / "demo" / f"01_convert_{split}.ipynb").exists()
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
