@@ -194,6 +194,7 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
         iterate(stream_loader(fx.shards, tok, s, num_workers=nw), max_batches=3, normalise=image)
         iterate(baseline_loader(dataset, tok, s, num_workers=nw), max_batches=3, normalise=image)
     timings: dict[str, Timing] = {}
+    normalise_cpu: dict[str, list[float]] = {}  # CPU seconds of the consumer's normalise_batch, per run
     for rep in range(s.repeats):
         for nw in s.workers:
             for kind in ("stream", "baseline"):
@@ -205,15 +206,18 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
                         loader = stream_loader(fx.shards, tok, s, num_workers=nw, seed=rep)
                     else:
                         loader = baseline_loader(dataset, tok, s, num_workers=nw, seed=rep)
-                    return iterate(loader, max_batches=s.pass_batches, normalise=image)
+                    return iterate(
+                        loader, max_batches=s.pass_batches, normalise=image, spent=normalise_cpu.setdefault(key, [])
+                    )
 
                 timings[key] = repeat_timed(one_pass, 1, timing=timings.get(key))
     return {
         "pixels": {"stream": STREAM_PIXELS, "baseline": "float32", "normalised_in": "consumer (normalise_batch)"},
+        "batch_size": s.batch_size,
         "baseline_init_seconds": baseline_init,
         "records": len(dataset),
         "pass_batches": s.pass_batches,
-        "runs": {k: t.as_dict() for k, t in timings.items()},
+        "runs": {k: {**t.as_dict(), "normalise_cpu_seconds": normalise_cpu[k]} for k, t in timings.items()},
     }
 
 

@@ -285,18 +285,23 @@ def baseline_loader(dataset, tokenizer, sizes: Sizes, *, num_workers: int, seed:
     )
 
 
-def iterate(loader, max_batches: int | None = None, normalise=None) -> int:
+def iterate(loader, max_batches: int | None = None, normalise=None, spent: list[float] | None = None) -> int:
     """Consume batches; return the number of samples seen. ``normalise`` (an ``ImageConfig``):
     each batch goes through ``normalise_batch`` in this process, as the trainer does once the batch
-    is on its device (uint8 pixels become float32; float pixels pass through untouched)."""
+    is on its device (uint8 pixels become float32; float pixels pass through untouched); ``spent``
+    (a list) gets the CPU seconds those calls took appended, once per call of ``iterate``."""
+    import time
+
     from llava_wb.data.image import normalise_batch
 
-    n = 0
+    n, cpu = 0, 0.0
     it = iter(loader)
     try:
         for i, batch in enumerate(it):
             if normalise is not None:
+                t0 = time.process_time()
                 batch = normalise_batch(batch, normalise)
+                cpu += time.process_time() - t0
             n += int(batch["input_ids"].shape[0])
             if max_batches is not None and i + 1 >= max_batches:
                 break
@@ -304,4 +309,6 @@ def iterate(loader, max_batches: int | None = None, normalise=None) -> int:
         close = getattr(it, "close", None) or getattr(it, "_shutdown_workers", None)
         if close is not None:
             close()  # stop the workers now, so their CPU time is counted (and reaped) here
+        if spent is not None:
+            spent.append(cpu)
     return n

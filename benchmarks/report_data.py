@@ -189,6 +189,35 @@ def _targets_section(raw: dict[str, Any]) -> Section:
     )
 
 
+def _without_normalise(run: dict[str, Any]) -> float | None:
+    """Median samples per CPU-second of a run without the consumer's ``normalise_batch`` CPU time
+    (what stays on the CPU when the trainer normalises on a GPU); None for results without it."""
+    spent = run.get("normalise_cpu_seconds")
+    if not spent or not any(spent):
+        return None
+    return statistics.median(u / (c - n) for u, c, n in zip(run["units"], run["cpu_seconds"], spent))
+
+
+def _normalise_notes(tp: dict[str, Any]) -> list[str]:
+    notes = []
+    for key, run in tp["runs"].items():
+        spent = run.get("normalise_cpu_seconds")
+        if key.startswith("stream/") and spent and any(spent):
+            batches = [u / tp["batch_size"] for u in run["units"]] if tp.get("batch_size") else None
+            per_batch = (
+                f", {1e3 * statistics.median(n / b for n, b in zip(spent, batches)):.1f} ms per batch"
+                if batches
+                else ""
+            )
+            share = statistics.median(n / c for n, c in zip(spent, run["cpu_seconds"]))
+            notes.append(
+                f"`{key}`: the consumer's `normalise_batch` took {share:.1%} of the run's CPU time{per_batch} "
+                f"(on a GPU trainer this step runs on the device: {_without_normalise(run):,.0f} samples per "
+                "CPU-second without it)."
+            )
+    return notes
+
+
 def _throughput_section(raw: dict[str, Any]) -> Section:
     tp = raw["throughput"]
     rows = []
@@ -237,6 +266,7 @@ def _throughput_section(raw: dict[str, Any]) -> Section:
             "stream / baseline (per CPU-s)",
         ],
         rows,
+        notes=_normalise_notes(tp),
     )
 
 
@@ -392,6 +422,18 @@ def _ceiling_section(raw: dict[str, Any]) -> Section:
         rows.append(
             [label, run["median_cpu_rate"], f"{run['median_cpu_rate'] / top:.2f}", wall, f"{wall / top_wall:.2f}"]
         )
+        bare = _without_normalise(run) if run_key == "stream/w0" else None
+        if bare is not None:
+            rows.append(
+                [
+                    "stream loader, 0 workers, minus the consumer's `normalise_batch` CPU time (a GPU trainer "
+                    "normalises on the device)",
+                    bare,
+                    f"{bare / top:.2f}",
+                    "",
+                    "",
+                ]
+            )
     return Section(
         "(d) Decode + preprocess ceiling and the loader's fraction of it",
         f"The ceiling is `TrainSample` (sample json parse, JPEG decode, `ImageTransform`, template, "

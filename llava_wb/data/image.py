@@ -107,21 +107,43 @@ class ImageTransform:
         """uint8 ``[..., S, S, 3]`` -> float ``[..., 3, S, S]``, normalised with mean/std."""
         import torch
 
-        return self.normalise_tensor(torch.from_numpy(np.ascontiguousarray(arr)).movedim(-1, -3))
+        return self._normalise_whole(torch.from_numpy(np.ascontiguousarray(arr)).movedim(-1, -3))
 
     def normalise_tensor(self, x):
-        """uint8 ``[..., 3, S, S]`` on any device -> float32, normalised with mean/std."""
+        """uint8 ``[..., 3, S, S]`` on any device -> float32, normalised with mean/std (the numbers
+        ``normalise`` gives). A CPU batch goes one image at a time: each image's second pass then
+        reads what its first pass just wrote from cache (a 32 x 3 x 224^2 batch: ~8 vs ~10 ms on one
+        core); elsewhere the whole tensor goes in two kernels."""
+        if x.dim() > 3 and x.device.type == "cpu":
+            return self._normalise_per_image(x)
+        return self._normalise_whole(x)
+
+    def _constants(self, device) -> tuple[Any, Any]:
+        consts = self._on_device.get(device)
+        if consts is None:
+            consts = self._on_device[device] = (self._shift.to(device), self._scale.to(device))
+        return consts
+
+    def _normalise_whole(self, x):
         import torch
 
-        consts = self._on_device.get(x.device)
-        if consts is None:
-            consts = self._on_device[x.device] = (self._shift.to(x.device), self._scale.to(x.device))
-        shift, scale = consts
+        shift, scale = self._constants(x.device)
         # (x / 255 - mean) / std as one fused pass: x * scale + shift (0.22 vs 0.32 ms at 224 px),
         # written over the float copy: one allocation, not two (a 32 x 3 x 224^2 batch: 3.8 vs 16 ms
         # on one CPU core, where the second 19 MB allocation page-faults); the same numbers.
         y = x.float()
         return torch.addcmul(shift, y, scale, out=y)
+
+    def _normalise_per_image(self, x):
+        import torch
+
+        shift, scale = self._constants(x.device)
+        y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        image = x.shape[-3:]
+        for src, dst in zip(x.reshape(-1, *image).unbind(0), y.view(-1, *image).unbind(0)):
+            dst.copy_(src)
+            torch.addcmul(shift, dst, scale, out=dst)
+        return y
 
     def tensor(self, arr: np.ndarray):
         """uint8 ``[..., S, S, 3]`` -> ``[..., 3, S, S]``: uint8 (contiguous) or normalised float,
