@@ -67,7 +67,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_uint8_image_then_normalise_equals_the_float_path(field, data):
     (f,) = decode_sample(raw(field, data), FLOAT)["media"]["image"]
     (u,) = decode_sample(raw(field, data), UINT8)["media"]["image"]
-    assert u.dtype == torch.uint8 and u.shape == (3, S, S) and u.is_contiguous()
+    assert u.dtype == torch.uint8 and u.shape == (3, S, S)
     assert f.dtype == torch.float32 and f.shape == (3, S, S)
     assert int(u.max()) > int(u.min())  # real pixels, not a constant
     assert max_diff(normalise_pixels(u, FLOAT), f) <= TOL
@@ -90,7 +90,7 @@ def test_uint8_video_frames_then_normalise_equal_the_float_path(mp4, backend):
     f_out = decode_sample(raw("mp4", mp4, "video"), MediaSettings(image=FLOAT, video=video))
     u_out = decode_sample(raw("mp4", mp4, "video"), MediaSettings(image=UINT8, video=video))
     (f,), (u,) = f_out["media"]["video"], u_out["media"]["video"]
-    assert u.dtype == torch.uint8 and u.shape == (6, 3, S, S) and u.is_contiguous()
+    assert u.dtype == torch.uint8 and u.shape == (6, 3, S, S)
     assert f.dtype == torch.float32 and f.shape == (6, 3, S, S)
     assert u_out["media_info"] == f_out["media_info"]
     assert max_diff(normalise_pixels(u, FLOAT), f) <= TOL
@@ -140,6 +140,7 @@ def test_collated_batch_stays_uint8_and_normalise_batch_matches_the_float_batch(
     fb, ub = collate(_samples(FLOAT, mp4)), collate(_samples(UINT8, mp4))
     assert ub["pixel_values"].dtype == torch.uint8 and ub["pixel_values"].shape == (2, 3, S, S)
     assert ub["video_values"].dtype == torch.uint8 and ub["video_values"].shape == (1, 4, 3, S, S)
+    assert ub["pixel_values"].is_contiguous()  # the stack of per-image CHW views is written contiguous
     before = dict(ub)
     nb = normalise_batch(ub, FLOAT)
     assert set(ub) == set(before) and all(ub[k] is v for k, v in before.items())  # input batch untouched
@@ -202,11 +203,14 @@ positive = st.tuples(*[st.floats(0.01, 2.0)] * 3)
 )
 def test_normalise_pixels_is_the_float_path_for_any_pixels_and_constants(x, mean, std):
     cfg = ImageConfig(size=S, mean=mean, std=std)
-    chw = torch.from_numpy(x).movedim(-1, -3).contiguous()  # what the uint8 decoders ship
-    out = normalise_pixels(chw, cfg)
-    assert out.dtype == torch.float32 and out.shape == chw.shape
-    assert max_diff(out, ImageTransform(cfg).normalise(x)) <= TOL * max(1.0, out.abs().max().item())
-    expected = (chw.double() / 255 - torch.tensor(mean).double().view(3, 1, 1)) / torch.tensor(std).double().view(
+    view = torch.from_numpy(x).movedim(-1, -3)  # what the uint8 decoders return per sample
+    float_path = ImageTransform(cfg).normalise(x)
+    expected = (view.double() / 255 - torch.tensor(mean).double().view(3, 1, 1)) / torch.tensor(std).double().view(
         3, 1, 1
     )
-    assert (out.double() - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+    for chw in (view, view.contiguous(), view[0], view.contiguous()[0]):  # + a collated batch, single images
+        out = normalise_pixels(chw, cfg)
+        assert out.dtype == torch.float32 and out.shape == chw.shape
+        ref, exact = (float_path, expected) if chw.dim() == 4 else (float_path[0], expected[0])
+        assert max_diff(out, ref) <= TOL * max(1.0, out.abs().max().item())
+        assert (out.double() - exact).abs().max().item() <= 1e-5 * max(1.0, exact.abs().max().item())
