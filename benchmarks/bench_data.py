@@ -251,8 +251,9 @@ def measure_memory(fx: Fixture) -> dict[str, Any]:
     """Each (loader, metadata size) probed ``mem_repeats`` times, interleaved; the median probe counts.
 
     A single peak is noisy: batches in flight between workers and the main process (up to
-    ``prefetch_factor x workers`` of them, each ~19 MB of float pixels) and the workers' malloc
-    high-water mark depend on scheduling, which moves one probe's peak by ~100 MB on a busy machine.
+    ``prefetch_factor x workers`` of them, each ~19 MB of float32 pixels for the baseline, ~5 MB of
+    uint8 for streaming) and the workers' malloc high-water mark depend on scheduling, which moves
+    one probe's peak by ~100 MB on a busy machine.
     """
     import statistics
 

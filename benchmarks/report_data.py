@@ -311,7 +311,13 @@ def _memory_section(raw: dict[str, Any]) -> Section:
         "lifetime (dataset construction included). 'N' is the main set; the bigger set repeats its records "
         "with new ids (same images), so the metadata file grows and everything per sample stays the same. "
         "The streaming loader never reads the records file: its metadata is only `index.json` (one line "
-        "per shard). 'main / workers': each process's share at the median probe's peak.",
+        "per shard). 'main / workers': each process's share at the median probe's peak."
+        + (
+            " The streaming probe's batches carry uint8 pixels and are not normalised in the probe (on a GPU "
+            "trainer the float32 copy lives on the device); the baseline's carry float32."
+            if (raw.get("throughput", {}).get("pixels") or {}).get("stream") == "uint8"
+            else ""
+        ),
         [
             "loader",
             "records",
