@@ -6,13 +6,16 @@ Writes ``<out>/data.md`` and ``<out>/data.json`` (``--quick``: tiny sizes, defau
 ``runs/bench_quick``; for smoke tests, the numbers mean nothing). Measured in one run:
 
 (a) samples/s of ``build_train_loader`` over converted shards vs ``LazySupervisedDataset`` +
-    ``DataLoader(shuffle=True)`` over the records file and loose JPEGs, at 0 and 2 workers;
+    ``DataLoader(shuffle=True)`` over the records file and loose JPEGs, at 0 and 2 workers; the
+    streaming loader ships uint8 pixels as in training and the consuming process normalises each
+    batch (``normalise_batch``, timed); the baseline normalises to float32 per sample, as LLaVA does;
 (b) peak memory of each loader's process tree (main + workers, sampled from outside in a child
     process) with N and 10N records of metadata;
 (c) converter records/s: ``convert(workers=2)`` with media validation on and off vs the seed
     note's single-process tarfile loop (``data_tools.naive_convert``) on the same input;
 (d) the decode+preprocess ceiling (``TrainSample`` over raw samples in memory, one process, one
-    thread) and the streaming loader's fraction of it.
+    thread, to normalised float32 pixels: per sample in float32, or in uint8 then
+    ``normalise_pixels``, whichever is faster) and the streaming loader's fraction of it.
 
 The driver runs with ``torch.set_num_threads(1)`` so "per core" means one core; dataloader
 workers use one thread each anyway. Inputs are cached (``benchmarks.fixtures``). The report is
@@ -39,10 +42,12 @@ from benchmarks.common import DEFAULT_CACHE, ROOT, Timing, TreeMemorySampler, ma
 from benchmarks.fixtures import (
     FULL,
     QUICK,
+    STREAM_PIXELS,
     Fixture,
     Sizes,
     baseline_dataset,
     baseline_loader,
+    image_config,
     iterate,
     load_tokenizer,
     prepare,
@@ -69,13 +74,17 @@ def warm_page_cache(fx: Fixture) -> int:
 
 # ----------------------------------------------------------------------------- (d) ceiling
 def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
-    """TrainSample over raw samples already in memory, one process, one thread; plus its parts."""
+    """TrainSample over raw samples in memory, one process, one thread; plus its parts.
+
+    Two ways to the same normalised float32 pixels are timed: ``train_sample`` (float32 per
+    sample, LLaVA's way) and ``train_sample_uint8`` (uint8, then ``normalise_pixels`` per sample);
+    the ceiling is the faster of the two (``ceiling_key``)."""
     import glob
 
     from llava_wb.data.collate import Collator
-    from llava_wb.data.config import ImageConfig
     from llava_wb.data.conversation import get_template
     from llava_wb.data.decode import ImageTransform, parse_json
+    from llava_wb.data.image import normalise_batch, normalise_pixels
     from llava_wb.data.pipeline import TrainSample
     from llava_wb.data.tario import iter_shard
 
@@ -90,20 +99,32 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
         if len(raws) >= s.ceiling_samples:
             break
     raws = raws[: s.ceiling_samples]
-    image = ImageConfig(size=s.proc_size)
-    process = TrainSample(
-        tok, template=s.template, max_length=s.max_length, media=image, media_tokens={"image": s.media_tokens}
-    )
+    image, image_u8 = image_config(s), image_config(s, STREAM_PIXELS)
+
+    def train_sample_for(img) -> TrainSample:
+        return TrainSample(
+            tok, template=s.template, max_length=s.max_length, media=img, media_tokens={"image": s.media_tokens}
+        )
+
+    process, process_u8 = train_sample_for(image), train_sample_for(image_u8)
     collate = Collator(pad_token_id=tok.pad_token_id)
-    transform, template = ImageTransform(image), get_template(s.template, tok)
+    transform, transform_u8 = ImageTransform(image), ImageTransform(image_u8)
+    template = get_template(s.template, tok)
     images = [r["jpg"] for r in raws if "jpg" in r]
     metas = [parse_json(r) for r in raws]
     for r in raws[:50]:
         process(r)  # warm-up
+        process_u8(r)
 
     def train_sample() -> int:
         for r in raws:
             process(r)
+        return len(raws)
+
+    def train_sample_uint8() -> int:
+        for r in raws:
+            for px in process_u8(r)["media"].get("image", []):
+                normalise_pixels(px, image)
         return len(raws)
 
     def train_sample_collate() -> int:
@@ -111,9 +132,19 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
             collate([process(r) for r in raws[i : i + s.batch_size]])
         return len(raws)
 
+    def train_sample_uint8_collate() -> int:
+        for i in range(0, len(raws), s.batch_size):
+            normalise_batch(collate([process_u8(r) for r in raws[i : i + s.batch_size]]), image)
+        return len(raws)
+
     def decode_only() -> int:
         for b in images:
             transform(b)
+        return len(images)
+
+    def decode_only_uint8() -> int:
+        for b in images:
+            transform_u8(b)
         return len(images)
 
     def tokenize_only() -> int:
@@ -128,15 +159,24 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
 
     parts = {
         "train_sample": train_sample,
+        "train_sample_uint8": train_sample_uint8,
         "train_sample_collate": train_sample_collate,
+        "train_sample_uint8_collate": train_sample_uint8_collate,
         "image_decode_transform": decode_only,
+        "image_decode_uint8": decode_only_uint8,
         "tokenize_template": tokenize_only,
     }
-    timings = {k: repeat_timed(fn, s.repeats) for k, fn in parts.items()}
+    timings: dict[str, Timing] = {}
+    for _ in range(s.repeats):  # interleaved, like (a): machine load hits every part alike
+        for k, fn in parts.items():
+            timings[k] = repeat_timed(fn, 1, timing=timings.get(k))
+    ceiling_key = max(("train_sample", "train_sample_uint8"), key=lambda k: timings[k].cpu_rate)
     return {
         "samples_in_memory": len(raws),
         "images_in_memory": len(images),
         "tar_read_samples_per_s": tar_rate,
+        "ceiling_key": ceiling_key,
+        "pixels": {"stream": STREAM_PIXELS, "baseline": "float32"},
         **{k: t.as_dict() for k, t in timings.items()},
     }
 
@@ -147,10 +187,14 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
     t0 = time.perf_counter()
     dataset = baseline_dataset(fx.records, fx.media_root, tok, s)
     baseline_init = time.perf_counter() - t0
+    # Both consumers call normalise_batch, as the trainer does on its device: it normalises the
+    # stream's uint8 pixels (timed, in this process) and passes the baseline's float32 through.
+    image = image_config(s)
     for nw in s.workers:  # warm-up: imports, first worker start, template caches
-        iterate(stream_loader(fx.shards, tok, s, num_workers=nw), max_batches=3)
-        iterate(baseline_loader(dataset, tok, s, num_workers=nw), max_batches=3)
+        iterate(stream_loader(fx.shards, tok, s, num_workers=nw), max_batches=3, normalise=image)
+        iterate(baseline_loader(dataset, tok, s, num_workers=nw), max_batches=3, normalise=image)
     timings: dict[str, Timing] = {}
+    normalise_cpu: dict[str, list[float]] = {}  # CPU seconds of the consumer's normalise_batch, per run
     for rep in range(s.repeats):
         for nw in s.workers:
             for kind in ("stream", "baseline"):
@@ -162,14 +206,18 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
                         loader = stream_loader(fx.shards, tok, s, num_workers=nw, seed=rep)
                     else:
                         loader = baseline_loader(dataset, tok, s, num_workers=nw, seed=rep)
-                    return iterate(loader, max_batches=s.pass_batches)
+                    return iterate(
+                        loader, max_batches=s.pass_batches, normalise=image, spent=normalise_cpu.setdefault(key, [])
+                    )
 
                 timings[key] = repeat_timed(one_pass, 1, timing=timings.get(key))
     return {
+        "pixels": {"stream": STREAM_PIXELS, "baseline": "float32", "normalised_in": "consumer (normalise_batch)"},
+        "batch_size": s.batch_size,
         "baseline_init_seconds": baseline_init,
         "records": len(dataset),
         "pass_batches": s.pass_batches,
-        "runs": {k: t.as_dict() for k, t in timings.items()},
+        "runs": {k: {**t.as_dict(), "normalise_cpu_seconds": normalise_cpu[k]} for k, t in timings.items()},
     }
 
 
@@ -203,8 +251,9 @@ def measure_memory(fx: Fixture) -> dict[str, Any]:
     """Each (loader, metadata size) probed ``mem_repeats`` times, interleaved; the median probe counts.
 
     A single peak is noisy: batches in flight between workers and the main process (up to
-    ``prefetch_factor x workers`` of them, each ~19 MB of float pixels) and the workers' malloc
-    high-water mark depend on scheduling, which moves one probe's peak by ~100 MB on a busy machine.
+    ``prefetch_factor x workers`` of them, each ~19 MB of float32 pixels for the baseline, ~5 MB of
+    uint8 for streaming) and the workers' malloc high-water mark depend on scheduling, which moves
+    one probe's peak by ~100 MB on a busy machine.
     """
     import statistics
 

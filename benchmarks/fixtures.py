@@ -13,7 +13,11 @@ marker matches the parameters that built it, so reruns skip generation and conve
 - ``tokenizer``: the demo tokenizer trained on the records, saved with ``save_pretrained``.
 
 ``stream_loader()`` and ``baseline_loader()`` build the two loaders with identical preprocessing
-settings (template, ``max_length``, image size, ``media_tokens``, batch size, prefetch).
+settings (template, ``max_length``, image size, ``media_tokens``, batch size, prefetch). Pixels
+differ as in training: the streaming loader ships uint8 pixels (``image_config(sizes, "uint8")``,
+what ``build_train_loader`` uses for training) and the consumer normalises each batch
+(``iterate(..., normalise=...)``, i.e. ``normalise_batch``); the baseline normalises to float32
+per sample in its workers, as LLaVA does.
 """
 
 from __future__ import annotations
@@ -228,8 +232,19 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+STREAM_PIXELS = "uint8"  # what the streaming (training) loader ships; the baseline stays float32
+
+
+def image_config(sizes: Sizes, pixels: str = "float32"):
+    """The ``ImageConfig`` both loaders preprocess with (``pixels`` aside)."""
+    from llava_wb.data.config import ImageConfig
+
+    return ImageConfig(size=sizes.proc_size, pixels=pixels)
+
+
 def stream_loader(shards: str, tokenizer, sizes: Sizes, *, num_workers: int, seed: int = 0):
-    """Our loader: converted shards -> ``build_train_loader`` (one exact epoch per iteration)."""
+    """Our loader: converted shards -> ``build_train_loader`` (one exact epoch per iteration),
+    pixels shipped as ``STREAM_PIXELS`` (normalise them with ``iterate(..., normalise=...)``)."""
     from llava_wb.data.config import DataConfig
     from llava_wb.data.loader import build_train_loader
 
@@ -242,7 +257,7 @@ def stream_loader(shards: str, tokenizer, sizes: Sizes, *, num_workers: int, see
             "seed": seed,
             "template": sizes.template,
             "max_length": sizes.max_length,
-            "image": {"size": sizes.proc_size},
+            "image": {"size": sizes.proc_size, "pixels": STREAM_PIXELS},
         }
     )
     return build_train_loader(cfg, tokenizer, media_tokens={"image": sizes.media_tokens})
@@ -250,7 +265,6 @@ def stream_loader(shards: str, tokenizer, sizes: Sizes, *, num_workers: int, see
 
 def baseline_dataset(records: str, media_root: str, tokenizer, sizes: Sizes):
     from benchmarks.llava_baseline import LazySupervisedDataset
-    from llava_wb.data.config import ImageConfig
 
     return LazySupervisedDataset(
         records,
@@ -258,7 +272,7 @@ def baseline_dataset(records: str, media_root: str, tokenizer, sizes: Sizes):
         tokenizer,
         template=sizes.template,
         max_length=sizes.max_length,
-        image=ImageConfig(size=sizes.proc_size),
+        image=image_config(sizes),  # float32 per sample, as LLaVA does
         media_tokens={"image": sizes.media_tokens},
     )
 
@@ -271,12 +285,23 @@ def baseline_loader(dataset, tokenizer, sizes: Sizes, *, num_workers: int, seed:
     )
 
 
-def iterate(loader, max_batches: int | None = None) -> int:
-    """Consume batches; return the number of samples seen."""
-    n = 0
+def iterate(loader, max_batches: int | None = None, normalise=None, spent: list[float] | None = None) -> int:
+    """Consume batches; return the number of samples seen. ``normalise`` (an ``ImageConfig``):
+    each batch goes through ``normalise_batch`` in this process, as the trainer does once the batch
+    is on its device (uint8 pixels become float32; float pixels pass through untouched); ``spent``
+    (a list) gets the CPU seconds those calls took appended, once per call of ``iterate``."""
+    import time
+
+    from llava_wb.data.image import normalise_batch
+
+    n, cpu = 0, 0.0
     it = iter(loader)
     try:
         for i, batch in enumerate(it):
+            if normalise is not None:
+                t0 = time.process_time()
+                batch = normalise_batch(batch, normalise)
+                cpu += time.process_time() - t0
             n += int(batch["input_ids"].shape[0])
             if max_batches is not None and i + 1 >= max_batches:
                 break
@@ -284,4 +309,6 @@ def iterate(loader, max_batches: int | None = None) -> int:
         close = getattr(it, "close", None) or getattr(it, "_shutdown_workers", None)
         if close is not None:
             close()  # stop the workers now, so their CPU time is counted (and reaped) here
+        if spent is not None:
+            spent.append(cpu)
     return n

@@ -13,6 +13,8 @@ from typing import Any
 from benchmarks.common import Section, mib, write_results
 
 TITLE = "Data pipeline benchmark: streaming shards vs LLaVA-style map-style loading"
+A_TARGET = 1.15  # issue 16: streaming / baseline samples per CPU-second (was >= 1.0x wall, issue 1)
+D_TARGET = 0.95  # issue 16: streaming loader at 0 workers / ceiling, per CPU-second (was >= 0.9)
 
 
 def _rate(raw: dict[str, Any], key: str, cpu: bool = False) -> float | None:
@@ -36,12 +38,12 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 out.append(
                     {
                         "id": f"a_{w}",
-                        "what": f"(a) streaming / baseline samples/s, {w[1:]} workers",
-                        "target": ">= 1.0x",
-                        "value": f"{ratio:.2f}x wall ({cpu:.2f}x per CPU-second)",
+                        "what": f"(a) streaming (uint8 pixels) / baseline samples per CPU-second, {w[1:]} workers",
+                        "target": f">= {A_TARGET}x per CPU-second",
+                        "value": f"{cpu:.2f}x per CPU-second ({ratio:.2f}x wall)",
                         "ratio": ratio,
                         "cpu_ratio": cpu,
-                        "met": ratio >= 1.0,
+                        "met": cpu >= A_TARGET,
                     }
                 )
     mem = raw.get("memory")
@@ -83,19 +85,25 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
         )
     ceil = raw.get("ceiling")
     if ceil and tp and "stream/w0" in tp["runs"]:
-        frac = _rate(raw, "stream/w0", cpu=True) / ceil["train_sample"]["median_cpu_rate"]
-        wall = _rate(raw, "stream/w0") / ceil["train_sample"]["median_rate"]
+        top = ceil[_ceiling_key(ceil)]
+        frac = _rate(raw, "stream/w0", cpu=True) / top["median_cpu_rate"]
+        wall = _rate(raw, "stream/w0") / top["median_rate"]
         out.append(
             {
                 "id": "d",
                 "what": "(d) streaming loader at 0 workers / decode+preprocess ceiling, per CPU-second",
-                "target": ">= 0.9",
+                "target": f">= {D_TARGET}",
                 "value": f"{frac:.2f} (wall-clock: {wall:.2f})",
                 "ratio": frac,
-                "met": frac >= 0.9,
+                "met": frac >= D_TARGET,
             }
         )
     return out
+
+
+def _ceiling_key(ceil: dict[str, Any]) -> str:
+    """Which per-sample path is the ceiling (results from before uint8 pixels have only one)."""
+    return ceil.get("ceiling_key", "train_sample")
 
 
 def _metric(mem: dict[str, Any]) -> str:
@@ -149,11 +157,25 @@ def _intro(raw: dict[str, Any]) -> str:
         f"`Collator`, batch size {s['batch_size']}, prefetch factor 2. Only data access differs: streaming reads "
         f"tar shards (`build_train_loader`, epoch_mode exact, shuffle buffer 256); the baseline "
         f"`json.load`s the records file and opens loose JPEG files (`benchmarks/llava_baseline.py`, "
-        f"`DataLoader(shuffle=True)`). The driver uses one torch thread (`torch.set_num_threads(1)`), "
+        f"`DataLoader(shuffle=True)`). {_pixels_line(raw)} The driver uses one torch thread (`torch.set_num_threads(1)`), "
         f"so 'per core' means one core; dataloader workers always use one thread. The page cache is warm "
         f"for both (every shard and image read once before timing): on network storage, loose small files "
         f"favour streaming further. Total run time {raw['total_seconds']:.0f} s "
         f"(input preparation {raw['prepare_seconds']:.0f} s; cached inputs are reused on reruns)."
+    )
+
+
+def _pixels_line(raw: dict[str, Any]) -> str:
+    pixels = raw.get("throughput", {}).get("pixels") or raw.get("ceiling", {}).get("pixels")
+    if not pixels or pixels.get("stream") != "uint8":
+        return "Both loaders ship float32 pixels, normalised per sample in the workers."
+    return (
+        "**Pixels ship as uint8**: the streaming loader decodes to uint8 `[3, S, S]` "
+        "(`data.image.pixels: uint8`, as `build_train_loader` does for training), batches and ships "
+        "uint8 (a quarter of the bytes), and the consuming process normalises each batch to float32 "
+        "with `normalise_batch` (as the trainer does on its device), inside the timed loop; the baseline "
+        "normalises to float32 per sample in its workers, as LLaVA does, and its consumer's "
+        "`normalise_batch` passes float32 through."
     )
 
 
@@ -165,6 +187,35 @@ def _targets_section(raw: dict[str, Any]) -> Section:
         ["target", "wanted", "measured", "met"],
         rows,
     )
+
+
+def _without_normalise(run: dict[str, Any]) -> float | None:
+    """Median samples per CPU-second of a run without the consumer's ``normalise_batch`` CPU time
+    (what stays on the CPU when the trainer normalises on a GPU); None for results without it."""
+    spent = run.get("normalise_cpu_seconds")
+    if not spent or not any(spent):
+        return None
+    return statistics.median(u / (c - n) for u, c, n in zip(run["units"], run["cpu_seconds"], spent))
+
+
+def _normalise_notes(tp: dict[str, Any]) -> list[str]:
+    notes = []
+    for key, run in tp["runs"].items():
+        spent = run.get("normalise_cpu_seconds")
+        if key.startswith("stream/") and spent and any(spent):
+            batches = [u / tp["batch_size"] for u in run["units"]] if tp.get("batch_size") else None
+            per_batch = (
+                f", {1e3 * statistics.median(n / b for n, b in zip(spent, batches)):.1f} ms per batch"
+                if batches
+                else ""
+            )
+            share = statistics.median(n / c for n, c in zip(spent, run["cpu_seconds"]))
+            notes.append(
+                f"`{key}`: the consumer's `normalise_batch` took {share:.1%} of the run's CPU time{per_batch} "
+                f"(on a GPU trainer this step runs on the device: {_without_normalise(run):,.0f} samples per "
+                "CPU-second without it)."
+            )
+    return notes
 
 
 def _throughput_section(raw: dict[str, Any]) -> Section:
@@ -196,7 +247,9 @@ def _throughput_section(raw: dict[str, Any]) -> Section:
         f"Samples per second from the {tp['records']:,}-record set; each run builds a fresh loader (new "
         f"shuffle seed) and consumes {what}, worker start-up included; {n} runs per configuration, "
         "interleaved (stream w0, baseline w0, stream w2, baseline w2, repeat), after an untimed warm-up; "
-        "medians. 'per CPU-s' divides by the CPU time of the whole process tree (main + workers): it is "
+        "medians; each batch goes through `normalise_batch` in the consuming process (the streaming "
+        "loader's uint8 pixels are normalised there, timed). 'per CPU-s' divides by the CPU time of the "
+        "whole process tree (main + workers): it is "
         "the per-core efficiency and does not depend on how much CPU other programs took. 'other load' is "
         "the share of the machine's cores that *other* processes used during the runs (from /proc/stat): "
         "when it is well above 0 the wall-clock rates are depressed and noisy, and the per-CPU-second ratio "
@@ -213,6 +266,7 @@ def _throughput_section(raw: dict[str, Any]) -> Section:
             "stream / baseline (per CPU-s)",
         ],
         rows,
+        notes=_normalise_notes(tp),
     )
 
 
@@ -257,7 +311,13 @@ def _memory_section(raw: dict[str, Any]) -> Section:
         "lifetime (dataset construction included). 'N' is the main set; the bigger set repeats its records "
         "with new ids (same images), so the metadata file grows and everything per sample stays the same. "
         "The streaming loader never reads the records file: its metadata is only `index.json` (one line "
-        "per shard). 'main / workers': each process's share at the median probe's peak.",
+        "per shard). 'main / workers': each process's share at the median probe's peak."
+        + (
+            " The streaming probe's batches carry uint8 pixels and are not normalised in the probe (on a GPU "
+            "trainer the float32 copy lives on the device); the baseline's carry float32."
+            if (raw.get("throughput", {}).get("pixels") or {}).get("stream") == "uint8"
+            else ""
+        ),
         [
             "loader",
             "records",
@@ -331,45 +391,70 @@ def _converter_section(raw: dict[str, Any]) -> Section:
 
 def _ceiling_section(raw: dict[str, Any]) -> Section:
     ceil = raw["ceiling"]
-    top, top_wall = ceil["train_sample"]["median_cpu_rate"], ceil["train_sample"]["median_rate"]
-    rows: list[list[Any]] = [["`TrainSample` over raw samples in memory (the ceiling)", top, "1.00", top_wall, "1.00"]]
-    for key, label in (
-        ("train_sample_collate", "`TrainSample` + `Collator` (batches of the same samples)"),
-        ("image_decode_transform", "part: JPEG decode + `ImageTransform` only (per image)"),
-        ("tokenize_template", "part: template + tokenizer only"),
-    ):
+    key = _ceiling_key(ceil)
+    top, top_wall = ceil[key]["median_cpu_rate"], ceil[key]["median_rate"]
+    labels = {
+        "train_sample": "`TrainSample`, float32 pixels per sample (LLaVA's way)",
+        "train_sample_uint8": "`TrainSample`, uint8 pixels, then `normalise_pixels` per sample",
+        "train_sample_collate": "`TrainSample` float32 + `Collator` (batches of the same samples)",
+        "train_sample_uint8_collate": "`TrainSample` uint8 + `Collator` + `normalise_batch` (the training path's work)",
+        "image_decode_transform": "part: JPEG decode + `ImageTransform` to float32 only (per image)",
+        "image_decode_uint8": "part: JPEG decode + `ImageTransform` to uint8 only (per image)",
+        "tokenize_template": "part: template + tokenizer only",
+    }
+    rows: list[list[Any]] = []
+    for k, label in labels.items():
+        if k not in ceil:
+            continue
+        is_top = k == key
         rows.append(
             [
-                label,
-                ceil[key]["median_cpu_rate"],
-                f"{ceil[key]['median_cpu_rate'] / top:.2f}",
-                ceil[key]["median_rate"],
-                "",
+                label + (" (**the ceiling**)" if is_top else ""),
+                ceil[k]["median_cpu_rate"],
+                f"{ceil[k]['median_cpu_rate'] / top:.2f}",
+                ceil[k]["median_rate"],
+                "1.00" if is_top else "",
             ]
         )
     rows.append(["part: raw tar reading only (`iter_shard`, all shards)", "", "", ceil["tar_read_samples_per_s"], ""])
-    for key in ("stream/w0", "stream/w2", "baseline/w0", "baseline/w2"):
-        run = raw.get("throughput", {}).get("runs", {}).get(key)
+    for run_key in ("stream/w0", "stream/w2", "baseline/w0", "baseline/w2"):
+        run = raw.get("throughput", {}).get("runs", {}).get(run_key)
         if run is None:
             continue
-        w = int(key.split("/w")[1])
+        w = int(run_key.split("/w")[1])
         cores = max(1, min(w, 2))
         wall = run["median_rate"] / cores
-        label = f"{key.split('/')[0]} loader, {w} workers" + (f" (wall rate / {cores} cores)" if w else "")
+        label = f"{run_key.split('/')[0]} loader, {w} workers" + (f" (wall rate / {cores} cores)" if w else "")
         rows.append(
             [label, run["median_cpu_rate"], f"{run['median_cpu_rate'] / top:.2f}", wall, f"{wall / top_wall:.2f}"]
         )
+        bare = _without_normalise(run) if run_key == "stream/w0" else None
+        if bare is not None:
+            rows.append(
+                [
+                    "stream loader, 0 workers, minus the consumer's `normalise_batch` CPU time (a GPU trainer "
+                    "normalises on the device)",
+                    bare,
+                    f"{bare / top:.2f}",
+                    "",
+                    "",
+                ]
+            )
     return Section(
         "(d) Decode + preprocess ceiling and the loader's fraction of it",
         f"The ceiling is `TrainSample` (sample json parse, JPEG decode, `ImageTransform`, template, "
         f"tokenizer) applied in a loop to {ceil['samples_in_memory']:,} raw samples already in memory, one "
-        "process, one thread, each result dropped at once (so the same memory is reused, hot in cache): no "
-        "loader can do better per core, and a loader also has to batch (the `Collator` row) and read its "
-        "input (the tar row). 'per CPU-s' rates divide by the CPU time "
+        "process, one thread, each result dropped at once (so the same memory is reused, hot in cache), "
+        "ending in normalised float32 pixels by either of two ways, whichever is faster per CPU-second: "
+        "float32 per sample, or uint8 then `normalise_pixels` per sample. No loader can do better per core, "
+        "and a loader also has to batch (the `Collator` rows; the uint8 one includes the consumer's "
+        "`normalise_batch`) and read its input (the tar row). Every row is timed in "
+        f"{len(ceil[key]['rates'])} interleaved runs (median). 'per CPU-s' rates divide by the CPU time "
         "of the whole process tree, so a loader's fraction is its per-core efficiency relative to the "
         "ceiling whatever else ran on the machine; the wall-clock columns divide the loader's rate by "
-        "the cores it can use. At 0 workers everything (tar reading, shuffle buffer, collate) runs in "
-        "one process; at 2 workers each batch also travels to the main process through shared memory.",
+        "the cores it can use. At 0 workers everything (tar reading, shuffle buffer, collate, "
+        "normalisation) runs in one process; at 2 workers each batch also travels to the main process "
+        "through shared memory (uint8 for streaming, float32 for the baseline).",
         ["stage", "samples per CPU-s", "fraction (CPU)", "samples/s wall (per core)", "fraction (wall)"],
         rows,
     )

@@ -33,13 +33,20 @@ class SourceConfig:
 @section
 class ImageConfig:
     """How an image becomes a tensor: ``pad`` (LLaVA: expand to square with the mean colour, then
-    resize) or ``resize`` (squash to square), then normalise with mean/std."""
+    resize) or ``resize`` (squash to square), then normalise with mean/std.
+
+    ``pixels``: ``float32`` (default): decoders return normalised float32 ``[3, S, S]`` (video
+    frames ``[T, 3, S, S]``). ``uint8``: decoders return uint8 ``[3, S, S]`` (frames
+    ``[T, 3, S, S]``) un-normalised, a quarter of the bytes to batch and ship between processes;
+    normalise with ``llava_wb.data.image.normalise_pixels`` (or ``normalise_batch``) on the device.
+    The training loader uses ``uint8``; evaluation, export and the viz keep ``float32``."""
 
     size: PositiveInt = 336
     aspect: Literal["pad", "resize"] = "pad"
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    pixels: Literal["float32", "uint8"] = "float32"
 
 
 VideoBackend = Literal["decord", "pyav"]

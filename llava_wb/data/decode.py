@@ -24,6 +24,8 @@ from .image import (  # noqa: F401  (re-exported: the image decoder's public nam
     decode_image,
     expand_to_square,
     image_transform,
+    normalise_batch,
+    normalise_pixels,
     open_image,
     to_rgb,
 )

@@ -313,7 +313,8 @@ def read_video(
 
 @MEDIA_DECODERS.register("video")
 def decode_video(data: bytes, settings: MediaSettings) -> DecodedMedia:
-    """The ``video`` decoder: frames through ``data.image``'s transform -> ``[T, 3, S, S]`` plus info."""
+    """The ``video`` decoder: frames through ``data.image``'s transform -> ``[T, 3, S, S]`` plus info
+    (normalised float32, or uint8 with ``data.image.pixels: uint8``)."""
     v = settings.video
     frames, info = read_video(data, num_frames=v.num_frames or DEFAULT_NUM_FRAMES, fps=v.fps, backend=v.backend)
     return DecodedMedia(image_transform(settings.image).frames(frames), info)
