@@ -158,9 +158,9 @@ def test_torchrun_ranks_take_equal_packed_steps_on_uneven_shards(ws, tmp_path):
     assert result["world_size"] == 2 and result["global_step"] == steps and result["replicas_in_sync"] is True
     ids = [read_ids(out, r) for r in range(2)]
     assert [len(i) for i in ids] == [steps, steps]
-    per_rank = [[s for batch in i.values() for s in batch] for i in ids]
-    assert len(per_rank[0]) != len(per_rank[1]) or per_rank[0] != per_rank[1]
-    assert not set(per_rank[0]) & set(per_rank[1])  # each rank reads its own shards
+    # the first batches come from each rank's first pass over its own shards (later passes reshuffle)
+    first = [{s for b in sorted(i)[:2] for s in i[b]} for i in ids]
+    assert first[0] and first[1] and not first[0] & first[1]
     assert sorted(read_metrics(out)) == list(range(1, steps + 1))
 
 

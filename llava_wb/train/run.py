@@ -10,6 +10,7 @@ and TensorBoard files under ``tensorboard/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -86,14 +87,16 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from llava_wb.data.loader import build_train_loader
     from llava_wb.train.trainer import StreamFeed
 
+    # pixels leave the workers as uint8 (a quarter of the bytes); the trainer normalises them on the device
+    shipped = dataclasses.replace(media, image=dataclasses.replace(media.image, pixels="uint8"))
     loader = build_train_loader(
-        cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world, media=media
+        cfg.data, tokenizer, media_tokens=model.media_tokens, rank=rank, world_size=world, media=shipped
     )
     id_log = None
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)
         id_log = out / "sample_ids" / f"rank{rank}.jsonl"
-    feed = StreamFeed(loader, model.media_tokens, id_log)
+    feed = StreamFeed(loader, model.media_tokens, id_log, image=shipped.image)
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
     args.max_steps = max_steps
     done_steps = 0

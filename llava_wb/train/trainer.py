@@ -12,6 +12,8 @@ How the Trainer is bent (transformers 5.x):
   its exact position from ``loader_state_rank{R}.json`` (see ``checkpoints``), which
   ``_save_checkpoint`` writes before HF's own files. HF restores model, optimizer, scheduler,
   RNG and the step counter.
+- ``_prepare_inputs`` normalises uint8 pixels after the batch reached the device (the loader ships
+  uint8: a quarter of the bytes between processes and no float conversion in the workers).
 - ``create_optimizer`` builds per-part learning-rate groups (``stages.param_groups``).
 - ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction, the share of
   LLM positions that were padding (summed over ranks) and each group's learning rate to every training log line.
@@ -49,8 +51,9 @@ MODEL_KEYS = (
 class StreamFeed:
     """Endless batches from a ``StreamingLoader`` (epoch after epoch); deliberately no ``__len__``."""
 
-    def __init__(self, loader: Any, media_tokens: dict[str, int], id_log: Path | None = None):
+    def __init__(self, loader: Any, media_tokens: dict[str, int], id_log: Path | None = None, image: Any = None):
         self.loader = loader
+        self.image = image  # the loader's ImageConfig: uint8 pixels are normalised with its mean/std
         self.media_tokens = dict(media_tokens)  # placeholder ids per item of each modality
         self.batches = 0  # consumed since the start of the run (restored on resume)
         self.id_log = id_log
@@ -126,6 +129,15 @@ class LlavaTrainer(Trainer):
 
     def get_train_dataloader(self) -> StreamFeed:  # type: ignore[override]
         return self.feed
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """On the device, uint8 pixels (``data.image.pixels``) become the normalised floats the tower takes."""
+        inputs = super()._prepare_inputs(inputs)
+        if self.feed.image is None:
+            return inputs
+        from llava_wb.data.image import normalise_batch
+
+        return normalise_batch(inputs, self.feed.image)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
