@@ -154,7 +154,11 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     raw = json.loads((out / "packing.json").read_text(encoding="utf-8"))
     assert raw["name"] == "packing" and raw["quick"] is True
     a = raw["a_demo"]
-    assert a["media_tokens"] == {"image": 16, "video": 68, "audio": 20}  # from the demo config, not hard-coded
+    assert a["media_tokens"] == {
+        "image": 16,
+        "video": 34,
+        "audio": 20,
+    }  # the demo config (4 frames), not hard-coded in the bench
     padded, *packed = a["layouts"].values()
     assert len(packed) == 4 and all(p["samples"] == padded["samples"] > 0 for p in packed)
     assert all(p["real_tokens"] == padded["real_tokens"] and p["padding"] < padded["padding"] for p in packed)
