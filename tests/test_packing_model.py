@@ -136,6 +136,19 @@ def test_packed_equals_padded_logits_loss_and_gradients(tok: Any, name: str) -> 
         assert float((g - grads[1][n]).abs().max()) <= 1e-5 * max(scale, 1.0), (name, n)
 
 
+def test_rows_of_one_sample_keep_original_positions(tok: Any) -> None:
+    """Rows that hold one sample each and no padding have no restart: the model must still number
+    the kept visual tokens by their patches, as in the padded batch."""
+    model = build(tok, REDUCERS["local_merge_original"]).eval()
+    s = samples(tok, model)
+    for sample in (s[0], s[4]):
+        alone = Collator(pad_token_id=tok.pad_token_id)([sample])
+        packed = pack(tok, [[sample]])
+        assert not bool((packed["position_ids"][:, 1:] == 0).any())
+        want, got = run(model, alone).logits, run(model, packed).logits
+        assert float((want - got).abs().max()) <= 1e-5
+
+
 def test_per_sample_loss_equals_each_sample_alone(tok: Any) -> None:
     """A sample's loss in a packed row is its loss computed alone (no label crosses a boundary)."""
     model = build(tok, REDUCERS["avgpool"]).eval()

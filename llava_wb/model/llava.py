@@ -459,9 +459,11 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             instruction_mask,
             segments,
         )
-        if segments is not None and visual_positions is not None:
-            # positions jump inside a sample now, so they cannot mark its boundaries: the mask does
-            attention_mask, position_ids = segment_mask(segments, embeds.dtype), visual_positions
+        if visual_positions is not None and attention_mask is None:
+            # The positions jump over merged patches, and transformers would read every jump as the
+            # start of a new packed sequence: the mask says where each sample (or the one sequence) is.
+            whole = torch.zeros_like(input_ids) if segments is None else segments
+            attention_mask, position_ids = segment_mask(whole, embeds.dtype), visual_positions
         if position_ids is None:
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
