@@ -164,6 +164,14 @@ def test_torchrun_ranks_take_equal_packed_steps_on_uneven_shards(ws, tmp_path):
     assert sorted(read_metrics(out)) == list(range(1, steps + 1))
 
 
+def test_packing_untokenized_samples_is_a_clear_error(ws):
+    from llava_wb.data.loader import build_loader
+
+    loader = build_loader(data_cfg(ws, 0))  # raw decoded samples, no input_ids (e.g. the tower warm-up)
+    with pytest.raises(ValueError, match="packs tokenized samples.*set data.packing: null"):
+        next(iter(loader))
+
+
 def test_padding_fraction_counts_real_tokens():
     batch = {"token_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
     assert padding_fraction(batch) == pytest.approx(1 / 8)
