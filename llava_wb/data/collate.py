@@ -65,7 +65,7 @@ class Collator:
             raise ValueError(f"{have} of {len(samples)} samples carry an instruction_mask: all or none must")
         if have:
             batch["instruction_mask"] = self._pad_like(samples, "instruction_mask", batch["input_ids"].shape[1])
-        batch.update(self._collect_media(samples))
+        batch.update(collect_media(samples))
         skip = {*TEXT_KEYS, "media", "instruction_mask"}
         for key in dict.fromkeys(k for s in samples for k in s if k not in skip):
             batch[key] = [s.get(key) for s in samples]
@@ -75,11 +75,13 @@ class Collator:
         rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, sample in enumerate(samples):
             if "input_ids" not in sample or "labels" not in sample:
-                raise ValueError(f"sample {i} ({_name(sample)}) lacks input_ids or labels")
+                raise ValueError(f"sample {i} ({sample_name(sample)}) lacks input_ids or labels")
             ids = torch.as_tensor(sample["input_ids"], dtype=torch.long).reshape(-1)
             labels = torch.as_tensor(sample["labels"], dtype=torch.long).reshape(-1)
             if ids.numel() != labels.numel():
-                raise ValueError(f"sample {i} ({_name(sample)}): {ids.numel()} input_ids vs {labels.numel()} labels")
+                raise ValueError(
+                    f"sample {i} ({sample_name(sample)}): {ids.numel()} input_ids vs {labels.numel()} labels"
+                )
             rows.append((ids, labels))
         length = max(ids.numel() for ids, _ in rows)
         if self.pad_to_multiple_of:
@@ -103,43 +105,45 @@ class Collator:
             row = torch.as_tensor(sample[key], dtype=torch.long).reshape(-1)
             if row.numel() != torch.as_tensor(sample["input_ids"]).numel():
                 raise ValueError(
-                    f"sample {b} ({_name(sample)}): {key} has {row.numel()} entries for "
+                    f"sample {b} ({sample_name(sample)}): {key} has {row.numel()} entries for "
                     f"{torch.as_tensor(sample['input_ids']).numel()} input_ids"
                 )
             cols = slice(0, row.numel()) if self.padding_side == "right" else slice(length - row.numel(), length)
             out[b, cols] = row
         return out
 
-    @staticmethod
-    def _collect_media(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for kind in MEDIA_KINDS:
-            present = any(kind in (s.get("media") or {}) for s in samples)
-            if kind != "image" and not present:
-                continue
-            items: list[torch.Tensor] = []
-            counts: list[int] = []
-            first: tuple[tuple[int, ...], int] | None = None  # (shape, sample index)
-            for i, sample in enumerate(samples):
-                media = (sample.get("media") or {}).get(kind)
-                if media is None:
-                    media = []
-                tensors = list(media.unbind(0)) if isinstance(media, torch.Tensor) else list(media)
-                for t in tensors:
-                    t = torch.as_tensor(t)
-                    if first is None:
-                        first = (tuple(t.shape), i)
-                    elif tuple(t.shape) != first[0]:
-                        raise ValueError(
-                            f"{kind} items in a batch must share one shape: {first[0]} in sample {first[1]} "
-                            f"({_name(samples[first[1]])}), {tuple(t.shape)} in sample {i} ({_name(sample)})"
-                        )
-                    items.append(t)
-                counts.append(len(tensors))
-            out[MEDIA_VALUE_KEYS[kind]] = torch.stack(items) if items else None
-            out[f"{kind}_counts"] = torch.tensor(counts, dtype=torch.long)
-        return out
 
-
-def _name(sample: dict[str, Any]) -> str:
+def sample_name(sample: dict[str, Any]) -> str:
+    """How errors name a sample: its id, or "no id"."""
     return f"id {sample['id']!r}" if "id" in sample else "no id"
+
+
+def collect_media(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each modality's items stacked in sample order, with per-sample counts (shared with packing)."""
+    out: dict[str, Any] = {}
+    for kind in MEDIA_KINDS:
+        present = any(kind in (s.get("media") or {}) for s in samples)
+        if kind != "image" and not present:
+            continue
+        items: list[torch.Tensor] = []
+        counts: list[int] = []
+        first: tuple[tuple[int, ...], int] | None = None  # (shape, sample index)
+        for i, sample in enumerate(samples):
+            media = (sample.get("media") or {}).get(kind)
+            if media is None:
+                media = []
+            tensors = list(media.unbind(0)) if isinstance(media, torch.Tensor) else list(media)
+            for t in tensors:
+                t = torch.as_tensor(t)
+                if first is None:
+                    first = (tuple(t.shape), i)
+                elif tuple(t.shape) != first[0]:
+                    raise ValueError(
+                        f"{kind} items in a batch must share one shape: {first[0]} in sample {first[1]} "
+                        f"({sample_name(samples[first[1]])}), {tuple(t.shape)} in sample {i} ({sample_name(sample)})"
+                    )
+                items.append(t)
+            counts.append(len(tensors))
+        out[MEDIA_VALUE_KEYS[kind]] = torch.stack(items) if items else None
+        out[f"{kind}_counts"] = torch.tensor(counts, dtype=torch.long)
+    return out

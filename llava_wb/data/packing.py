@@ -34,7 +34,7 @@ import torch
 
 from llava_wb.constants import IGNORE_INDEX
 
-from .collate import Collator, _name
+from .collate import collect_media, sample_name
 from .config import PackingConfig
 
 
@@ -60,7 +60,7 @@ class RowPacker:
         if item.length > self.cfg.max_tokens:
             sample = item.sample
             raise ValueError(
-                f"sample {_name(sample)} has {item.length} LLM tokens, more than data.packing.max_tokens "
+                f"sample {sample_name(sample)} has {item.length} LLM tokens, more than data.packing.max_tokens "
                 f"{self.cfg.max_tokens}: set max_tokens >= data.max_length"
             )
         self.pool.append(item)
@@ -179,7 +179,9 @@ class PackedCollator:
             for i, sample in enumerate(row):
                 ids, labels = fields[0][i], fields[1][i].clone()
                 if ids.numel() != labels.numel():
-                    raise ValueError(f"sample {_name(sample)}: {ids.numel()} input_ids vs {labels.numel()} labels")
+                    raise ValueError(
+                        f"sample {sample_name(sample)}: {ids.numel()} input_ids vs {labels.numel()} labels"
+                    )
                 n = ids.numel()
                 labels[0] = IGNORE_INDEX  # predicted from the previous sample's last token: never
                 out["input_ids"][r, col : col + n] = ids
@@ -190,13 +192,13 @@ class PackedCollator:
                     mask = fields[2][i]
                     if mask.numel() != n:
                         raise ValueError(
-                            f"sample {_name(sample)}: instruction_mask has {mask.numel()} entries for {n} input_ids"
+                            f"sample {sample_name(sample)}: instruction_mask has {mask.numel()} entries for {n} input_ids"
                         )
                     out["instruction_mask"][r, col : col + n] = mask
                 col += n
             # the padding tail is one more "sequence" (positions from 0): it attends only to itself
             out["position_ids"][r, col:] = torch.arange(length - col)
-        media = Collator._collect_media(flat)
+        media = collect_media(flat)
         per_row = torch.tensor([len(row) for row in rows])
         row_of = torch.repeat_interleave(torch.arange(len(rows)), per_row)
         for key, value in media.items():
@@ -212,7 +214,7 @@ class PackedCollator:
     @staticmethod
     def _field(sample: dict[str, Any], key: str) -> torch.Tensor:
         if key not in sample:
-            raise ValueError(f"sample {_name(sample)} lacks {key}")
+            raise ValueError(f"sample {sample_name(sample)} lacks {key}")
         return torch.as_tensor(sample[key], dtype=torch.long).reshape(-1)
 
 
