@@ -228,19 +228,28 @@ def test_tower_gradients_reach_exactly_the_used_parameters(name: str, feature_la
     assert len(unused) < len(list(tower.parameters()))
 
 
+@pytest.mark.parametrize("feature_layer", [-2, -1, 1])
 @pytest.mark.parametrize("name", TOWERS.names())
-def test_tower_hooks_reproduce_the_forward(name: str) -> None:
-    """``embed`` + ``run_layer`` (what merging inside the tower runs) give ``forward``'s features when
-    nothing merges, and ``layer_keys`` has the hidden width."""
+def test_tower_forward_is_the_transformers_hidden_state_without_the_later_blocks(name: str, feature_layer: int) -> None:
+    """``forward`` (``embed`` + ``run_layer``, also what merging inside the tower runs) gives the
+    transformers model's own ``hidden_states[feature_layer]``, and never runs a block after it."""
     torch.manual_seed(0)
-    tower = build_tower(name, config=dict(TINY_VIT)).eval()
+    tower = build_tower(name, config=dict(TINY_VIT), feature_layer=feature_layer, select="patch").eval()
     x = torch.randn(2, 3, 32, 32)
-    h = tower.embed(x)
-    assert tower.layer_keys(0, h).shape == h.shape
-    run = tower.feature_layer % (tower.config.num_hidden_layers + 1)
-    for i in range(run):
-        h = tower.run_layer(i, h, None)
-    torch.testing.assert_close(h[:, int(tower.has_cls) :], tower(x), rtol=1e-5, atol=1e-5)
+    assert tower.layer_keys(0, tower.embed(x)).shape == tower.embed(x).shape
+    with torch.no_grad():
+        reference = tower.model(pixel_values=x, output_hidden_states=True).hidden_states[feature_layer]
+    later = list(tower.encoder_layers())[tower.layers_run :]
+    assert len(later) == TINY_VIT["num_hidden_layers"] - tower.layers_run
+    ran: list[int] = []
+    handles = [block.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, block in enumerate(later)]
+    try:
+        out = tower(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == []
+    torch.testing.assert_close(out, reference[:, int(tower.has_cls) :], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["keys", "features"])

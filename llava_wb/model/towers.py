@@ -180,6 +180,11 @@ class VisionTower(nn.Module):
         return 1 if self.select == "cls_patch" else 0
 
     @property
+    def layers_run(self) -> int:
+        """Blocks run to reach ``feature_layer`` (hidden state ``i`` is the output of block ``i - 1``)."""
+        return self.feature_layer % (self.config.num_hidden_layers + 1)
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
@@ -189,9 +194,11 @@ class VisionTower(nn.Module):
             raise ValueError(
                 f"pixel_values must be [N, 3, {self.image_size}, {self.image_size}], got {tuple(pixel_values.shape)}"
             )
-        # Only the selected hidden state is captured (transformers 5 output capturing).
-        out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=self.feature_layer)
-        hidden = out.hidden_states[self.feature_layer]
+        # Only the blocks up to ``feature_layer`` run: the ones after it (LLaVA's -2: the last) cannot
+        # change the selected hidden state, so the transformers forward would compute them for nothing.
+        hidden = self.embed(pixel_values.to(self.dtype))
+        for i in range(self.layers_run):
+            hidden = self.run_layer(i, hidden, None)
         if self.has_cls and self.select == "patch":
             hidden = hidden[:, 1:]
         expected = self.num_prefix_tokens + rows * cols
@@ -207,7 +214,7 @@ class VisionTower(nn.Module):
         ``reducer.metric == "keys"``), then those layers on the fewer tokens with proportional
         attention (``+log(size)`` on the attention logits). Returns ``(prefix tokens, ReducerOutput
         with the final features)``; the prefix (CLS) is never merged."""
-        run = self.feature_layer % (self.config.num_hidden_layers + 1)  # hidden state i = after i layers
+        run = self.layers_run
         start = run - reducer.layers
         if start < 0:
             raise ValueError(
@@ -233,8 +240,7 @@ class VisionTower(nn.Module):
         """Names (in ``self``) of parameters the selected hidden state does not depend on: blocks
         after ``feature_layer``, ``unused_modules`` and the position embeddings once dropped. They
         stay frozen when the tower trains, so DDP sees no unused parameters."""
-        layers = self.config.num_hidden_layers
-        first_unused = self.feature_layer % (layers + 1)  # hidden state i comes out of layer i - 1
+        first_unused = self.layers_run
         unused: set[int] = set()
         for path in self.unused_modules:
             try:
