@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import (
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     StrictBool,
@@ -122,6 +123,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: StrictBool | Literal["auto"] = "auto"
     gradient_checkpointing: bool = False
+    feature_cache_mb: NonNegativeInt = (
+        0  # frozen vision tower: keep seen images' features (llava_wb.model.feature_cache)
+    )
     deepspeed: str | None = None
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = 500

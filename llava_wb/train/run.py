@@ -70,6 +70,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             f"{facts.media_tokens}"
         )
     counts = apply_stage(model, cfg)
+    cache = _feature_cache(cfg, model)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
 
     # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
@@ -120,6 +121,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     trainer = _make_trainer(cfg, args, model, tokenizer, feed)
+    trainer.feature_cache = cache
     train_loss = None
     try:
         if done_steps < max_steps:
@@ -156,6 +158,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         "metrics_file": str(out / "metrics.jsonl"),
         "resolved_config": str(out / "resolved_config.yaml"),
         "skips": loader.skip_state(),
+        "feature_cache": cache.summary() if cache is not None else None,
     }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -206,6 +209,23 @@ def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> Non
         if rank0:
             ckpt.publish_folder(staging, directory)
     barrier()
+
+
+def _feature_cache(cfg: RunConfig, model: Any) -> Any:
+    """The vision tower's feature cache when ``train.feature_cache_mb`` asks for one (after the
+    stage has set what trains: the cache serves a frozen tower only)."""
+    mb = cfg.train.feature_cache_mb
+    if not mb:
+        return None
+    if any(p.requires_grad for p in model.vision_tower.parameters()):
+        raise ConfigError(
+            f"train.feature_cache_mb={mb} but stage {cfg.train.stage!r} trains the vision tower, whose features "
+            "then change every step; set train.feature_cache_mb: 0 or freeze the tower"
+        )
+    try:
+        return model.vision_tower.enable_feature_cache(mb * 2**20)
+    except ValueError as e:
+        raise ConfigError(f"train.feature_cache_mb: {e}") from None
 
 
 def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:

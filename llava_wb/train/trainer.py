@@ -125,6 +125,7 @@ class LlavaTrainer(Trainer):
         self.train_cfg = train_cfg
         self.keep_checkpoints = save_total_limit
         self.group_lrs: dict[str, float] = {}
+        self.feature_cache: Any = None  # the frozen tower's FeatureCache, when the run has one
         super().__init__(*args, **kwargs)
 
     def get_train_dataloader(self) -> StreamFeed:  # type: ignore[override]
@@ -151,6 +152,8 @@ class LlavaTrainer(Trainer):
         if "loss" in logs:
             logs.update(self._throughput())
             logs.update({f"lr/{name}": lr for name, lr in self.group_lrs.items()})
+            if self.feature_cache is not None:  # this rank's images served from the cache since the last log
+                logs["feature_cache_hit_frac"] = self.feature_cache.take_window()
             self.state.epoch = round(self.feed.epoch_progress(), 4)
         super().log(logs, start_time)
 
