@@ -11,7 +11,9 @@ from train_fixtures import make_workspace, read_ids, read_metrics, tiny_config
 from llava_wb.model.towers import build_tower
 from llava_wb.train import ConfigError, load_config, train
 
-VIT = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
+VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
+)
 
 
 def frozen_tower(**config):
