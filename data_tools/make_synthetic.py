@@ -28,8 +28,9 @@ import argparse
 import functools
 import json
 import math
+import multiprocessing
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +293,23 @@ def make_record(cfg: SynthConfig, split: str, index: int) -> tuple[dict[str, Any
     return record, sample.files
 
 
-def _write_split(root: Path, split: str, n: int, cfg: SynthConfig, jsonl: bool, bar: tqdm) -> dict[str, Any]:
+def _make_indexed(args: tuple[SynthConfig, str, int]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    return make_record(*args)
+
+
+def _records(cfg: SynthConfig, split: str, n: int, pool: Any) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Records ``0..n-1`` of ``split`` in order, made in ``pool``'s processes when there is one
+    (each record is a pure function of its index, so the bytes do not depend on the workers)."""
+    jobs = ((cfg, split, index) for index in range(n))
+    if pool is None:
+        yield from map(_make_indexed, jobs)
+    else:
+        yield from pool.imap(_make_indexed, jobs, chunksize=32)
+
+
+def _write_split(
+    root: Path, split: str, n: int, cfg: SynthConfig, jsonl: bool, bar: tqdm, pool: Any = None
+) -> dict[str, Any]:
     """Write the records file and media of one split; return its path and answer statistics."""
     modalities: Counter[str] = Counter()
     per_type: dict[str, Counter[str]] = {}
@@ -300,8 +317,7 @@ def _write_split(root: Path, split: str, n: int, cfg: SynthConfig, jsonl: bool, 
     path = root / f"{split}.{'jsonl' if jsonl else 'json'}"
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write("" if jsonl else "[")
-        for index in range(n):
-            record, media = make_record(cfg, split, index)
+        for index, (record, media) in enumerate(_records(cfg, split, n, pool)):
             for rel, data in media.items():
                 target = root / rel
                 if target.parent not in made_dirs:
@@ -341,6 +357,7 @@ def generate(
     video_frames: int = 8,
     video_fps: int = 8,
     audio_seconds: float = 2.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under ``out_dir``; return its root, files and counts.
 
@@ -348,8 +365,11 @@ def generate(
     for the qa splits; pretrain uses the modalities of the mix that support captions. Files of an
     earlier, larger run in the same folder are not deleted (records never reference them).
     ``video_frames`` / ``video_fps`` (clips of ``image_size`` pixels) and ``audio_seconds`` (16 kHz
-    mono) only matter when the mix has ``video`` / ``audio``.
+    mono) only matter when the mix has ``video`` / ``audio``. ``workers`` > 1 renders the records in
+    that many processes; the output is byte-identical for any number.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     sizes = {"pretrain": n_pretrain, "instruct": n_instruct, "heldout": n_heldout}
     if min(sizes.values()) < 0:
         raise ValueError(f"record counts must be >= 0, got {sizes}")
@@ -371,8 +391,13 @@ def generate(
         resolve_mix(mix_in, SPLIT_STYLE[split])  # fail before writing anything
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=sum(sizes.values()), disable=not progress, unit="rec", desc="synthetic") as bar:
-        written = {split: _write_split(root, split, sizes[split], cfg, jsonl, bar) for split in SPLITS}
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        with tqdm(total=sum(sizes.values()), disable=not progress, unit="rec", desc="synthetic") as bar:
+            written = {split: _write_split(root, split, sizes[split], cfg, jsonl, bar, pool) for split in SPLITS}
+    finally:
+        if pool is not None:
+            pool.terminate()
     counts = {split: w["counts"] for split, w in written.items()}
     # Modalities outside the mix add nothing, so the default mix keeps the bytes of earlier versions.
     used = {m for m, w in mix_in.items() if w > 0}
@@ -474,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-fps", type=int, default=8, help="frame rate of the video clips")
     p.add_argument("--audio-seconds", type=float, default=2.0, help="length of the audio clips (16 kHz mono)")
     p.add_argument("--jsonl", action="store_true", help="write JSONL instead of a JSON array")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering records (same bytes for any number)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -500,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             video_frames=args.video_frames,
             video_fps=args.video_fps,
             audio_seconds=args.audio_seconds,
+            workers=args.workers,
         )
     except ValueError as exc:
         parser.error(str(exc))

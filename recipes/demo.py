@@ -24,7 +24,7 @@ from recipes.chain import SPLITS, ChainPaths, config_path, stage_overrides, temp
 DEMO_MIX = {"image": 0.46, "video": 0.33, "audio": 0.15, "text": 0.06}  # modality weights of the synthetic data
 
 
-def make_data(out: Path, *, quick: bool, seed: int) -> dict:
+def make_data(out: Path, *, quick: bool, seed: int, workers: int = 1) -> dict:
     from data_tools.make_synthetic import generate
 
     # more instruction records than the generator's default 4000: shape questions generalise with
@@ -33,7 +33,7 @@ def make_data(out: Path, *, quick: bool, seed: int) -> dict:
     sizes = (
         {"n_pretrain": 300, "n_instruct": 600, "n_heldout": 150} if quick else {"n_instruct": 16000, "n_heldout": 600}
     )
-    return generate(out / "data", seed=seed, progress=True, mix=DEMO_MIX, **sizes)
+    return generate(out / "data", seed=seed, progress=True, mix=DEMO_MIX, workers=workers, **sizes)
 
 
 def convert_splits(out: Path, data: dict, *, shard_size: int, workers: int) -> dict[str, Path]:
@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, the model initialisation and the data order")
-    p.add_argument("--workers", type=int, default=2, help="conversion and data-check worker processes")
+    p.add_argument("--workers", type=int, default=2, help="data generation, conversion and data-check worker processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = make_data(out, quick=args.quick, seed=args.seed)
+    data = make_data(out, quick=args.quick, seed=args.seed, workers=args.workers)
     shards = convert_splits(out, data, shard_size=100 if args.quick else 500, workers=args.workers)
     # the training shards are checked as training streams them (skips counted and summarised)
     summary = {"data": data["counts"], "stream": stream_epoch(out, data, shards["heldout"], workers=args.workers)}

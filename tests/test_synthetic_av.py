@@ -100,10 +100,12 @@ def test_captions_describe_clips(dataset: dict[str, Any]) -> None:
 def test_determinism(tmp_path: Path) -> None:
     kw = dict(n_pretrain=6, n_instruct=12, n_heldout=6, progress=False, mix={"video": 0.5, "audio": 0.5})
     ms.generate(tmp_path / "a", seed=2, **kw)
-    ms.generate(tmp_path / "b", seed=2, **kw)
+    ms.generate(tmp_path / "b", seed=2, workers=2, **kw)  # rendered in two processes: the same bytes
     ms.generate(tmp_path / "c", seed=3, **kw)
     a, b, c = file_tree(tmp_path / "a"), file_tree(tmp_path / "b"), file_tree(tmp_path / "c")
-    assert a == b
+    assert a == b and len(a) > 20
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ms.generate(tmp_path / "d", workers=0, **kw)
     assert any(k.startswith("videos/") for k in a) and any(k.startswith("audio/") for k in a)
     assert a["instruct.json"] != c["instruct.json"]
     cfg = ms.SynthConfig(seed=2, mix=(("video", 0.5), ("audio", 0.5)))
