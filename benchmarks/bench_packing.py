@@ -63,6 +63,7 @@ from benchmarks.packing_shapes import (
     llava_lengths,
     measure_gpu,
     model_inputs,
+    offline_rows,
     pack_rows,
     pct,
     real_tokens,
@@ -246,6 +247,19 @@ def part_a_llava(sizes: Sizes) -> dict[str, Any]:
             batches = pack_rows(stream, max_tokens, rows, s)
             pos = sum(len(b) * max(sum(len(x["input_ids"]) for x in row) for row in b) for b in batches)
             layouts[f"packed {s}, {rows} rows x {max_tokens}"] = {"positions": pos, "batches": len(batches)}
+        if max_tokens == LLAVA_MAX_LEN:  # the same positions per batch as one row: flash-attention's flattened layout
+            flat = LLAVA_MAX_LEN * rows
+            batches = pack_rows(stream, flat, 1, "best_fit")
+            pos = sum(sum(len(x["input_ids"]) for x in b[0]) for b in batches)
+            fill = pos / (len(batches) * flat)  # a flattened batch is its row: nothing to pad, its size varies
+            name = f"packed best_fit, 1 row x {flat} (flattened; rows {fill:.1%} full on average)"
+            layouts[name] = {"positions": pos, "batches": len(batches)}
+        packed = offline_rows(lengths, max_tokens)  # the reference: every sample known in advance
+        chunks = [packed[i : i + rows] for i in range(0, len(packed), rows)]
+        layouts[f"reference: offline best-fit decreasing, {rows} rows x {max_tokens}"] = {
+            "positions": sum(len(c) * max(map(sum, c)) for c in chunks),
+            "batches": len(chunks),
+        }
     for v in layouts.values():
         v["padding"] = 1 - total / v["positions"]
         v["samples_per_batch"] = len(lengths) / v["batches"]
@@ -465,8 +479,15 @@ def llava_padding_section(m: dict[str, Any] | None) -> Section:
         rows,
         [
             "Target: <= 3% padding packed. At rows of 2048 an image sample (576 + its text) fills 31-62% of a row: "
-            "two rarely fill it and a third seldom fits, so best fit leaves the gap; longer rows hold more samples and "
-            "close it. With varlen attention (flash-attention 2, flex) a longer row costs no cross-sample attention."
+            "two rarely fill it and a third seldom fits, so the rows of one batch end at different lengths and the "
+            "batch is padded to its longest. The 'reference' rows pack all the samples at once, longest first "
+            "(best-fit decreasing over the whole epoch, which a streaming loader cannot do); consecutive reference "
+            "rows then have about the same length, so its batches are hardly padded: the gap at 2048 is uneven rows "
+            "within a batch. Longer rows (4096, 8192) hold more samples each and close it, and one row per batch "
+            "(the 'flattened' layout of flash-attention's varlen kernels, transformers' DataCollatorWithFlattening) "
+            "has nothing to pad to: each sample keeps max_length 2048 and only the row grows. With varlen attention "
+            "(flash-attention 2, flex) a longer row costs no cross-sample attention; SDPA on the CPU computes the "
+            "whole row x row score matrix, so there rows stay short (part (b))."
         ],
     )
 

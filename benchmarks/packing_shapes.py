@@ -12,6 +12,7 @@ Nothing here needs webdataset or the data tools: ``--gpu-only`` runs on a machin
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib.util
 import random
@@ -80,6 +81,22 @@ def pack_rows(samples: Sequence[dict[str, Any]], max_tokens: int, rows: int, str
 
     cfg = PackingConfig(max_tokens=max_tokens, strategy=strategy)
     return [b for b, _ in packed_batches(ListStream(samples), cfg, rows)]
+
+
+def offline_rows(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Rows of ``lengths`` by best-fit decreasing over ALL of them at once (longest first, each row then
+    filled with the longest that still fits): a reference no streaming packer reaches, which needs
+    the whole epoch in memory and reorders it completely."""
+    pool = sorted(lengths)
+    rows = []
+    while pool:
+        row = [pool.pop()]
+        free = max_tokens - row[0]
+        while (j := bisect.bisect_right(pool, free) - 1) >= 0:
+            row.append(pool.pop(j))
+            free -= row[-1]
+        rows.append(row)
+    return rows
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -163,7 +163,9 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     assert len(packed) == 4 and all(p["samples"] == padded["samples"] > 0 for p in packed)
     assert all(p["real_tokens"] == padded["real_tokens"] and p["padding"] < padded["padding"] for p in packed)
     padded, *packed = raw["a_llava"]["layouts"].values()
-    assert len(packed) == 6 and all(p["padding"] < padded["padding"] for p in packed)
+    assert len(packed) == 6 + 1 + 3 and all(p["padding"] < padded["padding"] for p in packed)  # + flattened, references
+    flat = [v for k, v in raw["a_llava"]["layouts"].items() if "flattened" in k]
+    assert len(flat) == 1 and flat[0]["padding"] == 0.0
     b = raw["b"]["layouts"]
     assert len(b) == 3 and len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
     assert all(len(v["timing"]["seconds"]) == 1 and v["median_towers_forward_s"] > 0 for v in b.values())
