@@ -123,9 +123,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: StrictBool | Literal["auto"] = "auto"
     gradient_checkpointing: bool = False
-    feature_cache_mb: NonNegativeInt = (
-        0  # frozen vision tower: keep seen images' features (llava_wb.model.feature_cache)
-    )
+    feature_cache_mb: NonNegativeInt = 0  # frozen tower: keep seen images' features (model/feature_cache.py)
+    threads: PositiveInt | Literal["auto"] = "auto"  # torch threads; auto: cores per process less loader workers
     deepspeed: str | None = None
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = 500

@@ -1,8 +1,11 @@
-"""Distributed helpers: DeepSpeed on CPU, barriers, a replica consistency check."""
+"""Distributed and process helpers: DeepSpeed on CPU, barriers, a replica consistency check, the
+main process's torch threads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from llava_wb.train.config import ConfigError
@@ -55,3 +58,28 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def auto_threads(workers: int) -> int:
+    """torch threads for a training process: the cores this process may use (its share when
+    ``LOCAL_WORLD_SIZE`` processes run on the node) less one per data-loader worker, at least 1. On
+    2 cores with 1 worker, one thread trains 1.19x faster than torch's default of 2, which left the
+    worker and the two threads fighting over the cores (stage 2 of the demo, samples/s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // local - workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | str, workers: int) -> Iterator[int]:
+    """Run the block with ``threads`` torch threads (``"auto"``: ``auto_threads(workers)``), then
+    restore the process's setting (a notebook kernel or test process goes on with its own)."""
+    import torch
+
+    n = auto_threads(workers) if threads == "auto" else int(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

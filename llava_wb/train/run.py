@@ -23,7 +23,7 @@ from typing import Any
 from llava_wb.train import checkpoints as ckpt
 from llava_wb.train.checks import check_run_config, resolve_init_from, tokenizer_path
 from llava_wb.train.config import ConfigError, RunConfig
-from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync
+from llava_wb.train.dist import barrier, init_deepspeed_on_cpu, replicas_in_sync, torch_threads
 from llava_wb.train.run_folder import (  # noqa: F401  (prepare_run_folder: re-exported)
     _clear_run_folder,
     _resume_point,
@@ -37,6 +37,11 @@ INIT_FROM_FIXED = ("vision.type", "vision.feature_layer", "vision.select", "proj
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns (and writes to ``result.json``) a summary of the run."""
+    with torch_threads(cfg.train.threads, cfg.data.num_workers) as threads:
+        return _train(cfg, threads)
+
+
+def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
     facts = check_run_config(cfg)
     from llava_wb.train.stages import STAGES
 
@@ -159,6 +164,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         "resolved_config": str(out / "resolved_config.yaml"),
         "skips": loader.skip_state(),
         "feature_cache": cache.summary() if cache is not None else None,
+        "threads": threads,
     }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
