@@ -524,7 +524,7 @@ def cpu_section(b: dict[str, Any]) -> Section:
         if "ratio" in v
     ]
     notes.append(
-        "The frozen vision tower's forward (every image and 8 frames per video clip) and the audio tower's forward "
+        "The frozen vision tower's forward (every image and the tower frames of every video clip) and the audio tower's forward "
         "are the same work in every layout (same samples, same media) and take a large share of a demo step; "
         "packing only shrinks the LLM side. Longer rows also cost more attention: SDPA on the CPU computes the "
         "whole row x row score matrix under the block-diagonal mask ('attention scores': entries per layer and head "
@@ -537,8 +537,8 @@ def cpu_section(b: dict[str, Any]) -> Section:
         f"collated both ways: padded batches of {b['batch_size']} (`Collator`) vs packed rows (`packed_batches` + "
         "`PackedCollator`). Model: `demo.yaml`'s model section (tiny CLIP tower of the demo's shape, random weights, "
         "frozen; avgpool; Whisper-style audio tower; 4-layer 128-wide LLaMA, SDPA), finetune stage (trainable "
-        f"{b['trainable_parameters']}), optimizer {b['optimizer']}, {b['torch_threads']} torch thread(s) (torch's "
-        "default here, as training uses). One pass = forward + backward + optimizer step on every batch of the "
+        f"{b['trainable_parameters']}), optimizer {b['optimizer']}, {b['torch_threads']} torch thread(s) (what "
+        "`train.threads: auto` gives a process with no loader workers). One pass = forward + backward + optimizer step on every batch of the "
         "layout; real tokens/s = non-padding LLM positions (text + visual) / pass seconds; "
         f"{b['repeats']} passes per layout, interleaved (padded, packed, packed, padded, ...), medians after one "
         "warm-up step each. 'per CPU s': per second of our process's CPU time (robust to other jobs); 'towers fwd': "
