@@ -82,7 +82,9 @@ def machine_info() -> dict[str, Any]:
     import PIL
     import torch
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from llava_wb.train.dist import usable_cores
+
+    usable = usable_cores()
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -143,7 +145,9 @@ class CpuMeter:
         self.wall = time.perf_counter() - self._t0
         self.cpu = _own_cpu() - self._cpu0
         other = max(0.0, _proc_stat_busy() - self._busy0 - self.cpu)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from llava_wb.train.dist import usable_cores
+
+        cores = usable_cores()
         self.other_share = min(1.0, other / (self.wall * cores)) if self.wall > 0 else 0.0
 
 

@@ -60,13 +60,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def auto_threads(workers: int) -> int:
     """torch threads for a training process: the cores this process may use (its share when
     ``LOCAL_WORLD_SIZE`` processes run on the node) less one per data-loader worker, at least 1. On
     a 2-core Xeon, one thread and one worker trained 1.19x faster than torch's default of 2 threads
     with 2 workers, which fought over the cores (stage 2 of the demo, samples/s); on a 2-core EPYC,
     1 or 2 threads beside one worker were within 7%. ``train.threads`` takes a number where that differs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, cores // local - workers)
 
