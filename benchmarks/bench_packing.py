@@ -73,9 +73,11 @@ from benchmarks.packing_shapes import (
 NAME = "packing"
 STRATEGIES = ("best_fit", "first_fit")
 GPU_HINT = "run `python -m benchmarks.bench_packing --gpu-only` on a lent GPU"
-# The demo's packed layouts (max_tokens, rows per batch): 2048 positions per batch, about the real tokens
-# of a padded batch of 32 demo samples (~58 tokens each); max_tokens >= data.max_length (256).
-DEMO_LAYOUTS = ((512, 4), (256, 8))
+# The demo's packed layouts (max_tokens, rows per batch): about 2048 positions per batch, the real tokens
+# of a padded batch of 32 demo samples (~48 tokens each): rows of 512, of 256 (demo.yaml's) and of 96, just
+# longer than the longest demo sample (80 tokens); a config's own row length is added (demo_layouts).
+BATCH_POSITIONS = 2048
+DEMO_LAYOUTS = ((512, 4), (256, 8), (96, 21))
 PADDED_BATCH = 32  # the padded baseline: the demo's batch of samples before it packed
 LLAVA_ROW_LENGTHS = (2048, 4096, 8192)  # packed row lengths of (a)(ii): LLaVA-1.5's 2048, then longer rows
 
@@ -153,8 +155,17 @@ def prepare_demo(sizes: Sizes, cache: str) -> dict[str, str]:
     }
 
 
-def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[str, int], Any]:
-    """The demo run config on the benchmark's shards (one exact epoch), tokenizer, tokens per item, model."""
+def demo_layouts(packing: Any) -> tuple[tuple[int, int], ...]:
+    """(a)(i) and (b)'s packed layouts: ``DEMO_LAYOUTS`` and the run config's own row length, each with
+    about ``BATCH_POSITIONS`` LLM positions per batch."""
+    if packing is None or packing.max_tokens in dict(DEMO_LAYOUTS):
+        return DEMO_LAYOUTS
+    return (*DEMO_LAYOUTS, (packing.max_tokens, max(1, round(BATCH_POSITIONS / packing.max_tokens))))
+
+
+def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[str, int], Any, tuple]:
+    """The demo run config on the benchmark's shards (one exact epoch), tokenizer, tokens per item, model
+    and the packed layouts to compare (``demo_layouts``)."""
     import torch
 
     from benchmarks.fixtures import load_tokenizer
@@ -174,6 +185,7 @@ def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[st
             "data.epoch_mode=exact",  # one pass over the same samples for every layout
         ],
     )
+    layouts = demo_layouts(cfg.data.packing)
     # the padded baseline: the demo's batch of 32 samples before it packed (demo.yaml packs now)
     cfg.data = dataclasses.replace(cfg.data, packing=None, batch_size=PADDED_BATCH)
     counts = media_token_counts(cfg.model)
@@ -183,11 +195,13 @@ def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[st
     model = build_model(cfg.model, tok)
     if model.media_tokens != media_tokens:
         raise RuntimeError(f"model tokens per item {model.media_tokens} != config prediction {media_tokens}")
-    return cfg, tok, media_tokens, model
+    return cfg, tok, media_tokens, model, layouts
 
 
 # ----------------------------------------------------------------------------- (a)(i) demo padding
-def part_a_demo(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any) -> dict[str, Any]:
+def part_a_demo(
+    cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, demo_rows: Sequence[tuple[int, int]]
+) -> dict[str, Any]:
     """One exact epoch through ``build_train_loader``: padded (demo batch) and packed (both strategies)."""
     from llava_wb.data.config import PackingConfig
     from llava_wb.data.loader import build_train_loader
@@ -196,12 +210,12 @@ def part_a_demo(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any) ->
 
     media = media_settings(model, cfg.data)
     layouts = {f"padded, batch {cfg.data.batch_size}": cfg.data}
-    for max_tokens, rows in DEMO_LAYOUTS:
+    for max_tokens, rows in demo_rows:
         for s in STRATEGIES:
             packing = PackingConfig(max_tokens=max_tokens, strategy=s)
-            layouts[f"packed {s}, {rows} rows x {max_tokens}"] = dataclasses.replace(
-                cfg.data, packing=packing, batch_size=rows
-            )
+            layouts[f"packed {s}, {rows} rows x {max_tokens}"] = dataclasses.replace(  # the same samples: none is
+                cfg.data, packing=packing, batch_size=rows, max_length=min(cfg.data.max_length, max_tokens)
+            )  # longer than the shortest row (80 tokens; the smoke test checks equal real tokens)
     out: dict[str, Any] = {"media_tokens": media_tokens, "layouts": {}}
     for name, data_cfg in layouts.items():
         t0, fractions, samples, real, positions = time.perf_counter(), [], 0, 0, 0
@@ -300,7 +314,9 @@ def demo_samples(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, n
     return out[:n]
 
 
-def part_b(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, sizes: Sizes) -> dict[str, Any]:
+def part_b(
+    cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, sizes: Sizes, demo_rows: Sequence[tuple[int, int]]
+) -> dict[str, Any]:
     import torch
 
     from llava_wb.data.collate import Collator
@@ -311,7 +327,7 @@ def part_b(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, sizes: 
     bs = cfg.data.batch_size
     padded = [Collator(pad_token_id=tok.pad_token_id)(samples[i : i + bs]) for i in range(0, len(samples), bs)]
     layouts = {f"padded, batch {bs}": padded}
-    for max_tokens, rows in DEMO_LAYOUTS:
+    for max_tokens, rows in demo_rows:
         packed = [PackedCollator(pad_token_id=tok.pad_token_id)(b) for b in pack_rows(samples, max_tokens, rows)]
         layouts[f"packed best_fit, {rows} rows x {max_tokens}"] = packed
     model.train()
@@ -433,7 +449,9 @@ def demo_padding_section(a: dict[str, Any]) -> Section:
         f"'balanced'). Tokens per item from `media_token_counts` on the demo config: {a['media_tokens']}. Padded: the "
         f"demo's batch of {a['batch_size']} samples, right-padded to the batch's longest. Packed: `data.packing` with "
         "buffer 256 and max_tokens x batch_size (rows) = 2048 positions per batch, about the real tokens of a padded "
-        "batch (512 x 4: the suggested layout; 256 x 8: rows as long as data.max_length). Padding = 1 - real tokens / "
+        "batch (512 x 4: the suggested layout; 256 x 8: the demo's rows; 96 x 21: rows just longer than the longest "
+        "demo sample, 80 tokens; and the config's own row length, data.packing.max_tokens, when it differs). "
+        "Padding = 1 - real tokens / "
         "LLM positions over the epoch (each worker's last rows included); 'mean per batch' averages "
         "`padding_fraction(batch)`; 'fewer positions' = padded positions / this layout's.",
         [
@@ -529,7 +547,8 @@ def cpu_section(b: dict[str, Any]) -> Section:
         "packing only shrinks the LLM side. Longer rows also cost more attention: SDPA on the CPU computes the "
         "whole row x row score matrix under the block-diagonal mask ('attention scores': entries per layer and head "
         "over the pass), and with this LLM's width (128, head size 16) attention at 512 positions costs about as much "
-        "as its linear layers; 256-position rows halve that."
+        "as its linear layers; it shrinks with the row length, down to rows just longer than the longest sample "
+        "(96 here)."
     )
     return Section(
         title,
@@ -601,8 +620,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.gpu_only:
-        cfg, tok, media_tokens, model = demo_setup(sizes, args.cache, args.config)
-        a = part_a_demo(cfg, tok, media_tokens, model)
+        cfg, tok, media_tokens, model, demo_rows = demo_setup(sizes, args.cache, args.config)
+        a = part_a_demo(cfg, tok, media_tokens, model, demo_rows)
         a.update(
             run=True,
             records={"instruct": sizes.n_instruct, "pretrain": sizes.n_pretrain},
@@ -614,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         raw["a_demo"] = a
         raw["a_llava"] = part_a_llava(sizes)
         raw["b"] = {
-            **part_b(cfg, tok, media_tokens, model, sizes),
+            **part_b(cfg, tok, media_tokens, model, sizes, demo_rows),
             "run": True,
             "repeats": sizes.repeats,
             "batch_size": cfg.data.batch_size,

@@ -153,6 +153,9 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
         assert heading in text, heading
     raw = json.loads((out / "packing.json").read_text(encoding="utf-8"))
     assert raw["name"] == "packing" and raw["quick"] is True
+    from benchmarks import bench_packing
+    from llava_wb.train.config import load_config
+
     a = raw["a_demo"]
     assert a["media_tokens"] == {
         "image": 16,
@@ -160,14 +163,16 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
         "audio": 20,
     }  # the demo config (4 frames), not hard-coded in the bench
     padded, *packed = a["layouts"].values()
-    assert len(packed) == 4 and all(p["samples"] == padded["samples"] > 0 for p in packed)
+    demo_rows = bench_packing.demo_layouts(load_config(f"{ROOT}/configs/demo.yaml").data.packing)
+    assert len(packed) == 2 * len(demo_rows) and all(p["samples"] == padded["samples"] > 0 for p in packed)
     assert all(p["real_tokens"] == padded["real_tokens"] and p["padding"] < padded["padding"] for p in packed)
     padded, *packed = raw["a_llava"]["layouts"].values()
     assert len(packed) == 6 + 1 + 3 and all(p["padding"] < padded["padding"] for p in packed)  # + flattened, references
     flat = [v for k, v in raw["a_llava"]["layouts"].items() if "flattened" in k]
     assert len(flat) == 1 and flat[0]["padding"] == 0.0
     b = raw["b"]["layouts"]
-    assert len(b) == 3 and len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
+    assert len(b) == 1 + len(demo_rows)
+    assert len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
     assert all(len(v["timing"]["seconds"]) == 1 and v["median_towers_forward_s"] > 0 for v in b.values())
     c = raw["c"]
     assert c["run"] and set(c["runs"]) == {"sdpa", "flex_attention", "flash_attention_2"}
