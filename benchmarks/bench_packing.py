@@ -213,9 +213,11 @@ def part_a_demo(
     for max_tokens, rows in demo_rows:
         for s in STRATEGIES:
             packing = PackingConfig(max_tokens=max_tokens, strategy=s)
-            layouts[f"packed {s}, {rows} rows x {max_tokens}"] = dataclasses.replace(  # the same samples: none is
+            # max_length may shrink to the row: no demo sample is longer than the shortest row (80 tokens), so
+            # every layout sees the same samples (the smoke test checks their real tokens are equal)
+            layouts[f"packed {s}, {rows} rows x {max_tokens}"] = dataclasses.replace(
                 cfg.data, packing=packing, batch_size=rows, max_length=min(cfg.data.max_length, max_tokens)
-            )  # longer than the shortest row (80 tokens; the smoke test checks equal real tokens)
+            )
     out: dict[str, Any] = {"media_tokens": media_tokens, "layouts": {}}
     for name, data_cfg in layouts.items():
         t0, fractions, samples, real, positions = time.perf_counter(), [], 0, 0, 0
