@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava_wb.train.dist import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "runs" / "bench_cache"
 RESULTS = ROOT / "benchmarks" / "results"  # the committed, measured tables
@@ -81,8 +83,6 @@ def machine_info() -> dict[str, Any]:
     """Where the numbers were taken (all plain JSON values)."""
     import PIL
     import torch
-
-    from llava_wb.train.dist import usable_cores
 
     usable = usable_cores()
     return {
@@ -145,8 +145,6 @@ class CpuMeter:
         self.wall = time.perf_counter() - self._t0
         self.cpu = _own_cpu() - self._cpu0
         other = max(0.0, _proc_stat_busy() - self._busy0 - self.cpu)
-        from llava_wb.train.dist import usable_cores
-
         cores = usable_cores()
         self.other_share = min(1.0, other / (self.wall * cores)) if self.wall > 0 else 0.0
 
