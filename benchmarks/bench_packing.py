@@ -74,7 +74,7 @@ NAME = "packing"
 STRATEGIES = ("best_fit", "first_fit")
 GPU_HINT = "run `python -m benchmarks.bench_packing --gpu-only` on a lent GPU"
 # The demo's packed layouts (max_tokens, rows per batch): about 2048 positions per batch, the real tokens
-# of a padded batch of 32 demo samples (~48 tokens each): rows of 512, of 256 (demo.yaml's) and of 96, just
+# of a padded batch of 32 demo samples (~48 tokens each): rows of 512, of 256 (stage 1's) and of 96 (stage 2's), just
 # longer than the longest demo sample (80 tokens); a config's own row length is added (demo_layouts).
 BATCH_POSITIONS = 2048
 DEMO_LAYOUTS = ((512, 4), (256, 8), (96, 21))
@@ -181,6 +181,7 @@ def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[st
             f"data.sources.0.path={paths['instruct']}",
             f"data.sources.1.path={paths['pretrain']}",
             f"model.vision.path={paths['tower']}",
+            "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
             "train.init_from=null",
             "data.epoch_mode=exact",  # one pass over the same samples for every layout
         ],

@@ -204,7 +204,13 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
     shards, tok_dir, tower = prepare_demo(quick, cache)
     cfg = load_config(
         config,
-        [f"tokenizer={tok_dir}", f"data.sources=[{shards}]", f"model.vision.path={tower}", "train.init_from=null"],
+        [
+            f"tokenizer={tok_dir}",
+            f"data.sources=[{shards}]",
+            f"model.vision.path={tower}",
+            "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
+            "train.init_from=null",
+        ],
     )
     tok = load_tokenizer(tok_dir)
     out: dict[str, Any] = {

@@ -18,8 +18,8 @@
 # Trains a llava_wb model from a YAML config plus dotted overrides: in this kernel for one process,
 # or through `torchrun` / the `deepspeed` launcher for more. Then plots loss and throughput,
 # evaluates the final model on held-out shards and writes `metrics.json` into the run folder.
-# The same notebook runs every stage: `demo_tower.yaml` (tower warm-up), `demo_pretrain.yaml`,
-# `demo.yaml` (the instruction-tuned model that `make demo` evaluates).
+# The same notebook runs every stage: `demo_tower.yaml` and `demo_audio.yaml` (the towers' warm-ups),
+# `demo_pretrain.yaml`, `demo.yaml` (the instruction-tuned model that `make demo` evaluates).
 # All training logic lives in `llava_wb.train`; this notebook only calls it.
 # Headless on a GPU node: `papermill 03_train.ipynb out.ipynb -p CONFIG ../configs/x.yaml -p NPROC 8`.
 # The default config trains the demo's last stage from what `make demo` writes in `runs/demo`
@@ -70,14 +70,14 @@ plt.show()
 # %% [markdown]
 # ## Evaluation
 # Language-model stages: held-out exact match per question type beside the majority baseline.
-# The tower warm-up stage: per-patch accuracy of its heads on object patches.
+# The warm-up stages (vision and audio tower): per-head accuracy on object patches or event tokens.
 
 # %%
 ev = None
-if result.get("stage") == "tower_warmup":
-    from llava_wb.train.warmup import patch_accuracy_table
+if result.get("stage") in ("tower_warmup", "audio_warmup"):
+    from llava_wb.train.warmup_loop import accuracy_table
 
-    print(patch_accuracy_table(result))
+    print(accuracy_table(result))
 elif EVAL_SHARDS:
     from llava_wb.eval.evaluate import evaluate, image_config_for
     from llava_wb.model.bundle import load_bundle

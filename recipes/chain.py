@@ -1,6 +1,6 @@
-"""The demo's three training stages, tower warm-up -> pretrain -> finetune, with every path passed explicitly.
+"""The demo's training stages, tower warm-ups -> pretrain -> finetune, with every path passed explicitly.
 
-``configs/demo_tower.yaml``, ``demo_pretrain.yaml`` and ``demo.yaml`` name their inputs and outputs
+``configs/demo_tower.yaml``, ``demo_audio.yaml``, ``demo_pretrain.yaml`` and ``demo.yaml`` name their inputs and outputs
 under ``${DEMO_RUN:-runs/demo}``. A recipe never sets that variable: ``stage_overrides`` turns a
 ``ChainPaths`` (where the data is and where each stage writes) into dotted overrides for every one
 of those paths, so one process can train several chains (the benchmarks do) without one chain's
@@ -19,27 +19,35 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 # stage name -> its config; each stage starts from the previous one's output
-STAGES = {"tower": "demo_tower.yaml", "pretrain": "demo_pretrain.yaml", "finetune": "demo.yaml"}
+STAGES = {
+    "tower": "demo_tower.yaml",
+    "audio": "demo_audio.yaml",
+    "pretrain": "demo_pretrain.yaml",
+    "finetune": "demo.yaml",
+}
 SPLITS = ("pretrain", "instruct", "heldout")
 
 
 @dataclass(frozen=True)
 class ChainPaths:
     """Where a chain reads (``data``: ``shards/<split>/`` and ``tokenizer/``) and where each stage writes
-    (its run folder; the trained model in ``<folder>/final``)."""
+    (its run folder; the trained model in ``<folder>/final``). ``audio=None``: no audio warm-up, the
+    later stages train a randomly initialised audio tower (what the demo did before it had one)."""
 
     data: Path
     tower: Path
     pretrain: Path
     train: Path
+    audio: Path | None = None
 
     @classmethod
     def under(cls, run: str | Path, data: str | Path | None = None) -> ChainPaths:
-        """The demo's layout: ``run/tower``, ``run/pretrain``, ``run/train``; data in ``data`` (default ``run``)."""
+        """The demo's layout: ``run/tower``, ``run/audio``, ``run/pretrain``, ``run/train``; data in ``data`` (default ``run``)."""
         run = Path(run).resolve()
         return cls(
             data=Path(data).resolve() if data is not None else run,
             tower=run / "tower",
+            audio=run / "audio",
             pretrain=run / "pretrain",
             train=run / "train",
         )
@@ -49,7 +57,12 @@ class ChainPaths:
 
     def output(self, stage: str) -> Path:
         """The run folder of ``stage``."""
-        return {"tower": self.tower, "pretrain": self.pretrain, "finetune": self.train}[_known(stage)]
+        folder = {"tower": self.tower, "audio": self.audio, "pretrain": self.pretrain, "finetune": self.train}[
+            _known(stage)
+        ]
+        if folder is None:
+            raise ValueError(f"this chain has no {stage} stage (ChainPaths.{stage} is None)")
+        return folder
 
 
 def _known(stage: str) -> str:
@@ -71,13 +84,19 @@ def stage_overrides(stage: str, paths: ChainPaths) -> list[str]:
     """Dotted overrides that set every path of ``stage``'s config from ``paths`` (the data sources keep
     their names, weights and templates from the config; only their paths change)."""
     common = [f"tokenizer={_value(paths.data / 'tokenizer')}", f"train.output_dir={_value(paths.output(stage))}"]
-    if stage == "tower":  # sources: instruct, captions
+    if stage != "tower":  # every later stage reads the warmed-up vision tower (the audio one: its shape)
+        common.append(f"model.vision.path={_value(paths.tower / 'final')}")
+    if stage in ("tower", "audio"):  # sources: instruct, captions
+        section = "warmup" if stage == "tower" else "audio_warmup"
         return common + [
             f"data.sources.0.path={_value(paths.shards('instruct'))}",
             f"data.sources.1.path={_value(paths.shards('pretrain'))}",
-            f"train.warmup.eval_sources={_value([str(paths.shards('heldout'))])}",
+            f"train.{section}.eval_sources={_value([str(paths.shards('heldout'))])}",
         ]
-    common.append(f"model.vision.path={_value(paths.tower / 'final')}")
+    if paths.audio is None:  # a random audio tower that trains with the LLM
+        common += ["model.audio.path=null", "model.audio.freeze=false"]
+    else:
+        common.append(f"model.audio.path={_value(paths.audio / 'final')}")
     if stage == "pretrain":  # sources: captions
         return common + [f"data.sources.0.path={_value(paths.shards('pretrain'))}"]
     return common + [

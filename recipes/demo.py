@@ -2,11 +2,12 @@
 
 Steps, each an executed notebook in the run folder: synthetic LLaVA-format data -> 01 converts each
 split to shards -> (a streamed, tokenized epoch of the held-out shards as a data check) -> 03
-three times, the stages of ``recipes.chain``: ``configs/demo_tower.yaml`` (supervised tower warm-up,
-``tower/``), ``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions,
-``train/``) -> 04 evaluates the final model on the held-out shards. Every path a stage reads or
-writes is passed to it as an override (``recipes.chain.stage_overrides``); nothing is set in the
-environment. Results: ``metrics.json`` (training summary, tower warm-up accuracy, held-out accuracy
+four times, the stages of ``recipes.chain``: ``configs/demo_tower.yaml`` (supervised vision tower
+warm-up, ``tower/``), ``demo_audio.yaml`` (supervised audio tower warm-up, ``audio/``),
+``demo_pretrain.yaml`` (captions, ``pretrain/``), ``demo.yaml`` (instructions, ``train/``) -> 04
+evaluates the final model on the held-out shards. Every path a stage reads or writes is passed to
+it as an override (``recipes.chain.stage_overrides``); nothing is set in the environment. Results:
+``metrics.json`` (training summary, the warm-ups' accuracy, held-out accuracy
 per question type beside the majority baseline), ``train/`` (checkpoints, final model, plots,
 TensorBoard), ``eval/``.
 """
@@ -70,12 +71,14 @@ def stream_records(paths):
 
 def demo_facts():
     """Placeholder tokens per image/video/audio clip, frames and audio window of the demo model, from
-    its configs (the tower's shape from ``demo_tower.yaml``: stage 1's tower path does not exist yet)."""
+    its configs (the towers' shapes from ``demo_tower.yaml`` and ``demo_audio.yaml``: the warmed-up
+    towers that stage 1 loads do not exist yet)."""
     from llava_wb.train import load_config
     from llava_wb.train.checks import predict_visual_tokens
 
     cfg = load_config(config_path("finetune"))
     cfg.model.vision = load_config(config_path("tower")).model.vision
+    cfg.model.audio = load_config(config_path("audio")).model.audio
     facts = predict_visual_tokens(cfg)
     return {
         "media_tokens": facts.media_tokens,
@@ -124,10 +127,11 @@ def stream_epoch(out: Path, data: dict, shards: Path, *, workers: int) -> dict:
     return summary
 
 
-# (stage, executed notebook name, quick-mode overrides): stage 0 warms up the tower, stage 1 aligns
-# it to the LLM on captions, stage 2 tunes on instructions (the main job, evaluated).
+# (stage, executed notebook name, quick-mode overrides): stage 0 warms up the vision and the audio
+# tower, stage 1 aligns them to the LLM on captions, stage 2 tunes on instructions (the main job, evaluated).
 STAGES = (
     ("tower", "03_train_tower.ipynb", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
+    ("audio", "03_train_audio.ipynb", ["train.max_steps=4", "data.batch_size=16", "train.logging_steps=2"]),
     ("pretrain", "03_train_pretrain.ipynb", ["train.max_steps=3", "data.batch_size=8", "train.logging_steps=1"]),
     (
         "finetune",
@@ -174,6 +178,8 @@ def train_and_evaluate(out: Path, shards: dict[str, Path], *, quick: bool, seed:
         metrics = json.load(f)
     with open(paths.tower / "result.json", encoding="utf-8") as f:
         metrics["tower_warmup"] = json.load(f)
+    with open(paths.output("audio") / "result.json", encoding="utf-8") as f:
+        metrics["audio_warmup"] = json.load(f)
     with open(out / "eval" / "eval.json", encoding="utf-8") as f:  # the whole held-out split (04)
         full = json.load(f)
     metrics["eval_during_training"] = metrics.get("eval")  # 03's first questions only

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from tiny import TINY_WHISPER
 
 MIX = {"image": 0.4, "video": 0.25, "audio": 0.25, "text": 0.1}
 MODEL = {
@@ -34,14 +35,7 @@ MODEL = {
     "reducer": {"type": "avgpool", "options": {"window": [2, 2, 2]}},
     "video": {"frames": 4},
     "audio": {
-        "config": dict(
-            d_model=32,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            max_source_positions=100,
-            num_mel_bins=80,
-        ),
+        "config": dict(TINY_WHISPER),
         "tokens_per_second": 10,
     },
 }

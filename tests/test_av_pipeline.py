@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import TINY_WHISPER
 
 from data_tools.convert_to_wds import convert
 from data_tools.make_synthetic import generate
@@ -32,14 +33,7 @@ LLAMA = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
 )
-WHISPER = dict(
-    d_model=32,
-    encoder_layers=1,
-    encoder_attention_heads=2,
-    encoder_ffn_dim=64,
-    max_source_positions=100,
-    num_mel_bins=80,
-)
+WHISPER = TINY_WHISPER
 
 
 @pytest.fixture(scope="module")

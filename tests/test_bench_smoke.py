@@ -159,9 +159,9 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     a = raw["a_demo"]
     assert a["media_tokens"] == {
         "image": 16,
-        "video": 34,
+        "video": 20,
         "audio": 20,
-    }  # the demo config (4 frames), not hard-coded in the bench
+    }  # the demo config (4 frames x 2x2 + a separator each), not hard-coded in the bench
     padded, *packed = a["layouts"].values()
     demo_rows = bench_packing.demo_layouts(load_config(f"{ROOT}/configs/demo.yaml").data.packing)
     assert len(packed) == 2 * len(demo_rows) and all(p["samples"] == padded["samples"] > 0 for p in packed)

@@ -165,7 +165,14 @@ def test_demo_quick_end_to_end(tmp_path):
         assert (tmp_path / "demo" / f"01_convert_{split}.ipynb").exists()
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 6 and metrics["eval"]["overall"]["n"] == 40
+    assert metrics["audio_warmup"]["global_step"] == 4 and set(metrics["audio_warmup"]["heldout_accuracy"]) == {
+        "event",
+        "onset",
+        "count",
+    }
     for name in (
+        "03_train_audio.ipynb",
+        "audio/final/config.json",
         "03_train.ipynb",
         "04_evaluate.ipynb",
         "train/final/config.json",

@@ -1,4 +1,4 @@
-"""``recipes.chain``: every path of the three demo stages comes from the ``ChainPaths`` given, none from
+"""``recipes.chain``: every path of the four demo stages comes from the ``ChainPaths`` given, none from
 ``$DEMO_RUN`` or its ``runs/demo`` default, so one process can train several chains side by side."""
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def _strings(value):
 def test_every_stage_path_comes_from_the_chain_paths(stage, tmp_path, monkeypatch):
     monkeypatch.setenv("DEMO_RUN", str(tmp_path / "leaked"))  # what another chain of the process set
     paths = ChainPaths(
-        data=tmp_path / "data dir", tower=tmp_path / "t:0", pretrain=tmp_path / "p", train=tmp_path / "f"
+        data=tmp_path / "data dir",
+        tower=tmp_path / "t:0",
+        pretrain=tmp_path / "p",
+        train=tmp_path / "f",
+        audio=tmp_path / "a",
     )
     cfg = load_stage(stage, paths).to_dict()
     text = json.dumps(cfg)
@@ -39,6 +43,11 @@ def test_every_stage_path_comes_from_the_chain_paths(stage, tmp_path, monkeypatc
         assert cfg["train"]["warmup"]["eval_sources"] == [str(paths.shards("heldout"))]
     else:
         assert cfg["model"]["vision"]["path"] == str(paths.tower / "final")
+    if stage == "audio":
+        assert cfg["train"]["audio_warmup"]["eval_sources"] == [str(paths.shards("heldout"))]
+        assert cfg["model"]["audio"]["path"] is None and cfg["model"]["audio"]["freeze"] is False
+    if stage in ("pretrain", "finetune"):  # the warmed-up audio tower, frozen like the vision tower
+        assert cfg["model"]["audio"]["path"] == str(paths.audio / "final") and cfg["model"]["audio"]["freeze"]
     if stage == "finetune":
         assert cfg["train"]["init_from"] == str(paths.pretrain)
         weights = {s["name"]: s.get("weight") for s in cfg["data"]["sources"]}
@@ -48,5 +57,16 @@ def test_every_stage_path_comes_from_the_chain_paths(stage, tmp_path, monkeypatc
 def test_demo_layout_and_unknown_stage(tmp_path):
     paths = ChainPaths.under(tmp_path / "demo")
     assert paths.data == (tmp_path / "demo").resolve() and paths.train == paths.data / "train"
-    with pytest.raises(ValueError, match="tower -> pretrain -> finetune"):
+    assert paths.audio == paths.data / "audio"
+    with pytest.raises(ValueError, match="tower -> audio -> pretrain -> finetune"):
         stage_overrides("eval", paths)
+
+
+def test_a_chain_without_audio_warmup_trains_a_random_audio_tower(tmp_path):
+    """Benchmarks that predate the audio warm-up keep their recipe: no audio folder, the tower trains."""
+    paths = ChainPaths(data=tmp_path / "d", tower=tmp_path / "t", pretrain=tmp_path / "p", train=tmp_path / "f")
+    for stage in ("pretrain", "finetune"):
+        audio = load_stage(stage, paths).model.audio
+        assert audio.path is None and audio.freeze is False and audio.config["d_model"] == 128
+    with pytest.raises(ValueError, match="no audio stage"):
+        paths.output("audio")

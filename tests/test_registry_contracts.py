@@ -14,6 +14,7 @@ runs two DDP ranks per tower (the unused-parameter contract under a real launche
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import io
 import json
@@ -58,7 +59,7 @@ from llava_wb.model import (
 from llava_wb.model.audio import AUDIO_TOWERS, build_audio_tower
 from llava_wb.model.towers import tower_name_for
 from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
-from llava_wb.train.stages import PART_PREFIXES, STAGES
+from llava_wb.train.stages import PART_PREFIXES, STAGES, WARMUP_OBJECTIVES
 
 # The same keyword arguments build every registered vision tower (transformers ViT configs share them).
 TINY_VIT = dict(
@@ -439,11 +440,17 @@ def test_media_decoder_contract(kind: str) -> None:
 @pytest.mark.parametrize("name", STAGES.names())
 def test_stage_contract(name: str, tok: Any) -> None:
     stage = STAGES.get(name)
-    assert stage.name == name and stage.description and stage.objective in ("lm", "patch_labels")
-    assert stage.tower or stage.projector or stage.llm
-    model = build_model(ModelConfig.from_dict(tiny_model_dict()), tok)
-    set_trainable(model, tower=stage.tower, projector=stage.projector, llm=stage.llm)
-    for part, wanted in (("tower", stage.tower), ("projector", stage.projector), ("llm", stage.llm)):
+    assert stage.name == name and stage.description and stage.objective in ("lm", *WARMUP_OBJECTIVES)
+    assert stage.tower or stage.projector or stage.llm or stage.audio_tower
+    if stage.objective != "lm":  # a warm-up names the function that trains it, and trains one tower alone
+        module, function = WARMUP_OBJECTIVES[stage.objective].split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+        assert [stage.tower, stage.audio_tower].count(True) == 1 and not (stage.projector or stage.llm)
+    with_audio = {**tiny_model_dict(), "audio": {"type": "whisper", "config": AUDIO_CONFIGS["whisper"]}}
+    model = build_model(ModelConfig.from_dict(with_audio), tok)
+    set_trainable(model, tower=stage.tower, projector=stage.projector, llm=stage.llm, audio=stage.audio_tower)
+    parts = (("tower", stage.tower), ("projector", stage.projector), ("llm", stage.llm))
+    for part, wanted in (*parts, ("audio_tower", stage.audio_tower)):
         flags = {p.requires_grad for n, p in model.named_parameters() if n.startswith(PART_PREFIXES[part])}
         assert True in flags if wanted else flags == {False}, (part, flags)
 

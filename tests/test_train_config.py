@@ -93,7 +93,7 @@ def test_llava15_recipes_take_paths_from_the_environment(monkeypatch):
         ("model.projector.type=mlp3x", r"model\.projector\.type.*'mlp3x'.*known"),
         ("model.reducer.type=tome9", r"model\.reducer.*'tome9'"),
         ("data.template=vicuna_v9", r"data\.template.*'vicuna_v9'.*known"),
-        ("train.stage=pretrian", r"train\.stage.*'pretrian'.*known: finetune, pretrain"),
+        ("train.stage=pretrian", r"train\.stage.*'pretrian'.*known: audio_warmup, finetune, pretrain"),
         ("data.max_length=16", r"data\.max_length=16.*tokens_per_image=16"),
         ("data.image.size=64", r"data\.image\.size=64.*32x32"),
         ("train.lr_scheduler_type=cosine_wobble", r"train\.lr_scheduler_type"),
@@ -186,7 +186,8 @@ def test_train_package_imports_without_torch():
 
 
 def test_demo_stage_configs_pass_the_checks(ws, tmp_path, monkeypatch):
-    """The three demo stages under $DEMO_RUN: warm-up on the 8x8 patches, then 2x2 pooling (16 tokens)."""
+    """The four demo stages under $DEMO_RUN: warm-ups on the 8x8 patches and the audio tower's 20 tokens
+    per clip, then 2x2 pooling (16 tokens) with both towers loaded from the warm-ups' folders."""
     from transformers import CLIPVisionModel
 
     run = demo_run_layout(ws, tmp_path / "demo")
@@ -198,8 +199,16 @@ def test_demo_stage_configs_pass_the_checks(ws, tmp_path, monkeypatch):
     CLIPVisionModel._from_config(CLIPVisionModel.config_class(**tower.model.vision.config)).save_pretrained(
         run / "tower" / "final"
     )
+    with pytest.raises(ConfigError, match=r"model\.audio\.path"):  # stage 0b's tower is not there yet
+        check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
+    audio = load_config(ROOT / "configs" / "demo_audio.yaml")
+    assert check_run_config(audio).tokens_per_audio == 20
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    WhisperEncoder(WhisperConfig(**audio.model.audio.config)).save_pretrained(run / "audio" / "final")
     facts = check_run_config(load_config(ROOT / "configs" / "demo_pretrain.yaml"))
-    assert facts.tokens_per_image == 16 and facts.image_size == 64
+    assert facts.tokens_per_image == 16 and facts.image_size == 64 and facts.tokens_per_audio == 20
     with pytest.raises(ConfigError, match=r"train\.init_from"):
         check_run_config(load_config(ROOT / "configs" / "demo.yaml"))
     assert (

@@ -131,6 +131,10 @@ def test_demo_configs_chain_the_stages():
     )
     assert (tower.train.stage, pre.train.stage, main.train.stage) == ("tower_warmup", "pretrain", "finetune")
     assert pre.model.vision.path == f"{tower.train.output_dir}/final" == main.model.vision.path
+    audio = load_config(ROOT / "configs" / "demo_audio.yaml")
+    assert audio.train.stage == "audio_warmup" and audio.model.audio.path is None and tower.model.audio is None
+    assert pre.model.audio.path == f"{audio.train.output_dir}/final" == main.model.audio.path
+    assert pre.model.audio.freeze and main.model.audio.freeze and audio.model.audio.config == pre.model.audio.config
     assert main.train.init_from == pre.train.output_dir
     assert [s.template for s in main.data.sources] == [None, "plain"]
     assert main.model.llm.config == pre.model.llm.config and main.model.reducer.type == "avgpool"

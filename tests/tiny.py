@@ -15,6 +15,15 @@ TINY_LLAMA = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
+# a Whisper encoder with a 2 s window (100 frames at 50/s): 20 tokens per clip at 10 tokens/s
+TINY_WHISPER = dict(
+    d_model=32,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    max_source_positions=100,
+    num_mel_bins=80,
+)
 
 
 def tiny_model(tokenizer: Any, seed: int = 0) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llava_wb.data.config import DataConfig, ImageConfig, MediaSettings
+from llava_wb.data.config import AudioConfig, DataConfig, ImageConfig, MediaSettings
 from llava_wb.model.tokens import time_slices, video_tokens
 
 
@@ -174,15 +174,18 @@ def media_settings(model: Any, data: DataConfig | ImageConfig | MediaSettings) -
             "clip (model.video.frames); leave data.video.num_frames unset"
         )
     video = dataclasses.replace(data.video, num_frames=frames)
-    audio = data.audio
     tower = getattr(model, "audio_tower", None)
-    if tower is not None:
-        if data.audio.seconds not in (None, tower.seconds):
-            raise ValueError(
-                f"data.audio.seconds={data.audio.seconds} but the audio tower hears {tower.seconds:g} s "
-                "per clip (max_source_positions / 50); leave data.audio.seconds unset"
-            )
-        if data.audio.n_mels != tower.n_mels:
-            raise ValueError(f"data.audio.n_mels={data.audio.n_mels} but the audio tower takes {tower.n_mels} mel bins")
-        audio = dataclasses.replace(data.audio, seconds=tower.seconds)
+    audio = data.audio if tower is None else audio_settings(tower, data.audio)
     return MediaSettings(image=data.image, video=video, audio=audio)
+
+
+def audio_settings(tower: Any, audio: AudioConfig) -> AudioConfig:
+    """``audio`` with the window of ``tower`` filled in (checked when ``audio`` sets it) and its mel bins checked."""
+    if audio.seconds not in (None, tower.seconds):
+        raise ValueError(
+            f"data.audio.seconds={audio.seconds} but the audio tower hears {tower.seconds:g} s "
+            "per clip (max_source_positions / 50); leave data.audio.seconds unset"
+        )
+    if audio.n_mels != tower.n_mels:
+        raise ValueError(f"data.audio.n_mels={audio.n_mels} but the audio tower takes {tower.n_mels} mel bins")
+    return dataclasses.replace(audio, seconds=tower.seconds)

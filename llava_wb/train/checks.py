@@ -187,25 +187,37 @@ def _check_paths(cfg: RunConfig) -> None:
 def _warmup(cfg: RunConfig) -> bool:
     from llava_wb.train.stages import STAGES
 
-    return STAGES.get(cfg.train.stage).objective == "patch_labels"
+    return STAGES.get(cfg.train.stage).objective != "lm"
 
 
 def _check_warmup(cfg: RunConfig) -> None:
+    from llava_wb.train.stages import STAGES
+
     t = cfg.train
-    if not t.warmup.attributes:
+    audio = STAGES.get(t.stage).objective == "clip_labels"  # the audio tower's warm-up, else the vision tower's
+    section = "train.audio_warmup" if audio else "train.warmup"
+    if audio and cfg.model.audio is None:
+        raise ConfigError("model.audio: the audio_warmup stage trains the audio tower; the model has none")
+    if audio and not t.audio_warmup.classes:
+        raise ConfigError(
+            "train.audio_warmup.classes: the audio_warmup stage needs the class names of "
+            f"meta.{t.audio_warmup.attribute}, e.g. [low, high]"
+        )
+    if not audio and not t.warmup.attributes:
         raise ConfigError(
             "train.warmup.attributes: the tower_warmup stage needs at least one object attribute "
             "with its class names, e.g. {colour: [red, green], shape: [circle, square]}"
         )
     if t.max_steps is None:
-        raise ConfigError("train.max_steps: the tower_warmup stage needs a step count")
+        raise ConfigError(f"train.max_steps: the {t.stage} stage needs a step count")
     if t.init_from is not None or t.lora.enabled or t.deepspeed is not None:
         raise ConfigError(
-            "train.stage=tower_warmup trains a bare tower: drop train.init_from, train.lora and train.deepspeed"
+            f"train.stage={t.stage} trains a bare tower: drop train.init_from, train.lora and train.deepspeed"
         )
-    for i, path in enumerate(t.warmup.eval_sources):
+    sources = t.audio_warmup.eval_sources if audio else t.warmup.eval_sources
+    for i, path in enumerate(sources):
         if "://" not in path and not os.path.exists(path):
-            raise ConfigError(f"train.warmup.eval_sources[{i}]: {path!r} does not exist")
+            raise ConfigError(f"{section}.eval_sources[{i}]: {path!r} does not exist")
 
 
 def resolve_init_from(path: str) -> Path:

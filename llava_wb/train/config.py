@@ -100,6 +100,29 @@ class WarmupConfig:
 
 
 @section
+class AudioWarmupConfig:
+    """Stage ``audio_warmup`` (``llava_wb.train.audio_warmup``): labels from each clip's events in its
+    json ``meta`` (as ``data_tools/synth_av.py`` writes it): ``onsets`` and ``durations`` in seconds and
+    the clip's class under ``meta[attribute]``, one of ``classes``.
+
+    Heads on the tower's output tokens: ``event`` per token (0 = none, else the clip's class where an
+    event covers at least ``min_overlap`` of the token), ``onset`` per token (1 where an event starts)
+    and ``count`` per clip (1..``max_events`` events); ``weights``: loss weight per head (default 1);
+    ``eval_sources``: shard sources for held-out accuracy at the end."""
+
+    attribute: Annotated[str, Field(min_length=1)] = "pitch"
+    classes: list[str] = field(default_factory=list)
+    max_events: PositiveInt = 4
+    min_overlap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    weights: dict[str, float] = field(default_factory=dict)
+    eval_sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"train.audio_warmup.classes: names must be distinct, got {self.classes}")
+
+
+@section
 class TrainConfig:
     """How to train. Batch size per device is ``data.batch_size``; the global batch is
     ``data.batch_size x world_size x grad_accum`` (or set ``global_batch_size`` and let the world
@@ -110,6 +133,7 @@ class TrainConfig:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    audio_warmup: AudioWarmupConfig = field(default_factory=AudioWarmupConfig)
     learning_rate: PositiveFloat = 2e-5
     projector_lr: PositiveFloat | None = None
     tower_lr: PositiveFloat | None = None

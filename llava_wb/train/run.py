@@ -11,6 +11,7 @@ and TensorBoard files under ``tensorboard/``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -43,12 +44,12 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
     facts = check_run_config(cfg)
-    from llava_wb.train.stages import STAGES
+    from llava_wb.train.stages import STAGES, WARMUP_OBJECTIVES
 
-    if STAGES.get(cfg.train.stage).objective == "patch_labels":
-        from llava_wb.train.warmup import train_tower
-
-        return train_tower(cfg)
+    objective = STAGES.get(cfg.train.stage).objective
+    if objective in WARMUP_OBJECTIVES:
+        module, name = WARMUP_OBJECTIVES[objective].split(":")
+        return getattr(importlib.import_module(module), name)(cfg)
     t = cfg.train
     out = Path(t.output_dir)
     resume_from = _resume_point(cfg, out)

@@ -5,7 +5,9 @@ A ``Stage`` says which of tower / projector / LLM train; ``STAGES`` holds the bu
 - ``pretrain``: projector only (LLaVA stage 1, feature alignment);
 - ``finetune``: projector + LLM (LLaVA stage 2, visual instruction tuning);
 - ``tower_warmup``: the vision tower alone on per-patch labels (``objective="patch_labels"``,
-  ``llava_wb.train.warmup``), a stand-in for CLIP pretraining when no pretrained tower exists.
+  ``llava_wb.train.warmup``), a stand-in for CLIP pretraining when no pretrained tower exists;
+- ``audio_warmup``: the audio tower alone on per-token event labels (``objective="clip_labels"``,
+  ``llava_wb.train.audio_warmup``), a stand-in for Whisper pretraining.
 
 ``train.trainable.{tower,projector,llm}`` override a stage's choice; when ``train.trainable.tower``
 is unset the tower trains if the stage says so or ``model.vision.freeze`` is false. With
@@ -36,7 +38,8 @@ class Stage:
     projector: bool
     llm: bool
     description: str = ""
-    objective: str = "lm"  # "lm": next-token loss on answers; "patch_labels": llava_wb.train.warmup
+    audio_tower: bool = False  # the audio tower trains alone (its warm-up); LM stages follow model.audio.freeze
+    objective: str = "lm"  # "lm": next-token loss on answers; else a warm-up (WARMUP_OBJECTIVES)
 
 
 STAGES: Registry[Stage] = Registry("training stage")
@@ -61,6 +64,24 @@ STAGES.register(
         description="supervised per-patch warm-up of the vision tower alone",
     ),
 )
+
+STAGES.register(
+    "audio_warmup",
+    Stage(
+        "audio_warmup",
+        tower=False,
+        projector=False,
+        llm=False,
+        audio_tower=True,
+        objective="clip_labels",
+        description="supervised per-token warm-up of the audio tower alone",
+    ),
+)
+# objective -> "module:function" that trains a warm-up stage (imported only when that stage runs)
+WARMUP_OBJECTIVES = {
+    "patch_labels": "llava_wb.train.warmup:train_tower",
+    "clip_labels": "llava_wb.train.audio_warmup:train_audio_tower",
+}
 
 PART_PREFIXES = {
     "tower": ("vision_tower.",),
