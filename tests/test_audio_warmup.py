@@ -125,6 +125,14 @@ def test_audio_warmup_trains_saves_a_tower_that_stage_one_loads_frozen(ws, tmp_p
     assert torch.equal(saved[name], bundle[f"audio_tower.model.{name}"])
 
 
+def test_sources_without_audio_clips_fail_instead_of_looping(ws, tmp_path):
+    cfg = audio_config(ws, tmp_path / "none")
+    cfg["data"]["sources"] = [ws["shards"]]  # images and text only
+    cfg["train"]["audio_warmup"]["eval_sources"] = []
+    with pytest.raises(ValueError, match="audio_warmup: a whole pass over data.sources held no sample"):
+        train(load_config(cfg))
+
+
 def test_audio_warmup_config_errors_name_the_field(ws, tmp_path):
     cfg = audio_config(ws, tmp_path / "a")
     cfg["train"]["audio_warmup"]["classes"] = []

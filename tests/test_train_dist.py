@@ -114,7 +114,7 @@ def test_deepspeed_launcher(ws, tmp_path, zero):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_launchers_train_the_demo_stages(ws, tmp_path, monkeypatch, launcher):
-    """configs/demo_tower.yaml -> demo_audio.yaml -> demo_pretrain.yaml in-process (a few steps), then configs/demo.yaml
+    """configs/demo_tower.yaml -> demo_pretrain.yaml in-process (a few steps), then configs/demo.yaml
     itself with 2 processes under torchrun, or the deepspeed launcher with ZeRO-2 (its data section
     narrowed to this test's shards)."""
     from llava_wb.train import load_config, train
@@ -127,8 +127,13 @@ def test_launchers_train_the_demo_stages(ws, tmp_path, monkeypatch, launcher):
             root / "demo_tower.yaml", ["train.max_steps=2", "data.batch_size=8", "train.warmup.eval_sources=[]"]
         )
     )
-    warm = ["train.max_steps=2", "data.batch_size=8", "train.audio_warmup.eval_sources=[]"]
-    train(load_config(root / "demo_audio.yaml", warm))
+    # this workspace has no audio clips to warm a tower up on (tests/test_audio_warmup.py does that):
+    # stage 0b's tower shape, untrained, where demo_pretrain.yaml loads it
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    audio = load_config(root / "demo_audio.yaml").model.audio
+    WhisperEncoder(WhisperConfig(**audio.config)).save_pretrained(run_dir / "audio" / "final")
     # a small packing pool: this workspace's "captions" are multi-turn records that the plain template
     # rejects, and a pool of 256 would read far enough for the skip-rate check to stop the run
     stage1 = ["train.max_steps=1", "data.batch_size=4", "data.packing.buffer=8", "train.report_to=none"]

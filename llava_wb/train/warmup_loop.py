@@ -131,7 +131,7 @@ def run_warmup(cfg: RunConfig, task: WarmupTask, out: Path) -> dict[str, Any]:
     t0 = since = time.perf_counter()
     seen, window, step, last, unlabelled = 0, {}, 0, {}, 0
     task.tower.train()
-    for batch in _endless(loader):
+    for batch in _endless(loader, task.stage):
         unlabelled += batch.pop("unlabelled")
         if not batch:
             continue
@@ -189,10 +189,19 @@ def run_warmup(cfg: RunConfig, task: WarmupTask, out: Path) -> dict[str, Any]:
     return result
 
 
-def _endless(loader: Any) -> Iterator[dict[str, Any]]:
-    """Batches epoch after epoch (a balanced loader's epochs continue its stream)."""
+def _endless(loader: Any, stage: str) -> Iterator[dict[str, Any]]:
+    """Batches epoch after epoch (a balanced loader's epochs continue its stream); raises when a whole
+    epoch holds no sample the stage can label (it would otherwise loop for ever)."""
     while True:
-        yield from loader
+        labelled = 0
+        for batch in loader:
+            labelled += len(batch) > 1  # more than the "unlabelled" count
+            yield batch
+        if not labelled:
+            raise ValueError(
+                f"{stage}: a whole pass over data.sources held no sample this warm-up can label "
+                "(tower_warmup: one image with meta.objects; audio_warmup: one audio clip); check the sources"
+            )
 
 
 @torch.no_grad()
