@@ -236,12 +236,3 @@ def accuracy_table(result: dict[str, Any]) -> str:
     for name in held or [k.split("/", 1)[1] for k in train]:
         lines.append(f"| {name} | {train.get(f'acc/{name}', float('nan')):.3f} | {held.get(name, float('nan')):.3f} |")
     return "\n".join(lines)
-
-
-def load_heads(run_dir: str | Path, dim: int, classes: dict[str, int]) -> WarmupHeads:
-    """The saved heads of a warm-up run folder (for inspection in notebooks)."""
-    from safetensors.torch import load_file
-
-    heads = WarmupHeads(dim, classes)
-    heads.load_state_dict(load_file(str(Path(run_dir) / "warmup_heads.safetensors")))
-    return heads
