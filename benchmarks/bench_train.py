@@ -210,6 +210,9 @@ def measure_cpu(quick: bool, cache: str, config: str, warmup: int, steps: int, t
             f"model.vision.path={tower}",
             "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
             "train.init_from=null",
+            # the step split reads padded batches (attention_mask); packing is bench_packing's subject
+            "data.packing=null",
+            "data.batch_size=16",
         ],
     )
     tok = load_tokenizer(tok_dir)
