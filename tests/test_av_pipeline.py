@@ -118,6 +118,31 @@ def test_mixed_shards_stream_as_mixed_batches_and_train(setup: dict[str, Any]) -
     model.eval()
 
 
+def test_prefetching_a_mixed_batch_leaves_the_step_nothing_to_compute_in_the_towers(setup: dict[str, Any]) -> None:
+    """Images, clip frames and audio clips go through the frozen towers in ``prefetch_media``; the
+    forward on the same batch then only reads the caches and gives the uncached loss exactly."""
+    import copy
+
+    model = copy.deepcopy(setup["model"]).eval()
+    model.requires_grad_(False)
+    batch = next(
+        b for b in loader(setup, setup["shards"]["instruct"]) if all(f"{k}_values" in b for k in ("video", "audio"))
+    )
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    plain = model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
+    for tower in (model.vision_tower, model.audio_tower):
+        tower.enable_feature_cache(2**24)
+    items = batch["pixel_values"].shape[0] + batch["video_values"].shape[:2].numel() + batch["audio_values"].shape[0]
+    assert model.prefetch_media(batch) == items
+    computed = []
+    for tower, name in ((model.vision_tower, "features"), (model.audio_tower, "pooled")):
+        inner = getattr(tower, name)
+        setattr(tower, name, lambda x, inner=inner: computed.append(x.shape[0]) or inner(x))
+    assert model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss == plain
+    assert computed == []
+    assert model.audio_tower.feature_cache.summary()["hits"] == batch["audio_values"].shape[0]
+
+
 def test_evaluation_reports_video_and_audio_types(setup: dict[str, Any]) -> None:
     from llava_wb.data.config import ImageConfig
     from llava_wb.eval.evaluate import evaluate

@@ -1,12 +1,17 @@
 """The frozen tower's feature cache (``llava_wb.model.feature_cache``): served features equal computed
 ones, any change of the tower's weights empties it, a tower that trains or draws dropout never uses
-it, and a training run with it takes the same steps as one without."""
+it, and a training run with it takes the same steps as one without. Prefetching (``warm`` from a
+thread one batch ahead, ``train.feature_prefetch``) leaves the run, its checkpoints and its resume
+exactly as they were, and the step computes no feature."""
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
-from train_fixtures import make_workspace, read_ids, read_metrics, tiny_config
+from train_fixtures import ROOT, assert_same_run, make_workspace, read_ids, read_metrics, resume_config, tiny_config
 
 from llava_wb.model.towers import build_tower
 from llava_wb.train import ConfigError, load_config, train
@@ -104,6 +109,38 @@ def test_a_full_cache_stops_storing_and_counts_what_it_could_not_keep():
     assert (s["entries"], s["not_stored"], s["misses"]) == (2, 2, 4)
 
 
+def test_warm_fills_the_cache_so_that_serving_computes_only_what_it_lacks():
+    tower = frozen_tower()
+    x = torch.randn(4, 3, 32, 32)
+    expected = tower.features(x)
+    assert tower.prefetch(x) == 0  # no cache: nothing to fill
+    cache = tower.enable_feature_cache(2**20)
+    assert tower.prefetch(x[[0, 1, 2, 0]]) == 4 and tower.prefetch(x[[1, 2]]) == 0
+    count = Counting(tower)
+    torch.testing.assert_close(tower(x), expected, rtol=0, atol=1e-6)
+    assert count.computed == 1  # image 3 only
+    s = cache.summary()
+    assert (s["hits"], s["misses"], s["prefetched"], s["entries"]) == (3, 1, 4, 4)
+    tower.requires_grad_(True)
+    assert tower.prefetch(torch.randn(2, 3, 32, 32)) == 0  # a tower that trains is never cached
+
+
+def test_prefetching_from_a_thread_while_the_main_thread_serves_keeps_features_and_accounts_exact():
+    tower = frozen_tower()
+    row = 16 * 32 * 4
+    cache = tower.enable_feature_cache(40 * row)  # room for 40 of the 48 distinct images
+    images = torch.randn(48, 3, 32, 32)
+    batches = [images[torch.randperm(48)[:12]] for _ in range(24)]
+    with ThreadPoolExecutor(1) as pool:
+        jobs = [pool.submit(tower.prefetch, b) for b in batches]
+        for b in batches:
+            torch.testing.assert_close(tower(b), tower.features(b), rtol=0, atol=1e-6)
+        [job.result() for job in jobs]
+    s = cache.summary()
+    assert s["hits"] + s["misses"] == 24 * 12
+    assert s["entries"] == 40 and cache.bytes == 40 * row and len(cache.entries) == 40
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("feature_cache"), n=16, shard_size=8)
@@ -138,3 +175,65 @@ def test_a_stage_that_trains_the_tower_refuses_the_cache(ws, tmp_path):
     cfg["model"]["vision"]["freeze"] = False
     with pytest.raises(ConfigError, match="feature_cache_mb=64 but stage 'finetune' trains the vision tower"):
         train(load_config(cfg))
+
+
+def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(ws, tmp_path):
+    """Same losses, grad norms, batches, saved loader states and skip counts as without prefetch;
+    every image the steps read was computed by the prefetch thread."""
+    runs = {}
+    for name, prefetch in (("plain", False), ("prefetch", True)):
+        cfg = cached_run(ws, tmp_path / name, 64)
+        cfg["train"].update(feature_prefetch=prefetch, save_steps=5)
+        cfg["data"]["num_workers"] = 1
+        runs[name] = train(load_config(cfg))
+    assert_close_runs(tmp_path / "plain", tmp_path / "prefetch")
+    for step in (10, 12):  # mid-epoch and the last step (save_total_limit keeps two)
+        state = [
+            json.loads((tmp_path / n / f"checkpoint-{step}" / "loader_state_rank0.json").read_text()) for n in runs
+        ]
+        assert state[0] == state[1], step
+    assert runs["plain"]["skips"] == runs["prefetch"]["skips"]
+    cache = runs["prefetch"]["feature_cache"]
+    assert (
+        cache["misses"] == 0
+        and cache["hits"] == runs["plain"]["feature_cache"]["hits"] + runs["plain"]["feature_cache"]["misses"]
+    ), cache
+    assert cache["prefetched"] >= cache["entries"] > 0, cache
+
+
+def assert_close_runs(a_dir, b_dir):
+    a, b = read_metrics(a_dir), read_metrics(b_dir)
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert (a[step]["loss"], a[step]["grad_norm"]) == (b[step]["loss"], b[step]["grad_norm"]), step
+    assert read_ids(a_dir) == read_ids(b_dir)
+
+
+def test_a_prefetching_run_stopped_and_resumed_equals_one_without_prefetch(ws, tmp_path):
+    """Two loader workers, grad_accum 2, stopped at step 3 (the feed had read a batch ahead)."""
+
+    def cfg(out, **kw):
+        c = resume_config(ws, out, 6, feature_cache_mb=64, **kw)
+        c["model"]["vision"]["freeze"] = True
+        return c
+
+    train(load_config(cfg(tmp_path / "ref")))
+    assert train(load_config(cfg(tmp_path / "cut", feature_prefetch=True, stop_after=3)))["global_step"] == 3
+    train(load_config(cfg(tmp_path / "cut", feature_prefetch=True, resume=True)))
+    assert_same_run(tmp_path / "ref", tmp_path / "cut", 6)
+
+
+def test_prefetch_without_a_cache_is_refused(ws, tmp_path):
+    cfg = cached_run(ws, tmp_path / "run", 0)
+    cfg["train"]["feature_prefetch"] = True
+    with pytest.raises(ConfigError, match="train.feature_prefetch fills the frozen tower's feature cache"):
+        train(load_config(cfg))
+
+
+def test_prefetch_under_zero3_is_refused(ws, tmp_path):
+    from llava_wb.train.checks import check_run_config
+
+    cfg = cached_run(ws, tmp_path / "run", 64)
+    cfg["train"].update(feature_prefetch=True, deepspeed=str(ROOT / "configs" / "deepspeed" / "zero3.json"))
+    with pytest.raises(ConfigError, match="is ZeRO-3, whose partitioned weights .* train.feature_prefetch"):
+        check_run_config(load_config(cfg))

@@ -256,11 +256,14 @@ class StreamingLoader:
             self.worker_states, self.last_worker = {}, -1
 
     # --- skips ---------------------------------------------------------------------------------
-    def skip_state(self) -> dict:
+    def skip_state(self, state: dict | None = None) -> dict:
+        """The skips counted so far, or as of ``state`` (a ``state_dict()`` taken earlier)."""
+        if state is not None:
+            return merge([state["carried_skips"]] + [s["skips"] for s in state["workers"].values()])
         return merge([getattr(self, "_carried_skips", {})] + [s["skips"] for s in self.worker_states.values()])
 
-    def skip_summary(self) -> str:
-        return format_summary(self.skip_state())
+    def skip_summary(self, state: dict | None = None) -> str:
+        return format_summary(self.skip_state(state))
 
     def _check_skips(self) -> None:
         st = self.skip_state()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from llava_wb.model.feature_cache import CachedTower
 from llava_wb.registry import Registry
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 AUDIO_TOWERS: Registry[type[AudioTower]] = Registry("audio tower")
 
 
-class AudioTower(nn.Module):
+class AudioTower(CachedTower, nn.Module):
     """Base class (see the module docstring)."""
 
     frames_per_second: ClassVar[float] = 50.0  # encoder output frames per second of audio
@@ -116,11 +117,23 @@ class AudioTower(nn.Module):
         return []
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        self.check_input(features)
+        return self.cached(features, self.pooled)  # a frozen tower with a feature cache serves from it
+
+    def prefetch(self, features: torch.Tensor) -> int:
+        """Cache the output for ``features`` as ``forward`` would take them (``CachedTower``)."""
+        self.check_input(features)
+        return self.prefetch_with(features, self.pooled)
+
+    def check_input(self, features: torch.Tensor) -> None:
         if features.dim() != 3 or tuple(features.shape[1:]) != (self.n_mels, self.input_frames):
             raise ValueError(
                 f"audio features must be [N, {self.n_mels}, {self.input_frames}] "
                 f"({self.seconds:g} s of log-mel frames), got {tuple(features.shape)}"
             )
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """The pooled encoder output ``[N, tokens_per_clip, D]`` of ``features``, always computed."""
         weight = next(self.model.parameters())
         hidden = self.encode(features.to(weight.dtype))
         if self.pool > 1:

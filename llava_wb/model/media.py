@@ -93,6 +93,23 @@ class MediaMixin:
             )
         return embeds
 
+    def prefetch_media(self, batch: dict[str, Any]) -> int:
+        """Run the frozen towers on a normalised batch's images, clip frames and audio clips into their
+        feature caches, passing them exactly as ``forward`` will (``train.feature_prefetch``: the next
+        batch, in a background thread). Images a reducer merges inside the tower are left out (that
+        path never reads the cache). Returns the inputs computed."""
+        done = 0
+        pixels = batch.get("pixel_values")
+        if pixels is not None and pixels.shape[0] and self.reducer.placement != "tower":
+            done += self.vision_tower.prefetch(pixels)
+        video = batch.get("video_values")
+        if video is not None and video.shape[0]:
+            done += self.vision_tower.prefetch(video.flatten(0, 1))
+        audio = batch.get("audio_values")
+        if audio is not None and audio.shape[0] and self.audio_tower is not None:
+            done += self.audio_tower.prefetch(audio)
+        return done
+
     # ---- instructions --------------------------------------------------------------------------
     @staticmethod
     def item_instruction(

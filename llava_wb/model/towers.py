@@ -45,7 +45,7 @@ from llava_wb.constants import (
     SIGLIP_STD,
 )
 from llava_wb.model.config import SELECT_STRATEGIES
-from llava_wb.model.feature_cache import FeatureCache, has_dropout
+from llava_wb.model.feature_cache import CachedTower
 from llava_wb.registry import Registry
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def patch_grid(config: Any, strict: bool = False) -> tuple[int, int]:
     return (size // patch, size // patch)
 
 
-class VisionTower(nn.Module):
+class VisionTower(CachedTower, nn.Module):
     """Base class of the vision towers (see the module docstring)."""
 
     hf_model_type: ClassVar[str] = ""  # transformers ``model_type`` of the vision config
@@ -113,7 +113,7 @@ class VisionTower(nn.Module):
         self.feature_layer = feature_layer
         self.select = select
         self.position_embeddings = True
-        self.feature_cache: FeatureCache | None = None  # enable_feature_cache
+        self.feature_cache = None  # CachedTower.enable_feature_cache
 
     def drop_position_embeddings(self) -> None:
         """Zero the absolute position embeddings and keep them frozen: the features then carry no
@@ -195,9 +195,11 @@ class VisionTower(nn.Module):
             raise ValueError(
                 f"pixel_values must be [N, 3, {self.image_size}, {self.image_size}], got {tuple(pixel_values.shape)}"
             )
-        if self.feature_cache is not None and not any(p.requires_grad for p in self.parameters()):
-            return self.feature_cache.features(pixel_values, self.features, self)
-        return self.features(pixel_values)
+        return self.cached(pixel_values, self.features)
+
+    def prefetch(self, pixel_values: torch.Tensor) -> int:
+        """Cache the features of ``pixel_values`` as ``forward`` would take them (``CachedTower``)."""
+        return self.prefetch_with(pixel_values, self.features)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The selected hidden state ``[N, P + H*W, D]`` of ``[N, 3, S, S]``, always computed."""
@@ -213,17 +215,6 @@ class VisionTower(nn.Module):
         if hidden.shape[1] != expected:
             raise RuntimeError(f"{type(self).__name__} produced {hidden.shape[1]} tokens, expected {expected}")
         return hidden
-
-    def enable_feature_cache(self, max_bytes: int) -> FeatureCache:
-        """Serve the features of images seen before from memory while the tower is frozen
-        (``llava_wb.model.feature_cache``); returns the cache (its ``summary()`` has the hit counts)."""
-        if has_dropout(self.model):
-            raise ValueError(
-                f"{type(self).__name__} has dropout, so its features are not a function of the pixels "
-                "while training; a feature cache would change the run (set train.feature_cache_mb: 0)"
-            )
-        self.feature_cache = FeatureCache(max_bytes)
-        return self.feature_cache
 
     def forward_merged(
         self, pixel_values: torch.Tensor, reducer: Any, grid: tuple[int, int, int]

@@ -60,6 +60,11 @@ def check_run_config(cfg: RunConfig) -> ConfigFacts:
             f"data.image.size={cfg.data.image.size} but the vision tower takes {facts.image_size}x{facts.image_size} "
             f"images (model.vision image_size): the features would not match the placeholders"
         )
+    if cfg.train.feature_prefetch and not cfg.train.feature_cache_mb:
+        raise ConfigError(
+            "train.feature_prefetch fills the frozen tower's feature cache, but train.feature_cache_mb "
+            "is 0: set it (e.g. 1024) or set train.feature_prefetch: false"
+        )
     _check_zero3(cfg)
     if cfg.data.epoch_mode != "balanced":
         raise ConfigError(
@@ -125,6 +130,11 @@ def _check_zero3(cfg: RunConfig) -> None:
     if m.audio is not None:
         parts["model.audio"] = AUDIO_TOWERS.get(m.audio.type)
     varying = [f"{field} ({cls.__name__})" for field, cls in parts.items() if cls.calls_vary_per_rank]
+    if stage == 3 and cfg.train.feature_prefetch:
+        raise ConfigError(
+            f"train.deepspeed: {path} is ZeRO-3, whose partitioned weights the tower cannot run on "
+            "outside DeepSpeed's forward, as train.feature_prefetch does; set train.feature_prefetch: false"
+        )
     if stage == 3 and varying:
         raise ConfigError(
             f"train.deepspeed: {path} is ZeRO-3, which is not supported with {', '.join(varying)} "

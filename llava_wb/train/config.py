@@ -148,6 +148,7 @@ class TrainConfig:
     bf16: StrictBool | Literal["auto"] = "auto"
     gradient_checkpointing: bool = False
     feature_cache_mb: NonNegativeInt = 0  # frozen tower: keep seen images' features (model/feature_cache.py)
+    feature_prefetch: bool = False  # fill that cache for the next batch in a thread while the step computes
     threads: PositiveInt | Literal["auto"] = "auto"  # torch threads; auto: cores per process less loader workers
     deepspeed: str | None = None
     logging_steps: PositiveInt = 10

@@ -103,7 +103,8 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)
         id_log = out / "sample_ids" / f"rank{rank}.jsonl"
-    feed = StreamFeed(loader, model.media_tokens, id_log, image=shipped.image)
+    prefetch = _prefetch(cfg, model, shipped.image, args.device)  # checked: the run has a feature cache
+    feed = StreamFeed(loader, model.media_tokens, id_log, image=shipped.image, prefetch=prefetch)
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
     args.max_steps = max_steps
     done_steps = 0
@@ -163,13 +164,14 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 2),
         "metrics_file": str(out / "metrics.jsonl"),
         "resolved_config": str(out / "resolved_config.yaml"),
-        "skips": loader.skip_state(),
+        "skips": feed.skip_state(),  # as of the last batch trained on (the feed may have read one more)
         "feature_cache": cache.summary() if cache is not None else None,
+        "audio_feature_cache": _summary(getattr(model, "audio_tower", None)),
         "threads": threads,
     }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-        log.info("done: step %d/%d in %.1fs; %s", step, max_steps, result["seconds"], loader.skip_summary())
+        log.info("done: step %d/%d in %.1fs; %s", step, max_steps, result["seconds"], feed.skip_summary())
     return result
 
 
@@ -220,7 +222,8 @@ def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> Non
 
 def _feature_cache(cfg: RunConfig, model: Any) -> Any:
     """The vision tower's feature cache when ``train.feature_cache_mb`` asks for one (after the
-    stage has set what trains: the cache serves a frozen tower only)."""
+    stage has set what trains: the cache serves a frozen tower only); a frozen audio tower gets one
+    of the same size too (``model.audio_tower.feature_cache``; an audio tower that trains, none)."""
     mb = cfg.train.feature_cache_mb
     if not mb:
         return None
@@ -229,10 +232,36 @@ def _feature_cache(cfg: RunConfig, model: Any) -> Any:
             f"train.feature_cache_mb={mb} but stage {cfg.train.stage!r} trains the vision tower, whose features "
             "then change every step; set train.feature_cache_mb: 0 or freeze the tower"
         )
+    towers = [model.vision_tower]
+    audio = getattr(model, "audio_tower", None)
+    if audio is not None and not any(p.requires_grad for p in audio.parameters()):
+        towers.append(audio)
     try:
-        return model.vision_tower.enable_feature_cache(mb * 2**20)
+        return [tower.enable_feature_cache(mb * 2**20) for tower in towers][0]
     except ValueError as e:
         raise ConfigError(f"train.feature_cache_mb: {e}") from None
+
+
+def _summary(tower: Any) -> dict[str, Any] | None:
+    cache = getattr(tower, "feature_cache", None)
+    return cache.summary() if cache is not None else None
+
+
+PREFETCHED = ("pixel_values", "video_values", "audio_values")  # the batch keys the towers read
+
+
+def _prefetch(cfg: RunConfig, model: Any, image: Any, device: Any) -> Any:
+    """With ``train.feature_prefetch``: the function the feed runs on the next batch in a thread, which
+    puts its images' tower features into the feature cache (``MediaMixin.prefetch_media``)."""
+    if not cfg.train.feature_prefetch:
+        return None
+    from llava_wb.data.image import normalise_batch
+
+    def prefetch(batch: dict[str, Any]) -> int:
+        media = {k: v.to(device) for k, v in batch.items() if k in PREFETCHED and v is not None}
+        return model.prefetch_media(normalise_batch(media, image))
+
+    return prefetch
 
 
 def _build_model(cfg: RunConfig, tokenizer: Any) -> Any:

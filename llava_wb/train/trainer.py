@@ -14,6 +14,10 @@ How the Trainer is bent (transformers 5.x):
   RNG and the step counter.
 - ``_prepare_inputs`` normalises uint8 pixels after the batch reached the device (the loader ships
   uint8: a quarter of the bytes between processes and no float conversion in the workers).
+- With ``prefetch`` (``train.feature_prefetch``), the feed reads one batch ahead and a background
+  thread runs the frozen tower on that batch's images into the feature cache while the current
+  step computes. The loader's state is snapshotted after every batch and the feed saves, resumes
+  and counts skips as of the batch it last *gave*, so the look-ahead changes nothing on resume.
 - ``create_optimizer`` builds per-part learning-rate groups (``stages.param_groups``).
 - ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction, the share of
   LLM positions that were padding (summed over ranks) and each group's learning rate to every training log line.
@@ -21,9 +25,11 @@ How the Trainer is bent (transformers 5.x):
 
 from __future__ import annotations
 
+import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +57,17 @@ MODEL_KEYS = (
 class StreamFeed:
     """Endless batches from a ``StreamingLoader`` (epoch after epoch); deliberately no ``__len__``."""
 
-    def __init__(self, loader: Any, media_tokens: dict[str, int], id_log: Path | None = None, image: Any = None):
+    def __init__(
+        self,
+        loader: Any,
+        media_tokens: dict[str, int],
+        id_log: Path | None = None,
+        image: Any = None,
+        prefetch: Callable[[dict[str, Any]], Any] | None = None,
+    ):
         self.loader = loader
+        self.prefetch = prefetch  # run on each batch one step ahead, in a thread (see the module docstring)
+        self._state: dict[str, Any] | None = None  # the loader's state after the batch last given (look-ahead)
         self.image = image  # the loader's ImageConfig: uint8 pixels are normalised with its mean/std
         self.media_tokens = dict(media_tokens)  # placeholder ids per item of each modality
         self.batches = 0  # consumed since the start of the run (restored on resume)
@@ -65,17 +80,30 @@ class StreamFeed:
         self.wait = 0.0
         self.since = time.perf_counter()
 
+    def loader_state(self) -> dict[str, Any]:
+        """The loader's state as of the last batch this feed gave (not the one it read ahead)."""
+        return self._state if self._state is not None else self.loader.state_dict()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"loader": self.loader.state_dict(), "batches": self.batches}
+        return {"loader": self.loader_state(), "batches": self.batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state["loader"])
         self.batches = int(state["batches"])
+        self._state = None
+
+    def skip_state(self) -> dict[str, Any]:
+        """Skips counted by the loader up to the last batch given."""
+        return self.loader.skip_state(self._state)
+
+    def skip_summary(self) -> str:
+        return self.loader.skip_summary(self._state)
 
     def epoch_progress(self) -> float:
         """Data epochs done, as a float (loader epoch + fraction of the current one)."""
         n = self.loader.batches_per_epoch
-        return self.loader.epoch + (self.loader.batches_in_epoch / n if n else 0.0)
+        state = self.loader_state()
+        return state["epoch"] + (state["batches_in_epoch"] / n if n else 0.0)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._gen is None:
@@ -88,7 +116,8 @@ class StreamFeed:
             self._gen.close()  # type: ignore[attr-defined]
             self._gen = None
 
-    def _stream(self) -> Iterator[dict[str, Any]]:
+    def _batches(self) -> Iterator[tuple[dict[str, Any], float]]:
+        """The loader's batches, epoch after epoch, each with the seconds spent waiting for it."""
         it = iter(self.loader)
         while True:
             t0 = time.perf_counter()
@@ -97,10 +126,34 @@ class StreamFeed:
             except StopIteration:
                 it = iter(self.loader)
                 continue
-            self.wait += time.perf_counter() - t0
-            self._count(batch)
-            self.batches += 1
-            yield {k: batch[k] for k in MODEL_KEYS if k in batch}
+            yield batch, time.perf_counter() - t0
+
+    def _stream(self) -> Iterator[dict[str, Any]]:
+        if self.prefetch is None:
+            for batch, waited in self._batches():
+                self.wait += waited
+                yield self._give(batch)
+            return
+        # One batch ahead: while the trainer computes on a batch, the thread prefetches the next.
+        with ThreadPoolExecutor(1, thread_name_prefix="llava_wb-prefetch") as pool:
+            batches = self._batches()
+            batch, waited = next(batches)
+            state, job = copy.deepcopy(self.loader.state_dict()), pool.submit(self.prefetch, batch)
+            while True:
+                ahead, ahead_waited = next(batches)
+                ahead_state = copy.deepcopy(self.loader.state_dict())
+                ahead_job = pool.submit(self.prefetch, ahead)
+                t0 = time.perf_counter()
+                job.result()  # this batch's prefetch (raises what it raised)
+                self.wait += waited + time.perf_counter() - t0
+                self._state = state
+                yield self._give(batch)
+                batch, waited, state, job = ahead, ahead_waited, ahead_state, ahead_job
+
+    def _give(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self._count(batch)
+        self.batches += 1
+        return {k: batch[k] for k in MODEL_KEYS if k in batch}
 
     def _count(self, batch: dict[str, Any]) -> None:
         packed = "samples_per_row" in batch
