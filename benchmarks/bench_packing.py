@@ -155,6 +155,18 @@ def prepare_demo(sizes: Sizes, cache: str) -> dict[str, str]:
     }
 
 
+def demo_overrides(paths: dict[str, str]) -> list[str]:
+    """Overrides that point a demo config at ``prepare_demo``'s shards, tokenizer and untrained towers."""
+    return [
+        f"tokenizer={paths['tokenizer']}",
+        f"data.sources.0.path={paths['instruct']}",
+        f"data.sources.1.path={paths['pretrain']}",
+        f"model.vision.path={paths['tower']}",
+        "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
+        "train.init_from=null",
+    ]
+
+
 def demo_layouts(packing: Any) -> tuple[tuple[int, int], ...]:
     """(a)(i) and (b)'s packed layouts: ``DEMO_LAYOUTS`` and the run config's own row length, each with
     about ``BATCH_POSITIONS`` LLM positions per batch."""
@@ -176,15 +188,7 @@ def demo_setup(sizes: Sizes, cache: str, config: str) -> tuple[Any, Any, dict[st
     paths = prepare_demo(sizes, cache)
     cfg = load_config(
         config,
-        [
-            f"tokenizer={paths['tokenizer']}",
-            f"data.sources.0.path={paths['instruct']}",
-            f"data.sources.1.path={paths['pretrain']}",
-            f"model.vision.path={paths['tower']}",
-            "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
-            "train.init_from=null",
-            "data.epoch_mode=exact",  # one pass over the same samples for every layout
-        ],
+        [*demo_overrides(paths), "data.epoch_mode=exact"],  # one pass over the same samples for every layout
     )
     layouts = demo_layouts(cfg.data.packing)
     # the padded baseline: the demo's batch of 32 samples before it packed (demo.yaml packs now)

@@ -29,7 +29,7 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.bench_packing import FULL, QUICK, prepare_demo
+from benchmarks.bench_packing import FULL, QUICK, demo_overrides, prepare_demo
 from benchmarks.common import DEFAULT_CACHE, ROOT, CpuMeter, Section, machine_info, results_dir, write_results
 
 NAME = "prefetch"
@@ -42,12 +42,7 @@ def run_once(paths: dict[str, str], out: Path, steps: int, prefetch: bool, quick
     from llava_wb.train import load_config, train
 
     overrides = [
-        f"tokenizer={paths['tokenizer']}",
-        f"data.sources.0.path={paths['instruct']}",
-        f"data.sources.1.path={paths['pretrain']}",
-        f"model.vision.path={paths['tower']}",
-        "model.audio.path=null",  # an untrained audio tower of the demo's shape, frozen like the demo's
-        "train.init_from=null",
+        *demo_overrides(paths),
         f"train.output_dir={out}",
         f"train.max_steps={steps}",
         f"train.save_steps={steps + 1}",
