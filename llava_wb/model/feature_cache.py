@@ -18,15 +18,16 @@ rounding (1e-7 here), as any change of batch size does.
 ``CachedTower`` gives a tower module the switch and the two entry points (``VisionTower``,
 ``AudioTower``: the audio tower's log-mel input is keyed the same way).
 
-Enable it with ``train.feature_cache_mb`` (0: off, the default; the size is per frozen tower). It pays off for runs of several
-epochs; at LLaVA scale (one epoch of 665K images) every lookup misses and it only costs memory and
-hashing (and a device-to-host copy of the pixels on a GPU). When full it stops storing and counts
-the images it could not keep.
+Enable it with ``train.feature_cache_mb`` (0: off, the default; the size is per frozen tower). It
+pays off for runs of several epochs; at LLaVA scale (one epoch of 665K images) every lookup misses
+and it only costs memory and hashing (and a device-to-host copy of the pixels on a GPU). When full
+it stops storing and counts the images it could not keep.
 
 ``warm`` fills it without serving: ``train.feature_prefetch`` calls it from a background thread on
 the next batch's images while the current step computes (``llava_wb.train.trainer.StreamFeed``), so
 on a CPU with a core to spare even the first epoch's features cost the step nothing. A lock keeps
-the entries and counts consistent between the two threads; the tower computes outside it.
+the entries and counts consistent between the two threads; the tower computes and the rows are
+copied outside it.
 """
 
 from __future__ import annotations
@@ -106,19 +107,21 @@ class FeatureCache:
             return keys, [self.entries.get(k) for k in keys]
 
     def _store_all(self, rows: dict[bytes, torch.Tensor]) -> None:
+        copies = {key: row.detach().clone() for key, row in rows.items()}  # outside the lock
         with self.lock:
-            for key, row in rows.items():
+            for key, row in copies.items():
                 self.store(key, row)
 
     def store(self, key: bytes, row: torch.Tensor) -> None:
-        """Keep ``row`` under ``key`` unless present or over ``max_bytes`` (call with the lock held)."""
+        """Keep ``row`` (a copy the caller owns) under ``key`` unless present or over ``max_bytes``
+        (call with the lock held)."""
         if key in self.entries:
             return
         size = row.numel() * row.element_size()
         if self.bytes + size > self.max_bytes:
             self.totals["not_stored"] += 1
             return
-        self.entries[key] = row.detach().clone()
+        self.entries[key] = row
         self.bytes += size
 
     def _count(self, hits: int, misses: int) -> None:
