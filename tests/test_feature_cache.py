@@ -177,9 +177,14 @@ def test_a_stage_that_trains_the_tower_refuses_the_cache(ws, tmp_path):
         train(load_config(cfg))
 
 
-def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(ws, tmp_path):
+@pytest.mark.parametrize("patience", [32, 2])
+def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(ws, tmp_path, monkeypatch, patience):
     """Same losses, grad norms, batches, saved loader states and skip counts as without prefetch;
-    every image the steps read was computed by the prefetch thread."""
+    every image the steps read was computed by the prefetch thread. With a patience of 2 the thread
+    stops in the second epoch (everything cached) and the feed goes on without a look-ahead."""
+    from llava_wb.train import trainer
+
+    monkeypatch.setattr(trainer, "PREFETCH_PATIENCE", patience)
     runs = {}
     for name, prefetch in (("plain", False), ("prefetch", True)):
         cfg = cached_run(ws, tmp_path / name, 64)
@@ -199,6 +204,8 @@ def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(ws
         and cache["hits"] == runs["plain"]["feature_cache"]["hits"] + runs["plain"]["feature_cache"]["misses"]
     ), cache
     assert cache["prefetched"] >= cache["entries"] > 0, cache
+    stopped = runs["prefetch"]["prefetch_stopped_after_batch"]
+    assert stopped is None if patience == 32 else 4 < stopped < 10, stopped
 
 
 def assert_close_runs(a_dir, b_dir):

@@ -167,6 +167,7 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
         "skips": feed.skip_state(),  # as of the last batch trained on (the feed may have read one more)
         "feature_cache": cache.summary() if cache is not None else None,
         "audio_feature_cache": _summary(getattr(model, "audio_tower", None)),
+        "prefetch_stopped_after_batch": feed.prefetch_stopped,  # the caches held everything from there on
         "threads": threads,
     }
     if rank == 0:

@@ -16,8 +16,10 @@ How the Trainer is bent (transformers 5.x):
   uint8: a quarter of the bytes between processes and no float conversion in the workers).
 - With ``prefetch`` (``train.feature_prefetch``), the feed reads one batch ahead and a background
   thread (at a lower priority) runs the frozen towers on that batch's images, frames and audio
-  clips into their feature caches while the current step computes. The loader's state is snapshotted after every batch and the feed saves, resumes
-  and counts skips as of the batch it last *gave*, so the look-ahead changes nothing on resume.
+  clips into their feature caches while the current step computes. The loader's state is
+  snapshotted after every batch and the feed saves, resumes and counts skips as of the batch it
+  last *gave*, so the look-ahead changes nothing on resume. Once the caches hold every input of
+  ``PREFETCH_PATIENCE`` batches in a row, the thread stops and the feed reads no batch ahead.
 - ``create_optimizer`` builds per-part learning-rate groups (``stages.param_groups``).
 - ``log`` adds samples/s, LLM tokens/s, visual tokens per sample, data-wait fraction, the share of
   LLM positions that were padding (summed over ranks) and each group's learning rate to every training log line.
@@ -70,6 +72,7 @@ class StreamFeed:
         self.loader = loader
         self.prefetch = prefetch  # run on each batch one step ahead, in a thread (see the module docstring)
         self._state: dict[str, Any] | None = None  # the loader's state after the batch last given (look-ahead)
+        self.prefetch_stopped: int | None = None  # the batch after which the prefetch thread stopped
         self.image = image  # the loader's ImageConfig: uint8 pixels are normalised with its mean/std
         self.media_tokens = dict(media_tokens)  # placeholder ids per item of each modality
         self.batches = 0  # consumed since the start of the run (restored on resume)
@@ -136,21 +139,37 @@ class StreamFeed:
                 self.wait += waited
                 yield self._give(batch)
             return
-        # One batch ahead: while the trainer computes on a batch, the thread prefetches the next.
+        # One batch ahead: while the trainer computes on a batch, the thread prefetches the next. Once
+        # PREFETCH_PATIENCE prefetches in a row found every input cached, the thread stops (it would
+        # only hash inputs again, at a cost to the step) and the feed goes on without a look-ahead.
+        batches = self._batches()
         with ThreadPoolExecutor(1, thread_name_prefix="llava_wb-prefetch", initializer=_yield_to_the_step) as pool:
-            batches = self._batches()
             batch, waited = next(batches)
             state, job = copy.deepcopy(self.loader.state_dict()), pool.submit(self.prefetch, batch)
-            while True:
+            idle = 0
+            while idle < PREFETCH_PATIENCE:
                 ahead, ahead_waited = next(batches)
                 ahead_state = copy.deepcopy(self.loader.state_dict())
                 ahead_job = pool.submit(self.prefetch, ahead)
-                t0 = time.perf_counter()
-                job.result()  # this batch's prefetch (raises what it raised)
-                self.wait += waited + time.perf_counter() - t0
+                idle = idle + 1 if not self._finish(job, waited) else 0
                 self._state = state
                 yield self._give(batch)
                 batch, waited, state, job = ahead, ahead_waited, ahead_state, ahead_job
+            self._finish(job, waited)
+            self.prefetch_stopped = self.batches + 1
+            self._state = state
+            yield self._give(batch)
+        self._state = None  # nothing read ahead any more: the loader's own state is the feed's
+        for batch, waited in batches:
+            self.wait += waited
+            yield self._give(batch)
+
+    def _finish(self, job: Any, waited: float) -> Any:
+        """Wait for a batch's prefetch (counted as data wait); what it returned, raising what it raised."""
+        t0 = time.perf_counter()
+        done = job.result()
+        self.wait += waited + time.perf_counter() - t0
+        return done
 
     def _give(self, batch: dict[str, Any]) -> dict[str, Any]:
         self._count(batch)
@@ -173,6 +192,7 @@ class StreamFeed:
 
 
 PREFETCH_NICE = 10  # the prefetch thread's niceness: it takes the cycles the step and the loader leave
+PREFETCH_PATIENCE = 32  # prefetches in a row that computed nothing, after which the thread stops
 
 
 def _yield_to_the_step() -> None:
