@@ -258,9 +258,9 @@ class StreamingLoader:
     # --- skips ---------------------------------------------------------------------------------
     def skip_state(self, state: dict | None = None) -> dict:
         """The skips counted so far, or as of ``state`` (a ``state_dict()`` taken earlier)."""
-        if state is not None:
-            return merge([state["carried_skips"]] + [s["skips"] for s in state["workers"].values()])
-        return merge([getattr(self, "_carried_skips", {})] + [s["skips"] for s in self.worker_states.values()])
+        if state is None:
+            state = {"carried_skips": getattr(self, "_carried_skips", {}), "workers": self.worker_states}
+        return merge([state["carried_skips"]] + [s["skips"] for s in state["workers"].values()])
 
     def skip_summary(self, state: dict | None = None) -> str:
         return format_summary(self.skip_state(state))

@@ -233,12 +233,11 @@ def _feature_cache(cfg: RunConfig, model: Any) -> Any:
             f"train.feature_cache_mb={mb} but stage {cfg.train.stage!r} trains the vision tower, whose features "
             "then change every step; set train.feature_cache_mb: 0 or freeze the tower"
         )
-    towers = [model.vision_tower]
     audio = getattr(model, "audio_tower", None)
-    if audio is not None and not any(p.requires_grad for p in audio.parameters()):
-        towers.append(audio)
     try:
-        return [tower.enable_feature_cache(mb * 2**20) for tower in towers][0]
+        if audio is not None and not any(p.requires_grad for p in audio.parameters()):
+            audio.enable_feature_cache(mb * 2**20)
+        return model.vision_tower.enable_feature_cache(mb * 2**20)
     except ValueError as e:
         raise ConfigError(f"train.feature_cache_mb: {e}") from None
 
