@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# uv installs the ~190 packages after torch in about 10 s where pip takes about 65 s (same versions).
+# It reads its own settings, not pip.conf: behind a package mirror set UV_INDEX_URL, or UV= for pip alone.
+UV     ?= 1
 STAMP  := $(VENV)/.installed
 # DeepSpeed JIT-compiles its CPU ops once; keep the build cache inside the checkout.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[all]'
+	$(if $(UV),$(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[all]' '$(TORCH)' || { echo "uv failed: installing with pip (make UV= skips uv)"; $(PY) -m pip install -q -e '.[all]'; },$(PY) -m pip install -q -e '.[all]')
 	touch $(STAMP)
 
 demo: $(STAMP)
