@@ -97,6 +97,8 @@ def test_llava15_recipes_take_paths_from_the_environment(monkeypatch):
         ("data.max_length=16", r"data\.max_length=16.*tokens_per_image=16"),
         ("data.image.size=64", r"data\.image\.size=64.*32x32"),
         ("train.lr_scheduler_type=cosine_wobble", r"train\.lr_scheduler_type"),
+        ("train.lr_scheduler_type=warmup_stable_decay", r"train\.lr_scheduler_kwargs.*num_decay_steps"),
+        ("train.lr_scheduler_kwargs={num_cycles: 2, wobble: 1}", r"train\.lr_scheduler_kwargs.*wobble"),
         ("train.deepspeed=missing.json", r"train\.deepspeed"),
         (f"train.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", r"train\.deepspeed needs a launcher"),
         ("train.init_from=/nonexistent/run", r"train\.init_from"),

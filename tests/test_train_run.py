@@ -25,6 +25,19 @@ def weights(folder: Path | str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
+def test_scheduler_kwargs_reach_the_schedule(ws, tmp_path):
+    """train.lr_scheduler_kwargs go to transformers' scheduler: warmup-stable-decay holds the peak, then decays."""
+    out = tmp_path / "run"
+    cfg = tiny_config(ws, out, max_steps=10, warmup_ratio=0.0, save_steps=100, learning_rate=1e-3, logging_steps=1)
+    cfg["train"].update(lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={"num_decay_steps": 4})
+    cfg["data"].update(sources=[ws["one_batch"]], num_workers=0)
+    train(load_config(cfg))
+    lrs = [row["learning_rate"] for _, row in sorted(read_metrics(out).items())]
+    assert lrs[:6] == [1e-3] * 6, lrs  # stable: 10 steps less 4 of decay
+    decay = lrs[-3:]
+    assert decay == sorted(decay, reverse=True) and decay[0] < 1e-3 and decay[-1] < 0.2e-3, lrs
+
+
 def test_loss_falls_on_a_repeated_batch_and_run_folder_is_complete(ws, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(

@@ -107,6 +107,32 @@ def _check_names(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.lr_scheduler_type: unknown {cfg.train.lr_scheduler_type!r}; known: {', '.join(known)}"
         )
+    _check_scheduler_kwargs(cfg.train)
+
+
+def _check_scheduler_kwargs(t: Any) -> None:
+    """Build the schedule once on a stand-in optimizer, so that a missing or unknown
+    ``train.lr_scheduler_kwargs`` entry fails here, before the model and the data are built."""
+    import math
+
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.learning_rate)
+    steps = t.max_steps or 100
+    try:
+        get_scheduler(
+            t.lr_scheduler_type,
+            opt,
+            num_warmup_steps=math.ceil(t.warmup_ratio * steps),
+            num_training_steps=steps,
+            scheduler_specific_kwargs=dict(t.lr_scheduler_kwargs),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"train.lr_scheduler_kwargs={dict(t.lr_scheduler_kwargs)} do not fit "
+            f"lr_scheduler_type {t.lr_scheduler_type!r}: {e}"
+        ) from None
 
 
 def _check_zero3(cfg: RunConfig) -> None:

@@ -140,6 +140,9 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 0.0
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.03
     lr_scheduler_type: str = "cosine"
+    lr_scheduler_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. warmup_stable_decay: {num_decay_steps: 600}
     max_steps: PositiveInt | None = None
     epochs: PositiveFloat = 1.0
     grad_accum: PositiveInt = 1

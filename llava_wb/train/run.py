@@ -364,6 +364,7 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler_type,
+        lr_scheduler_kwargs=dict(t.lr_scheduler_kwargs),
         max_grad_norm=t.max_grad_norm,
         bf16=_bf16(t.bf16),
         activation_checkpointing=t.gradient_checkpointing,

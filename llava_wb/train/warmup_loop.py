@@ -124,7 +124,11 @@ def run_warmup(cfg: RunConfig, task: WarmupTask, out: Path) -> dict[str, Any]:
     opt = torch.optim.AdamW(task.params, lr=t.learning_rate, weight_decay=t.weight_decay)
     steps = t.max_steps
     sched = get_scheduler(
-        t.lr_scheduler_type, opt, num_warmup_steps=math.ceil(t.warmup_ratio * steps), num_training_steps=steps
+        t.lr_scheduler_type,
+        opt,
+        num_warmup_steps=math.ceil(t.warmup_ratio * steps),
+        num_training_steps=steps,
+        scheduler_specific_kwargs=dict(t.lr_scheduler_kwargs),
     )
     loader = build_loader(cfg.data, process=task.labeller, collate=collate)
     log.info("%s: %d steps x batch %d, %s", task.stage, steps, cfg.data.batch_size, task.describe)
