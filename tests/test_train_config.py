@@ -111,6 +111,21 @@ def test_bad_configs_fail_naming_the_field(ws, tmp_path, monkeypatch, override, 
         check_run_config(cfg)
 
 
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["train.decay_ratio=0.2"], r"train\.decay_ratio.*warmup_stable_decay.*'cosine'"),
+        (
+            ["train.lr_scheduler_type=warmup_stable_decay", "train.decay_ratio=0.2", "train.warmup_ratio=0.9"],
+            r"warmup_ratio \+ train\.decay_ratio = 1\.1",
+        ),
+    ],
+)
+def test_decay_ratio_needs_its_schedule(ws, tmp_path, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tiny_config(ws, tmp_path / "run"), overrides)
+
+
 def test_cli_rejects_bad_config_before_any_work(ws, tmp_path, capsys):
     config = write_config(tmp_path / "run.yaml", tiny_config(ws, tmp_path / "run"))
     assert cli_main([str(config), "model.vision.type=clipp"]) == 2

@@ -25,11 +25,13 @@ def weights(folder: Path | str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
-def test_scheduler_kwargs_reach_the_schedule(ws, tmp_path):
-    """train.lr_scheduler_kwargs go to transformers' scheduler: warmup-stable-decay holds the peak, then decays."""
+@pytest.mark.parametrize("decay", [{"lr_scheduler_kwargs": {"num_decay_steps": 4}}, {"decay_ratio": 0.4}])
+def test_scheduler_kwargs_reach_the_schedule(ws, tmp_path, decay):
+    """train.lr_scheduler_kwargs (or decay_ratio) reach transformers' scheduler: warmup-stable-decay holds
+    the peak, then decays over the last 4 of 10 steps."""
     out = tmp_path / "run"
     cfg = tiny_config(ws, out, max_steps=10, warmup_ratio=0.0, save_steps=100, learning_rate=1e-3, logging_steps=1)
-    cfg["train"].update(lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={"num_decay_steps": 4})
+    cfg["train"].update(lr_scheduler_type="warmup_stable_decay", **decay)
     cfg["data"].update(sources=[ws["one_batch"]], num_workers=0)
     train(load_config(cfg))
     lrs = [row["learning_rate"] for _, row in sorted(read_metrics(out).items())]

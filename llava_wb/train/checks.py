@@ -126,11 +126,11 @@ def _check_scheduler_kwargs(t: Any) -> None:
             opt,
             num_warmup_steps=math.ceil(t.warmup_ratio * steps),
             num_training_steps=steps,
-            scheduler_specific_kwargs=dict(t.lr_scheduler_kwargs),
+            scheduler_specific_kwargs=t.scheduler_kwargs(steps),
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(
-            f"train.lr_scheduler_kwargs={dict(t.lr_scheduler_kwargs)} do not fit "
+            f"train.lr_scheduler_kwargs={t.scheduler_kwargs(steps)} do not fit "
             f"lr_scheduler_type {t.lr_scheduler_type!r}: {e}"
         ) from None
 

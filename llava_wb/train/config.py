@@ -20,6 +20,7 @@ configs live in ``llava_wb.train.checks``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import field
@@ -140,9 +141,8 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 0.0
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.03
     lr_scheduler_type: str = "cosine"
-    lr_scheduler_kwargs: dict[str, Any] = field(
-        default_factory=dict
-    )  # e.g. warmup_stable_decay: {num_decay_steps: 600}
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to transformers' scheduler
+    decay_ratio: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # warmup_stable_decay: share of steps decaying
     max_steps: PositiveInt | None = None
     epochs: PositiveFloat = 1.0
     grad_accum: PositiveInt = 1
@@ -171,8 +171,30 @@ class TrainConfig:
     def _one_target(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    def scheduler_kwargs(self, steps: int) -> dict[str, Any]:
+        """``lr_scheduler_kwargs`` for a run of ``steps`` steps: ``decay_ratio`` becomes
+        warmup_stable_decay's ``num_decay_steps`` (so the schedule keeps its shape when
+        ``max_steps`` is overridden)."""
+        kwargs = dict(self.lr_scheduler_kwargs)
+        if self.decay_ratio is not None:
+            kwargs["num_decay_steps"] = math.ceil(self.decay_ratio * steps)
+        return kwargs
+
     def __post_init__(self) -> None:
         self.report_to = [t for t in self.report_to if t != "none"]
+        if self.decay_ratio is not None and (
+            self.lr_scheduler_type != "warmup_stable_decay" or "num_decay_steps" in self.lr_scheduler_kwargs
+        ):
+            raise ConfigError(
+                "train.decay_ratio sets warmup_stable_decay's num_decay_steps: it needs "
+                f"lr_scheduler_type warmup_stable_decay (got {self.lr_scheduler_type!r}) and no "
+                "lr_scheduler_kwargs.num_decay_steps"
+            )
+        if self.decay_ratio is not None and self.warmup_ratio + self.decay_ratio > 1:
+            raise ConfigError(
+                f"train.warmup_ratio + train.decay_ratio = {self.warmup_ratio + self.decay_ratio:g}: "
+                "warm-up and decay would overlap (at most 1)"
+            )
         if self.global_batch_size is not None and self.grad_accum != 1:
             raise ConfigError(
                 "set train.global_batch_size or train.grad_accum, not both "

@@ -128,7 +128,7 @@ def run_warmup(cfg: RunConfig, task: WarmupTask, out: Path) -> dict[str, Any]:
         opt,
         num_warmup_steps=math.ceil(t.warmup_ratio * steps),
         num_training_steps=steps,
-        scheduler_specific_kwargs=dict(t.lr_scheduler_kwargs),
+        scheduler_specific_kwargs=t.scheduler_kwargs(steps),
     )
     loader = build_loader(cfg.data, process=task.labeller, collate=collate)
     log.info("%s: %d steps x batch %d, %s", task.stage, steps, cfg.data.batch_size, task.describe)
