@@ -113,21 +113,14 @@ def _check_names(cfg: RunConfig) -> None:
 def _check_scheduler_kwargs(t: Any) -> None:
     """Build the schedule once on a stand-in optimizer, so that a missing or unknown
     ``train.lr_scheduler_kwargs`` entry fails here, before the model and the data are built."""
-    import math
-
     import torch
-    from transformers import get_scheduler
+
+    from llava_wb.train.stages import build_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.learning_rate)
     steps = t.max_steps or 100
     try:
-        get_scheduler(
-            t.lr_scheduler_type,
-            opt,
-            num_warmup_steps=math.ceil(t.warmup_ratio * steps),
-            num_training_steps=steps,
-            scheduler_specific_kwargs=t.scheduler_kwargs(steps),
-        )
+        build_scheduler(t, opt, steps)
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"train.lr_scheduler_kwargs={t.scheduler_kwargs(steps)} do not fit "

@@ -107,7 +107,7 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
     feed = StreamFeed(loader, model.media_tokens, id_log, image=shipped.image, prefetch=prefetch)
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
     args.max_steps = max_steps
-    args.lr_scheduler_kwargs = t.scheduler_kwargs(max_steps)  # max_steps may come from the epochs
+    args.lr_scheduler_kwargs = t.scheduler_kwargs(max_steps)  # set with max_steps (it may come from the epochs)
     done_steps = 0
     if resume_from is not None:
         feed.load_state_dict(ckpt.read_loader_state(resume_from, rank))
@@ -365,7 +365,6 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler_type,
-        lr_scheduler_kwargs=t.scheduler_kwargs(t.max_steps or 1),
         max_grad_norm=t.max_grad_norm,
         bf16=_bf16(t.bf16),
         activation_checkpointing=t.gradient_checkpointing,

@@ -192,3 +192,20 @@ def param_groups(model: nn.Module, train: TrainConfig, decay_names: set[str] | l
             }
         )
     return out
+
+
+def build_scheduler(train: TrainConfig, optimizer: Any, steps: int) -> Any:
+    """transformers' ``lr_scheduler_type`` schedule for ``steps`` steps: warm-up ``warmup_ratio``,
+    the schedule's own kwargs from ``TrainConfig.scheduler_kwargs`` (the Trainer builds the same
+    from its arguments; the warm-up loop and the config check build it here)."""
+    import math
+
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        train.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(train.warmup_ratio * steps),
+        num_training_steps=steps,
+        scheduler_specific_kwargs=train.scheduler_kwargs(steps),
+    )

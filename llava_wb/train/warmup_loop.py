@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -116,20 +115,14 @@ def check_single_process(cfg: RunConfig) -> None:
 def run_warmup(cfg: RunConfig, task: WarmupTask, out: Path) -> dict[str, Any]:
     """Train ``task`` for ``train.max_steps`` steps, save it, evaluate it; returns the ``result.json`` dict."""
     from safetensors.torch import save_file
-    from transformers import get_scheduler
 
     from llava_wb.data.loader import build_loader
+    from llava_wb.train.stages import build_scheduler
 
     t = cfg.train
     opt = torch.optim.AdamW(task.params, lr=t.learning_rate, weight_decay=t.weight_decay)
     steps = t.max_steps
-    sched = get_scheduler(
-        t.lr_scheduler_type,
-        opt,
-        num_warmup_steps=math.ceil(t.warmup_ratio * steps),
-        num_training_steps=steps,
-        scheduler_specific_kwargs=t.scheduler_kwargs(steps),
-    )
+    sched = build_scheduler(t, opt, steps)
     loader = build_loader(cfg.data, process=task.labeller, collate=collate)
     log.info("%s: %d steps x batch %d, %s", task.stage, steps, cfg.data.batch_size, task.describe)
     t0 = since = time.perf_counter()
