@@ -177,18 +177,21 @@ def test_a_stage_that_trains_the_tower_refuses_the_cache(ws, tmp_path):
         train(load_config(cfg))
 
 
-@pytest.mark.parametrize("patience", [32, 2])
-def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(ws, tmp_path, monkeypatch, patience):
+@pytest.mark.parametrize("patience, bf16", [(32, False), (2, True)])
+def test_prefetch_changes_nothing_in_the_run_and_the_step_computes_no_feature(
+    ws, tmp_path, monkeypatch, patience, bf16
+):
     """Same losses, grad norms, batches, saved loader states and skip counts as without prefetch;
     every image the steps read was computed by the prefetch thread. With a patience of 2 the thread
-    stops in the second epoch (everything cached) and the feed goes on without a look-ahead."""
+    stops in the second epoch (everything cached) and the feed goes on without a look-ahead. In bf16
+    the thread computes under the step's autocast (autocast is per thread)."""
     from llava_wb.train import trainer
 
     monkeypatch.setattr(trainer, "PREFETCH_PATIENCE", patience)
     runs = {}
     for name, prefetch in (("plain", False), ("prefetch", True)):
         cfg = cached_run(ws, tmp_path / name, 64)
-        cfg["train"].update(feature_prefetch=prefetch, save_steps=5)
+        cfg["train"].update(feature_prefetch=prefetch, save_steps=5, bf16=bf16)
         cfg["data"]["num_workers"] = 1
         runs[name] = train(load_config(cfg))
     assert_close_runs(tmp_path / "plain", tmp_path / "prefetch")

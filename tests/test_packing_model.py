@@ -38,13 +38,18 @@ def build(tok: Any, reducer: dict, llm: dict | None = None, attn: str = "sdpa") 
     return build_model(ModelConfig.from_dict(cfg), tok)
 
 
-@pytest.fixture(scope="module")
-def tok() -> Any:
+def tokenizer() -> Any:
+    """The demo tokenizer over the words of ``samples``."""
     from llava_wb.tokenizer import build_demo_tokenizer, demo_corpus
 
     return build_demo_tokenizer(
         demo_corpus(["What colour is it? Which way? High or low? What is two plus two? red blue four hi"])
     )
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    return tokenizer()
 
 
 def samples(tok: Any, model: Any, seed: int = 0) -> list[dict[str, Any]]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import torch
 
+from llava_wb.model.cpu_amp import SDPA_FP32
+
 # LLM model types whose attention goes through transformers' ``create_causal_mask`` (restarting
 # position ids -> block-diagonal mask); each is checked packed == padded in tests/test_packing_model.py.
 PACKING_MODEL_TYPES = frozenset({"llama", "qwen2"})
-PACKING_ATTENTION = frozenset({"sdpa", "eager", "flex_attention", "flash_attention_2"})
-SEGMENT_MASK_ATTENTION = frozenset({"sdpa", "eager"})  # take a 4D additive mask as given
+PACKING_ATTENTION = frozenset({"sdpa", SDPA_FP32, "eager", "flex_attention", "flash_attention_2"})
+SEGMENT_MASK_ATTENTION = frozenset({"sdpa", SDPA_FP32, "eager"})  # take a 4D additive mask as given
 
 
 def check_packing(llm_config, original_positions: bool) -> None:

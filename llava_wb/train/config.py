@@ -148,7 +148,7 @@ class TrainConfig:
     grad_accum: PositiveInt = 1
     global_batch_size: PositiveInt | None = None
     max_grad_norm: float = 1.0
-    bf16: StrictBool | Literal["auto"] = "auto"
+    bf16: StrictBool | Literal["auto"] = "auto"  # auto: a bf16 GPU, or a CPU with AVX512-BF16/AMX (not DeepSpeed)
     gradient_checkpointing: bool = False
     feature_cache_mb: NonNegativeInt = 0  # frozen tower: keep seen images' features (model/feature_cache.py)
     feature_prefetch: bool = False  # fill that cache for the next batch in a thread while the step computes

@@ -76,11 +76,16 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
             f"{facts.media_tokens}"
         )
     counts = apply_stage(model, cfg)
+    bf16, fp32_attention = _bf16(t), []
+    if bf16 and _on_cpu():  # CPU autocast: attention stays fp32 (faster there, llava_wb.model.cpu_amp)
+        from llava_wb.model.cpu_amp import use_fp32_attention
+
+        fp32_attention = use_fp32_attention(model)
     cache = _feature_cache(cfg, model)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
 
     # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
-    args = _training_args(cfg, _grad_accum(cfg, world), world)  # initialises torch.distributed
+    args = _training_args(cfg, _grad_accum(cfg, world), world, bf16)  # initialises torch.distributed
     rank = args.process_index
     if args.world_size != world:
         raise RuntimeError(f"WORLD_SIZE={world} but torch.distributed reports {args.world_size} processes")
@@ -103,7 +108,7 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
     if t.log_sample_ids:
         (out / "sample_ids").mkdir(parents=True, exist_ok=True)
         id_log = out / "sample_ids" / f"rank{rank}.jsonl"
-    prefetch = _prefetch(cfg, model, shipped.image, args.device)  # checked: the run has a feature cache
+    prefetch = _prefetch(cfg, model, shipped.image, args.device, bf16)  # checked: the run has a feature cache
     feed = StreamFeed(loader, model.media_tokens, id_log, image=shipped.image, prefetch=prefetch)
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / args.gradient_accumulation_steps))
     args.max_steps = max_steps
@@ -170,6 +175,8 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
         "audio_feature_cache": _summary(getattr(model, "audio_tower", None)),
         "prefetch_stopped_after_batch": feed.prefetch_stopped,  # the caches held everything from there on
         "threads": threads,
+        "bf16": bf16,
+        "fp32_attention": fp32_attention,  # sub-models switched to sdpa_fp32 (bf16 on a CPU)
     }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -251,16 +258,23 @@ def _summary(tower: Any) -> dict[str, Any] | None:
 PREFETCHED = ("pixel_values", "video_values", "audio_values")  # the batch keys the towers read
 
 
-def _prefetch(cfg: RunConfig, model: Any, image: Any, device: Any) -> Any:
+def _prefetch(cfg: RunConfig, model: Any, image: Any, device: Any, bf16: bool) -> Any:
     """With ``train.feature_prefetch``: the function the feed runs on the next batch in a thread, which
-    puts its images' tower features into the feature cache (``MediaMixin.prefetch_media``)."""
+    puts its images' tower features into the feature cache (``MediaMixin.prefetch_media``). Autocast is
+    per thread: the prefetch enters the step's own (bf16 without DeepSpeed), so a feature is the same
+    whichever thread computed it."""
     if not cfg.train.feature_prefetch:
         return None
+    import torch
+
     from llava_wb.data.image import normalise_batch
+
+    autocast = bf16 and not cfg.train.deepspeed
 
     def prefetch(batch: dict[str, Any]) -> int:
         media = {k: v.to(device) for k, v in batch.items() if k in PREFETCHED and v is not None}
-        return model.prefetch_media(normalise_batch(media, image))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return model.prefetch_media(normalise_batch(media, image))
 
     return prefetch
 
@@ -338,19 +352,30 @@ def _grad_accum(cfg: RunConfig, world: int) -> int:
     return t.global_batch_size // per_step
 
 
-def _bf16(setting: bool | str) -> bool:
-    if setting != "auto":
-        return bool(setting)
+def _on_cpu() -> bool:
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return not torch.cuda.is_available()
 
 
-def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
+def _bf16(t: Any) -> bool:
+    """``train.bf16``; ``auto``: on with a bf16 GPU, or on a CPU that computes bf16 natively unless
+    DeepSpeed trains (its bf16 mode keeps the weights themselves in bf16; on a CPU it is for testing)."""
+    if t.bf16 != "auto":
+        return bool(t.bf16)
     import torch
+
+    if not _on_cpu():
+        return torch.cuda.is_bf16_supported()
+    from llava_wb.model.cpu_amp import cpu_has_native_bf16
+
+    return not t.deepspeed and cpu_has_native_bf16()
+
+
+def _training_args(cfg: RunConfig, grad_accum: int, world: int, bf16: bool) -> Any:
     from transformers import TrainingArguments
 
-    t, cpu = cfg.train, not torch.cuda.is_available()
+    t, cpu = cfg.train, _on_cpu()
     report = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: our callback, fixed folder
     extra: dict[str, Any] = {}
     if t.deepspeed and cpu:
@@ -366,7 +391,7 @@ def _training_args(cfg: RunConfig, grad_accum: int, world: int) -> Any:
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
-        bf16=_bf16(t.bf16),
+        bf16=bf16,
         activation_checkpointing=t.gradient_checkpointing,
         deepspeed=t.deepspeed,
         logging_steps=t.logging_steps,
