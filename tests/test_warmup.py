@@ -94,6 +94,10 @@ def test_warmup_config_errors_name_the_field(ws, tmp_path):
     cfg["train"]["warmup"]["attributes"] = {}
     with pytest.raises(ConfigError, match="train.warmup.attributes"):
         train(load_config(cfg))
+    cfg = warmup_config(ws, tmp_path / "c")
+    cfg["train"]["bf16"] = True  # the warm-up loop has no mixed precision: never ignored silently
+    with pytest.raises(ConfigError, match=r"train\.bf16: the tower_warmup stage trains in fp32"):
+        train(load_config(cfg))
     cfg = warmup_config(ws, tmp_path / "b")
     cfg["train"]["warmup"]["min_overlap"] = 0
     with pytest.raises(ConfigError, match="train.warmup.min_overlap"):

@@ -239,6 +239,8 @@ def _check_warmup(cfg: RunConfig) -> None:
         )
     if t.max_steps is None:
         raise ConfigError(f"train.max_steps: the {t.stage} stage needs a step count")
+    if t.bf16 is True:  # auto means fp32 here
+        raise ConfigError(f"train.bf16: the {t.stage} stage trains in fp32 (its own loop); set it to auto or false")
     if t.init_from is not None or t.lora.enabled or t.deepspeed is not None:
         raise ConfigError(
             f"train.stage={t.stage} trains a bare tower: drop train.init_from, train.lora and train.deepspeed"
