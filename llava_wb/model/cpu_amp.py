@@ -4,7 +4,7 @@ Under ``torch.autocast("cpu", torch.bfloat16)`` (``train.bf16`` on a CPU) linear
 2.2x faster than fp32 on a CPU with AVX512-BF16 (the demo's shapes, one core), but torch's CPU
 flash-attention kernel is slower in bf16 than in fp32: forward + backward of the demo's attention
 (11 rows x 96 positions, 8 heads of 16) takes 20.9 ms in bf16 against 6.2 ms in fp32, and the whole
-stage-2 step came out 50% slower than fp32 (docs/packing.md, "Mixed precision on the CPU").
+stage-2 step came out 50% slower than fp32 (docs/packing.md, "bf16 autocast on the CPU").
 
 ``sdpa_fp32`` is transformers' own SDPA function with query, key and value cast to fp32 while CPU
 autocast is on (anywhere else it is ``sdpa`` unchanged); its output goes on into the bf16 output
