@@ -16,7 +16,9 @@ Writes ``<out>/packing.md`` and ``<out>/packing.json`` (``--quick``: tiny sizes,
 (b) CPU: real (non-padding) LLM tokens per second of the demo model (``demo.yaml``'s model section,
     random tower of the demo's shape, finetune stage: projector + LLM + audio tower train) on the
     same tokenized samples collated both ways; forward + backward + AdamW step; interleaved repeats,
-    medians.
+    medians. (i) fp32 with the towers computing in every step; (ii) as the demo's stage 2 trains from its
+    second epoch on: tower features from a warm feature cache, ``train.bf16`` and ``train.threads`` as
+    the run resolves them here (``llava_wb.train.run``).
 (c) GPU (CUDA only; ``--gpu-only`` runs only this part): ``train_shapes.REALISTIC`` (CLIP ViT-L/14-336,
     frozen, + LLaMA-1.1B), bf16 autocast, on LLaVA-1.5-like samples built in memory, padded vs packed,
     with SDPA, flex_attention and flash_attention_2 (skipped with a note where the ``flash_attn``
@@ -88,7 +90,7 @@ class Sizes:
     n_pretrain: int = 500
     shard_size: int = 250
     cpu_samples: int = 256  # (b): the same samples, 8 padded batches of 32
-    repeats: int = 5  # (b): interleaved timed passes per layout
+    repeats: int = 7  # (b): interleaved timed passes per layout
     mix_samples: int = 20_000  # (a)(ii)
     gpu_samples: int = 96  # (c): 6 padded batches of 16
     gpu_passes: int = 3  # (c): interleaved timed passes per layout and attention
@@ -322,15 +324,29 @@ def demo_samples(cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, n
 
 
 def part_b(
-    cfg: Any, tok: Any, media_tokens: dict[str, int], model: Any, sizes: Sizes, demo_rows: Sequence[tuple[int, int]]
+    cfg: Any,
+    tok: Any,
+    model: Any,
+    samples: list[dict[str, Any]],
+    repeats: int,
+    demo_rows: Sequence[tuple[int, int]],
+    as_trained: bool = False,
 ) -> dict[str, Any]:
+    """Forward + backward + AdamW step over ``samples`` padded and packed (``demo_rows``), interleaved repeats.
+    ``as_trained``: as the demo's stage 2 runs, from its second epoch on: the towers' features served by a warm
+    feature cache (``train.feature_cache_mb``), ``train.bf16`` as resolved here (CPU bf16: attention in fp32),
+    ``train.threads`` beside ``data.num_workers`` loader workers. Otherwise the towers compute in fp32 in every
+    step (a run without the cache, or its first epoch without prefetch)."""
+    import contextlib
+
     import torch
 
     from llava_wb.data.collate import Collator
     from llava_wb.data.packing import PackedCollator
+    from llava_wb.train.dist import torch_threads
+    from llava_wb.train.run import enable_feature_caches, resolve_bf16
     from llava_wb.train.stages import apply_stage, param_groups
 
-    samples = demo_samples(cfg, tok, media_tokens, model, sizes.cpu_samples)
     bs = cfg.data.batch_size
     padded = [Collator(pad_token_id=tok.pad_token_id)(samples[i : i + bs]) for i in range(0, len(samples), bs)]
     layouts = {f"padded, batch {bs}": padded}
@@ -339,13 +355,24 @@ def part_b(
         layouts[f"packed best_fit, {rows} rows x {max_tokens}"] = packed
     model.train()
     trainable = apply_stage(model, cfg)
+    bf16, fp32_attention, cache = False, [], None
+    if as_trained:
+        bf16, cache = resolve_bf16(cfg.train), enable_feature_caches(cfg, model)
+        if cache is None:
+            raise RuntimeError("(b) as trained: the run config has no feature cache (train.feature_cache_mb: 0)")
+        if bf16 and not torch.cuda.is_available():
+            from llava_wb.model.cpu_amp import use_fp32_attention
+
+            fp32_attention = use_fp32_attention(model)
     try:  # the HF Trainer's default optimizer (adamw_torch_fused), as bench_train
         opt = torch.optim.AdamW(param_groups(model, cfg.train, set()), fused=True)
     except (RuntimeError, TypeError):
         opt = torch.optim.AdamW(param_groups(model, cfg.train, set()))
 
     def step(batch: dict[str, Any]) -> None:
-        model(**model_inputs(batch)).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = model(**model_inputs(batch)).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -359,21 +386,34 @@ def part_b(
         towers[name].append(clock.seconds)
         return float(sum(real_tokens(b) for b in layouts[name]))
 
-    for batches in layouts.values():  # warm-up: one step of each layout
-        step(batches[0])
-    timings = {name: Timing() for name in layouts}
-    for r in range(sizes.repeats):  # interleaved: padded, packed, packed, padded, packed, packed, ...
-        for name in layouts:
-            repeat_timed(lambda name=name: one_pass(name), 1, timing=timings[name])
-        say(
-            f"(b) repeat {r + 1}/{sizes.repeats}: "
-            + ", ".join(f"{n}: {t.rates[-1]:.0f} tok/s" for n, t in timings.items())
-        )
+    threads = torch_threads(cfg.train.threads, cfg.data.num_workers) if as_trained else contextlib.nullcontext(None)
+    with threads as n_threads:
+        if cache is not None:  # the first epoch: every image, clip and audio clip into the caches
+            for b in padded:
+                step(b)
+        for batches in layouts.values():  # warm-up: one step of each layout
+            step(batches[0])
+        warm_misses = cache.summary()["misses"] if cache is not None else 0
+        timings = {name: Timing() for name in layouts}
+        for r in range(repeats):  # interleaved: padded, packed, packed, padded, packed, packed, ...
+            for name in layouts:
+                repeat_timed(lambda name=name: one_pass(name), 1, timing=timings[name])
+            say(
+                f"(b){' as trained' if as_trained else ''} repeat {r + 1}/{repeats}: "
+                + ", ".join(f"{n}: {t.rates[-1]:.0f} tok/s" for n, t in timings.items())
+            )
+        n_threads = n_threads or torch.get_num_threads()
     out: dict[str, Any] = {
         "samples": len(samples),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": n_threads,
         "optimizer": type(opt).__name__ + (" (fused)" if opt.defaults.get("fused") else ""),
         "trainable_parameters": trainable,
+        "as_trained": as_trained,
+        "bf16": bf16,
+        "fp32_attention": fp32_attention,
+        "feature_cache": cache.summary() if cache is not None else None,
+        # vision tower features computed during the timed passes (0: every one came from the cache)
+        "timed_misses": cache.summary()["misses"] - warm_misses if cache is not None else None,
         "layouts": {},
     }
     for name, batches in layouts.items():
@@ -398,6 +438,8 @@ def part_b(
         v["ratio"] = v["timing"]["median_rate"] / base["timing"]["median_rate"]
         v["ratio_cpu"] = v["timing"]["median_cpu_rate"] / base["timing"]["median_cpu_rate"]
         v["ratio_rest"] = base["median_rest_s"] / v["median_rest_s"]
+        # the ratio if a pass cost in proportion to its LLM positions (same real tokens both ways)
+        v["ratio_positions"] = base["positions"] / v["positions"]
     return out
 
 
@@ -419,8 +461,12 @@ class ForwardClock:
 
 # ----------------------------------------------------------------------------- report
 def sections(raw: dict[str, Any]) -> list[Section]:
-    return [demo_padding_section(raw["a_demo"]), llava_padding_section(raw.get("a_llava")), cpu_section(raw["b"])] + [
-        gpu_section(raw["c"])
+    return [
+        demo_padding_section(raw["a_demo"]),
+        llava_padding_section(raw.get("a_llava")),
+        cpu_section(raw["b"]),
+        cpu_section(raw.get("b_trained"), as_trained=True),
+        gpu_section(raw["c"]),
     ]
 
 
@@ -517,10 +563,14 @@ def llava_padding_section(m: dict[str, Any] | None) -> Section:
     )
 
 
-def cpu_section(b: dict[str, Any]) -> Section:
-    title = "(b) CPU training throughput, demo model, same samples"
-    if not b.get("run"):
-        return _not_run(title, b)
+def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
+    title = (
+        "(b)(ii) CPU training throughput as the demo trains: cached tower features, train.bf16 auto, its threads"
+        if as_trained
+        else "(b)(i) CPU training throughput, demo model, same samples, towers in the step (fp32)"
+    )
+    if not b or not b.get("run"):
+        return _not_run(title, b or {"reason": "not measured yet (added after the last full run)"})
     rows = []
     for k, v in b["layouts"].items():
         t = v["timing"]
@@ -539,23 +589,51 @@ def cpu_section(b: dict[str, Any]) -> Section:
                 v["median_rest_s"],
                 f"{v['ratio']:.2f}x" if "ratio" in v else "",
                 f"{v['ratio_rest']:.2f}x" if "ratio_rest" in v else "",
+                f"{v['ratio_positions']:.2f}x" if "ratio_positions" in v else "",
                 pct(t["median_other_share"]),
             ]
         )
     notes = [
         f"{k}: packed / padded real tokens per second {v['ratio']:.2f}x wall, {v['ratio_cpu']:.2f}x per CPU "
-        f"second; without the towers' forward {v['ratio_rest']:.2f}x (target >= 1.5x)."
+        f"second; without the towers' forward {v['ratio_rest']:.2f}x (target >= 1.5x)"
+        + (f"; in proportion to LLM positions {v['ratio_positions']:.2f}x." if "ratio_positions" in v else ".")
         for k, v in b["layouts"].items()
         if "ratio" in v
     ]
+    base = next(iter(b["layouts"].values()))
     notes.append(
-        "The frozen vision tower's forward (every image and the tower frames of every video clip) and the audio tower's forward "
-        "are the same work in every layout (same samples, same media) and take a large share of a demo step; "
-        "packing only shrinks the LLM side. Longer rows also cost more attention: SDPA on the CPU computes the "
-        "whole row x row score matrix under the block-diagonal mask ('attention scores': entries per layer and head "
-        "over the pass), and with this LLM's width (128, head size 16) attention at 512 positions costs about as much "
-        "as its linear layers; it shrinks with the row length, down to rows just longer than the longest sample "
-        "(96 here)."
+        f"The padded batches are {pct(base['padding'])} padding, so packing without any padding and a pass costing "
+        f"in proportion to its LLM positions would give 1 / (1 - {base['padding']:.3f}) = "
+        f"{1 / (1 - base['padding']):.2f}x: the target of 1.5x asks for {pct(1 - 1.5 * (1 - base['padding']))} "
+        "packed padding or less at that proportion ('positions ratio' is each layout's own proportion). Rows of 96 "
+        "hold samples of up to 80 positions, so a few positions of a row stay empty; longer rows pack fuller but "
+        "cost more attention (next note)."
+    )
+    if as_trained:
+        notes.append(
+            "Here the towers' forward is a lookup in the feature cache (hashing the pixels), as in the demo from its "
+            "second epoch on (its first epoch computes them in the prefetch thread, beside the step): what remains is "
+            "the LLM and projector, which packing shrinks."
+        )
+    else:
+        notes.append(
+            "The frozen vision tower's forward (every image and the tower frames of every video clip) and the audio "
+            "tower's forward are the same work in every layout (same samples, same media) and take a large share of "
+            "a step without the feature cache; packing only shrinks the LLM side."
+        )
+    notes.append(
+        "Longer rows cost more attention: SDPA on the CPU computes the whole row x row score matrix under the "
+        "block-diagonal mask ('attention scores': entries per layer and head over the pass), and with this LLM's "
+        "width (128, head size 16) attention at 512 positions costs about as much as its linear layers; it shrinks "
+        "with the row length, down to rows just longer than the longest sample (96 here)."
+    )
+    setting = (
+        f"as `train` resolves it here: bf16 autocast {'on' if b['bf16'] else 'off'}"
+        + (f" (attention in fp32 in {', '.join(b['fp32_attention'])})" if b["fp32_attention"] else "")
+        + f", the feature caches warmed by one pass over the samples, {b['torch_threads']} torch thread(s) "
+        "(`train.threads: auto` beside the config's loader workers)"
+        if as_trained
+        else f"fp32, no feature cache, {b['torch_threads']} torch thread(s) (torch's default in this process)"
     )
     return Section(
         title,
@@ -563,13 +641,13 @@ def cpu_section(b: dict[str, Any]) -> Section:
         f"collated both ways: padded batches of {b['batch_size']} (`Collator`) vs packed rows (`packed_batches` + "
         "`PackedCollator`). Model: `demo.yaml`'s model section (tiny CLIP tower of the demo's shape, random weights, "
         "frozen; avgpool; Whisper-style audio tower; 4-layer 128-wide LLaMA, SDPA), finetune stage (trainable "
-        f"{b['trainable_parameters']}), optimizer {b['optimizer']}, {b['torch_threads']} torch thread(s) (what "
-        "`train.threads: auto` gives a process with no loader workers). One pass = forward + backward + optimizer step on every batch of the "
-        "layout; real tokens/s = non-padding LLM positions (text + visual) / pass seconds; "
-        f"{b['repeats']} passes per layout, interleaved (padded, packed, packed, padded, ...), medians after one "
-        "warm-up step each. 'per CPU s': per second of our process's CPU time (robust to other jobs); 'towers fwd': "
-        "seconds of the pass inside the vision and audio towers' forward (hooks); 'rest': the pass without them; "
-        "'others' CPU': share of the cores other processes used meanwhile.",
+        f"{b['trainable_parameters']}), optimizer {b['optimizer']}; {setting}. One pass = forward + backward + "
+        "optimizer step on every batch of the layout; real tokens/s = non-padding LLM positions (text + visual) / "
+        f"pass seconds; {b['repeats']} passes per layout, interleaved (padded, packed, packed, padded, ...), medians "
+        "after one warm-up step each. 'per CPU s': per second of our process's CPU time (robust to other jobs); "
+        "'towers fwd': seconds of the pass inside the vision and audio towers' forward (hooks); 'rest': the pass "
+        "without them; 'positions ratio': padded LLM positions / this layout's; 'others' CPU': share of the cores "
+        "other processes used meanwhile.",
         [
             "layout",
             "batches",
@@ -584,6 +662,7 @@ def cpu_section(b: dict[str, Any]) -> Section:
             "rest s",
             "packed / padded",
             "rest ratio",
+            "positions ratio",
             "others' CPU",
         ],
         rows,
@@ -639,13 +718,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         )
         raw["a_demo"] = a
         raw["a_llava"] = part_a_llava(sizes)
-        raw["b"] = {
-            **part_b(cfg, tok, media_tokens, model, sizes, demo_rows),
-            "run": True,
-            "repeats": sizes.repeats,
-            "batch_size": cfg.data.batch_size,
-            "measured_on": machine_line(machine),
-        }
+        samples = demo_samples(cfg, tok, media_tokens, model, sizes.cpu_samples)
+        for part, as_trained in (("b", False), ("b_trained", True)):  # the same samples, then the same model
+            raw[part] = {
+                **part_b(cfg, tok, model, samples, sizes.repeats, demo_rows, as_trained=as_trained),
+                "run": True,
+                "repeats": sizes.repeats,
+                "batch_size": cfg.data.batch_size,
+                "measured_on": machine_line(machine),
+            }
         del model
     device = args.device or ("cuda" if torch.cuda.is_available() else ("cpu" if args.quick else None))
     if device is None:
@@ -659,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
             peak_override=args.peak_tflops,
             grad_ckpt=not args.no_grad_ckpt,
         )
-    for part in ("a_demo", "b", "c"):  # keep what this run did not measure (e.g. an earlier GPU run)
+    for part in ("a_demo", "b", "b_trained", "c"):  # keep what this run did not measure (e.g. an earlier GPU run)
         now = raw.get(part) or {"run": False, "reason": "not run (--gpu-only)"}
         raw[part] = {**old[part], "this_run": now["reason"]} if not now["run"] and old.get(part, {}).get("run") else now
     if "a_llava" not in raw and "a_llava" in old:

@@ -149,7 +149,7 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(md)
     text = md.read_text(encoding="utf-8")
     assert "QUICK MODE" in text and "Machine: " in text
-    for heading in ("## (a)(i) Padding, demo mix", "## (a)(ii) Padding, LLaVA-1.5", "## (b) CPU", "## (c) GPU"):
+    for heading in ("## (a)(i) Padding, demo mix", "## (a)(ii) Padding, LLaVA-1.5", "## (b)(i) CPU", "## (c) GPU"):
         assert heading in text, heading
     raw = json.loads((out / "packing.json").read_text(encoding="utf-8"))
     assert raw["name"] == "packing" and raw["quick"] is True
@@ -174,6 +174,13 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     assert len(b) == 1 + len(demo_rows)
     assert len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
     assert all(len(v["timing"]["seconds"]) == 1 and v["median_towers_forward_s"] > 0 for v in b.values())
+    from llava_wb.train.run import resolve_bf16
+
+    trained = raw["b_trained"]  # (b)(ii): as the demo trains, on the same samples
+    assert trained["as_trained"] and trained["bf16"] == resolve_bf16(load_config(f"{ROOT}/configs/demo.yaml").train)
+    assert trained["timed_misses"] == 0 and trained["feature_cache"]["hits"] > 0  # the towers' features are cached
+    assert {v["real_tokens"] for v in trained["layouts"].values()} == {v["real_tokens"] for v in b.values()}
+    assert "## (b)(ii) CPU training throughput as the demo trains" in text
     c = raw["c"]
     assert c["run"] and set(c["runs"]) == {"sdpa", "flex_attention", "flash_attention_2"}
     assert "skipped" in c["runs"]["flex_attention"]

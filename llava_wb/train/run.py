@@ -76,12 +76,12 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
             f"{facts.media_tokens}"
         )
     counts = apply_stage(model, cfg)
-    bf16, fp32_attention = _bf16(t), []
+    bf16, fp32_attention = resolve_bf16(t), []
     if bf16 and _on_cpu():  # CPU autocast: attention stays fp32 (faster there, llava_wb.model.cpu_amp)
         from llava_wb.model.cpu_amp import use_fp32_attention
 
         fp32_attention = use_fp32_attention(model)
-    cache = _feature_cache(cfg, model)
+    cache = enable_feature_caches(cfg, model)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
 
     # DeepSpeed fills its "auto" batch sizes when the arguments are created: accumulation first.
@@ -229,7 +229,7 @@ def save_final(trainer: Any, model: Any, tokenizer: Any, directory: Path) -> Non
     barrier()
 
 
-def _feature_cache(cfg: RunConfig, model: Any) -> Any:
+def enable_feature_caches(cfg: RunConfig, model: Any) -> Any:
     """The vision tower's feature cache when ``train.feature_cache_mb`` asks for one (after the
     stage has set what trains: the cache serves a frozen tower only); a frozen audio tower gets one
     of the same size too (``model.audio_tower.feature_cache``; an audio tower that trains, none)."""
@@ -358,7 +358,7 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def _bf16(t: Any) -> bool:
+def resolve_bf16(t: Any) -> bool:
     """``train.bf16``; ``auto``: on with a bf16 GPU, or on a CPU that computes bf16 natively unless
     DeepSpeed trains (its bf16 mode keeps the weights themselves in bf16; on a CPU it is for testing)."""
     if t.bf16 != "auto":
