@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `make bench` and training runs set it
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,14 @@ def warm_page_cache(fx: Fixture) -> int:
 
 
 # ----------------------------------------------------------------------------- (d) ceiling
-def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
-    """TrainSample over raw samples in memory, one process, one thread; plus its parts.
+# (d)'s rows that (a)'s loaders are compared with: timed in (a)'s interleaved loop, beside the loaders, so
+# that a change in the machine's speed between parts (seen here: 20% within minutes) hits both alike
+ALONGSIDE = ("train_sample", "train_sample_uint8", "train_sample_uint8_collate")
+
+
+def ceiling_parts(fx: Fixture, tok) -> tuple[dict[str, Callable[[], int]], dict[str, Any]]:
+    """(d)'s timed loops over raw samples in memory (one process, one thread), each returning the
+    samples it did, and what they ran on: TrainSample, with collation, and its parts.
 
     Two ways to the same normalised float32 pixels are timed: ``train_sample`` (float32 per
     sample, LLaVA's way) and ``train_sample_uint8`` (uint8, then ``normalise_pixels`` per sample);
@@ -166,24 +172,40 @@ def measure_ceiling(fx: Fixture, tok) -> dict[str, Any]:
         "image_decode_uint8": decode_only_uint8,
         "tokenize_template": tokenize_only,
     }
-    timings: dict[str, Timing] = {}
-    for _ in range(s.repeats):  # interleaved, like (a): machine load hits every part alike
+    meta = {
+        "samples_in_memory": len(raws),
+        "images_in_memory": len(images),
+        "tar_read_samples_per_s": tar_rate,
+        "pixels": {"stream": STREAM_PIXELS, "baseline": "float32"},
+    }
+    return parts, meta
+
+
+def measure_ceiling(
+    parts: dict[str, Callable[[], int]], meta: dict[str, Any], repeats: int, timings: dict[str, Timing]
+) -> dict[str, Any]:
+    """Time ``parts`` in interleaved repeats, into ``timings`` (which may already hold the
+    ``ALONGSIDE`` rows from (a)); the ceiling is the faster per-sample path per CPU-second."""
+    for _ in range(repeats):  # interleaved, like (a): machine load hits every part alike
         for k, fn in parts.items():
             timings[k] = repeat_timed(fn, 1, timing=timings.get(k))
     ceiling_key = max(("train_sample", "train_sample_uint8"), key=lambda k: timings[k].cpu_rate)
     return {
-        "samples_in_memory": len(raws),
-        "images_in_memory": len(images),
-        "tar_read_samples_per_s": tar_rate,
+        **meta,
         "ceiling_key": ceiling_key,
-        "pixels": {"stream": STREAM_PIXELS, "baseline": "float32"},
+        "timed_with_loaders": [k for k in ALONGSIDE if k in timings and k not in parts],
         **{k: t.as_dict() for k, t in timings.items()},
     }
 
 
 # ----------------------------------------------------------------------------- (a) throughput
-def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
+def measure_throughput(
+    fx: Fixture, tok, alongside: dict[str, Callable[[], int]] | None = None, timings: dict[str, Timing] | None = None
+) -> dict[str, Any]:
+    """(a): fresh stream and baseline loaders at each worker count, interleaved; after each round the
+    ``alongside`` loops (d's rows) are timed too, into ``timings``."""
     s = fx.sizes
+    alongside, timings = alongside or {}, {} if timings is None else timings
     t0 = time.perf_counter()
     dataset = baseline_dataset(fx.records, fx.media_root, tok, s)
     baseline_init = time.perf_counter() - t0
@@ -193,9 +215,12 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
     for nw in s.workers:  # warm-up: imports, first worker start, template caches
         iterate(stream_loader(fx.shards, tok, s, num_workers=nw), max_batches=3, normalise=image)
         iterate(baseline_loader(dataset, tok, s, num_workers=nw), max_batches=3, normalise=image)
-    timings: dict[str, Timing] = {}
+    runs: dict[str, Timing] = {}
     normalise_cpu: dict[str, list[float]] = {}  # CPU seconds of the consumer's normalise_batch, per run
     for rep in range(s.repeats):
+        for k, fn in alongside.items():
+            _say(f"(a) repeat {rep + 1}/{s.repeats}: (d) {k}")
+            timings[k] = repeat_timed(fn, 1, timing=timings.get(k))
         for nw in s.workers:
             for kind in ("stream", "baseline"):
                 key = f"{kind}/w{nw}"
@@ -210,14 +235,14 @@ def measure_throughput(fx: Fixture, tok) -> dict[str, Any]:
                         loader, max_batches=s.pass_batches, normalise=image, spent=normalise_cpu.setdefault(key, [])
                     )
 
-                timings[key] = repeat_timed(one_pass, 1, timing=timings.get(key))
+                runs[key] = repeat_timed(one_pass, 1, timing=runs.get(key))
     return {
         "pixels": {"stream": STREAM_PIXELS, "baseline": "float32", "normalised_in": "consumer (normalise_batch)"},
         "batch_size": s.batch_size,
         "baseline_init_seconds": baseline_init,
         "records": len(dataset),
         "pass_batches": s.pass_batches,
-        "runs": {k: {**t.as_dict(), "normalise_cpu_seconds": normalise_cpu[k]} for k, t in timings.items()},
+        "runs": {k: {**t.as_dict(), "normalise_cpu_seconds": normalise_cpu[k]} for k, t in runs.items()},
     }
 
 
@@ -380,11 +405,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         "prepare_seconds": time.perf_counter() - started,
     }
     raw["warm_bytes"] = warm_page_cache(fx)
+    parts, meta = ceiling_parts(fx, tok) if "d" in args.parts else ({}, {})
+    timings: dict[str, Timing] = {}
+    if "a" in args.parts:
+        alongside = {k: parts.pop(k) for k in ALONGSIDE if k in parts}
+        raw["throughput"] = measure_throughput(fx, tok, alongside=alongside, timings=timings)
     if "d" in args.parts:
         _say("(d) decode+preprocess ceiling")
-        raw["ceiling"] = measure_ceiling(fx, tok)
-    if "a" in args.parts:
-        raw["throughput"] = measure_throughput(fx, tok)
+        raw["ceiling"] = measure_ceiling(parts, meta, sizes.repeats, timings)
     if "b" in args.parts:
         raw["memory"] = measure_memory(fx)
     if "c" in args.parts:

@@ -449,7 +449,14 @@ def _ceiling_section(raw: dict[str, Any]) -> Section:
         "float32 per sample, or uint8 then `normalise_pixels` per sample. No loader can do better per core, "
         "and a loader also has to batch (the `Collator` rows; the uint8 one includes the consumer's "
         "`normalise_batch`) and read its input (the tar row). Every row is timed in "
-        f"{len(ceil[key]['rates'])} interleaved runs (median). 'per CPU-s' rates divide by the CPU time "
+        f"{len(ceil[key]['rates'])} interleaved runs (median)"
+        + (
+            f"; {', '.join(f'`{k}`' for k in ceil['timed_with_loaders'])} in (a)'s rounds, beside the loaders, so "
+            "that a change in the machine's speed hits the ceiling and the loaders alike"
+            if ceil.get("timed_with_loaders")
+            else ""
+        )
+        + ". 'per CPU-s' rates divide by the CPU time "
         "of the whole process tree, so a loader's fraction is its per-core efficiency relative to the "
         "ceiling whatever else ran on the machine; the wall-clock columns divide the loader's rate by "
         "the cores it can use. At 0 workers everything (tar reading, shuffle buffer, collate, "

