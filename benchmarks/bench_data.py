@@ -202,8 +202,8 @@ def measure_ceiling(
 def measure_throughput(
     fx: Fixture, tok, alongside: dict[str, Callable[[], int]] | None = None, timings: dict[str, Timing] | None = None
 ) -> dict[str, Any]:
-    """(a): fresh stream and baseline loaders at each worker count, interleaved; after each round the
-    ``alongside`` loops (d's rows) are timed too, into ``timings``."""
+    """(a): fresh stream and baseline loaders at each worker count, interleaved; at the start of each
+    round the ``alongside`` loops (d's rows) are timed too, into ``timings``."""
     s = fx.sizes
     alongside, timings = alongside or {}, {} if timings is None else timings
     t0 = time.perf_counter()

@@ -343,6 +343,7 @@ def part_b(
 
     from llava_wb.data.collate import Collator
     from llava_wb.data.packing import PackedCollator
+    from llava_wb.train.config import ConfigError
     from llava_wb.train.dist import torch_threads
     from llava_wb.train.run import enable_feature_caches, resolve_bf16
     from llava_wb.train.stages import apply_stage, param_groups
@@ -357,9 +358,9 @@ def part_b(
     trainable = apply_stage(model, cfg)
     bf16, fp32_attention, cache = False, [], None
     if as_trained:
-        bf16, cache = resolve_bf16(cfg.train), enable_feature_caches(cfg, model)
+        bf16, cache = resolve_bf16(cfg.train), enable_feature_caches(cfg, model)  # ConfigError: main says why
         if cache is None:
-            raise RuntimeError("(b) as trained: the run config has no feature cache (train.feature_cache_mb: 0)")
+            raise ConfigError("the run config has no feature cache (train.feature_cache_mb: 0)")
         if bf16 and not torch.cuda.is_available():
             from llava_wb.model.cpu_amp import use_fp32_attention
 
@@ -393,7 +394,8 @@ def part_b(
                 step(b)
         for batches in layouts.values():  # warm-up: one step of each layout
             step(batches[0])
-        warm_misses = cache.summary()["misses"] if cache is not None else 0
+        caches = [c for c in (cache, getattr(getattr(model, "audio_tower", None), "feature_cache", None)) if c]
+        warm_misses = sum(c.summary()["misses"] for c in caches)
         timings = {name: Timing() for name in layouts}
         for r in range(repeats):  # interleaved: padded, packed, packed, padded, packed, packed, ...
             for name in layouts:
@@ -403,6 +405,7 @@ def part_b(
                 + ", ".join(f"{n}: {t.rates[-1]:.0f} tok/s" for n, t in timings.items())
             )
         n_threads = n_threads or torch.get_num_threads()
+    clock.remove()
     out: dict[str, Any] = {
         "samples": len(samples),
         "torch_threads": n_threads,
@@ -412,8 +415,9 @@ def part_b(
         "bf16": bf16,
         "fp32_attention": fp32_attention,
         "feature_cache": cache.summary() if cache is not None else None,
-        # vision tower features computed during the timed passes (0: every one came from the cache)
-        "timed_misses": cache.summary()["misses"] - warm_misses if cache is not None else None,
+        "audio_feature_cache": caches[1].summary() if len(caches) > 1 else None,
+        # tower features (vision and audio) computed during the timed passes (0: all came from the caches)
+        "timed_misses": sum(c.summary()["misses"] for c in caches) - warm_misses if caches else None,
         "layouts": {},
     }
     for name, batches in layouts.items():
@@ -448,9 +452,13 @@ class ForwardClock:
 
     def __init__(self, modules: Sequence[Any]):
         self.seconds, self._start = 0.0, 0.0
-        for m in modules:
-            m.register_forward_pre_hook(self._enter)
-            m.register_forward_hook(self._exit)
+        self._hooks = [
+            h for m in modules for h in (m.register_forward_pre_hook(self._enter), m.register_forward_hook(self._exit))
+        ]
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
 
     def _enter(self, *args: Any) -> None:
         self._start = time.perf_counter()
@@ -611,8 +619,8 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
     )
     if as_trained:
         notes.append(
-            "Here the towers' forward is a lookup in the feature cache (hashing the pixels), as in the demo from its "
-            "second epoch on (its first epoch computes them in the prefetch thread, beside the step): what remains is "
+            "Here the frozen towers' forward is a lookup in their feature caches (hashing the inputs), as in the demo "
+            "from its second epoch on (its first epoch computes them in the prefetch thread, beside the step): what remains is "
             "the LLM and projector, which packing shrinks."
         )
     else:
@@ -633,7 +641,7 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
         + f", the feature caches warmed by one pass over the samples, {b['torch_threads']} torch thread(s) "
         "(`train.threads: auto` beside the config's loader workers)"
         if as_trained
-        else f"fp32, no feature cache, {b['torch_threads']} torch thread(s) (torch's default in this process)"
+        else f"fp32, no feature cache, {b['torch_threads']} torch thread(s) (`--threads`, or torch's default)"
     )
     return Section(
         title,
@@ -718,10 +726,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         )
         raw["a_demo"] = a
         raw["a_llava"] = part_a_llava(sizes)
+        from llava_wb.train.config import ConfigError
+
         samples = demo_samples(cfg, tok, media_tokens, model, sizes.cpu_samples)
         for part, as_trained in (("b", False), ("b_trained", True)):  # the same samples, then the same model
+            try:
+                measured = part_b(cfg, tok, model, samples, sizes.repeats, demo_rows, as_trained=as_trained)
+            except ConfigError as e:  # (b)(ii) needs the config's feature cache
+                raw[part] = {"run": False, "reason": f"not measured: {e}"}
+                continue
             raw[part] = {
-                **part_b(cfg, tok, model, samples, sizes.repeats, demo_rows, as_trained=as_trained),
+                **measured,
                 "run": True,
                 "repeats": sizes.repeats,
                 "batch_size": cfg.data.batch_size,

@@ -149,8 +149,8 @@ class CpuMeter:
         gc_cpu = time.process_time() - gc_start
         self.cpu = _own_cpu() - self._cpu0 - gc_cpu
         other = max(0.0, _proc_stat_busy() - self._busy0 - self.cpu - gc_cpu)
-        cores = usable_cores()
-        self.other_share = min(1.0, other / (self.wall * cores)) if self.wall > 0 else 0.0
+        span = time.perf_counter() - self._t0  # what /proc/stat covered: the block and the collection
+        self.other_share = min(1.0, other / (span * usable_cores())) if span > 0 else 0.0
 
 
 @dataclass
