@@ -345,7 +345,7 @@ def part_b(
     from llava_wb.data.packing import PackedCollator
     from llava_wb.train.config import ConfigError
     from llava_wb.train.dist import torch_threads
-    from llava_wb.train.run import enable_feature_caches, resolve_bf16
+    from llava_wb.train.run import apply_precision, enable_feature_caches
     from llava_wb.train.stages import apply_stage, param_groups
 
     bs = cfg.data.batch_size
@@ -358,13 +358,10 @@ def part_b(
     trainable = apply_stage(model, cfg)
     bf16, fp32_attention, cache = False, [], None
     if as_trained:
-        bf16, cache = resolve_bf16(cfg.train), enable_feature_caches(cfg, model)  # ConfigError: main says why
+        cache = enable_feature_caches(cfg, model)  # ConfigError: main says why
         if cache is None:
             raise ConfigError("the run config has no feature cache (train.feature_cache_mb: 0)")
-        if bf16 and not torch.cuda.is_available():
-            from llava_wb.model.cpu_amp import use_fp32_attention
-
-            fp32_attention = use_fp32_attention(model)
+        bf16, fp32_attention = apply_precision(cfg.train, model)  # as a run: CPU bf16 keeps attention in fp32
     try:  # the HF Trainer's default optimizer (adamw_torch_fused), as bench_train
         opt = torch.optim.AdamW(param_groups(model, cfg.train, set()), fused=True)
     except (RuntimeError, TypeError):

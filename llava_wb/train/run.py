@@ -76,11 +76,7 @@ def _train(cfg: RunConfig, threads: int) -> dict[str, Any]:
             f"{facts.media_tokens}"
         )
     counts = apply_stage(model, cfg)
-    bf16, fp32_attention = resolve_bf16(t), []
-    if bf16 and _on_cpu():  # CPU autocast: attention stays fp32 (faster there, llava_wb.model.cpu_amp)
-        from llava_wb.model.cpu_amp import use_fp32_attention
-
-        fp32_attention = use_fp32_attention(model)
+    bf16, fp32_attention = apply_precision(t, model)
     cache = enable_feature_caches(cfg, model)
     media = media_settings(model, cfg.data)  # frames per clip and audio window come from the model
 
@@ -370,6 +366,17 @@ def resolve_bf16(t: Any) -> bool:
     from llava_wb.model.cpu_amp import cpu_has_native_bf16
 
     return not t.deepspeed and cpu_has_native_bf16()
+
+
+def apply_precision(t: Any, model: Any) -> tuple[bool, list[str]]:
+    """``(bf16, switched)``: ``resolve_bf16(t)``, and with CPU bf16 the model's sdpa sub-models switched
+    to attention in fp32 (faster there, ``llava_wb.model.cpu_amp``); ``switched`` names them."""
+    bf16 = resolve_bf16(t)
+    if not (bf16 and _on_cpu()):
+        return bf16, []
+    from llava_wb.model.cpu_amp import use_fp32_attention
+
+    return bf16, use_fp32_attention(model)
 
 
 def _training_args(cfg: RunConfig, grad_accum: int, world: int, bf16: bool) -> Any:
