@@ -37,19 +37,38 @@ def test_library_imports_without_torch_or_transformers():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+# One process loads torch and transformers (third-party: nothing of llava_wb), then forks a child per
+# module that imports it first: the same check as a fresh interpreter per module, without paying
+# torch's and transformers' import (about 2.9 s) 17 times (48 s -> about 5 s).
+_IMPORT_EACH_FIRST = """
+import importlib, os, sys
+import torch, transformers, transformers.modeling_utils
+assert not [m for m in sys.modules if m.startswith("llava_wb")], "the parent must not import llava_wb"
+for name in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:
+            print(f"{name}: {type(e).__name__}: {e}", flush=True)
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if status and not os.WIFEXITED(status):
+        print(f"{name}: died with status {status}", flush=True)
+"""
+
+
 def test_every_model_module_imports_first_in_a_fresh_process():
     """No circular import whichever model module a script imports first (reducers <-> merging <-> resample)."""
     import pkgutil
-    import subprocess
-    import sys
 
     import llava_wb.model as pkg
 
     names = sorted(f"llava_wb.model.{m.name}" for m in pkgutil.iter_modules(pkg.__path__))
-    code = "import importlib, sys; importlib.import_module(sys.argv[1])"
-    failed = {}
-    for name in names:
-        proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
-        if proc.returncode:
-            failed[name] = proc.stderr.strip().splitlines()[-1]
-    assert failed == {}
+    assert len(names) > 10, names
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH_FIRST, *names], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == "", proc.stdout
