@@ -37,8 +37,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# pytest-xdist: one worker per physical core, at most 4 (a test may start 2-process runs of its own);
+# PYTEST_ARGS= runs the suite in one process. Every multi-process test takes a free port of its own.
+PYTEST_ARGS ?= -n auto --maxprocesses 4
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # BENCH_ARGS: extra flags for benchmarks.run_all; `make bench-quick` is the smoke run (results under runs/bench_quick).
 bench: $(STAMP)
