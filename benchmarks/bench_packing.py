@@ -575,7 +575,9 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
         else "(b)(i) CPU training throughput, demo model, same samples, towers in the step (fp32)"
     )
     if not b or not b.get("run"):
-        return _not_run(title, b or {"reason": "not measured yet (added after the last full run)"})
+        return _not_run(
+            title, b or {"reason": "not in this results file (it predates (b)(ii): run bench_packing again)"}
+        )
     rows = []
     for k, v in b["layouts"].items():
         t = v["timing"]

@@ -39,7 +39,7 @@ def test_library_imports_without_torch_or_transformers():
 
 # One process loads torch and transformers (third-party: nothing of llava_wb), then forks a child per
 # module that imports it first: the same check as a fresh interpreter per module, without paying
-# torch's and transformers' import (about 2.9 s) 17 times (48 s -> about 5 s).
+# torch's and transformers' import (about 2.9 s) 17 times (48 s -> about 8 s on 2 cores).
 _IMPORT_EACH_FIRST = """
 import importlib, os, sys
 import torch, transformers, transformers.modeling_utils
