@@ -54,6 +54,7 @@ from data_tools.synth_core import (  # noqa: F401  (re-exported: the public name
     _turns,
     _with_placeholder,
     draw_shape,
+    pick_qtypes,
     register_task,
     render_image,
 )
@@ -204,9 +205,7 @@ def make_image_sample(ctx: SampleContext) -> Sample:
         pairs, qtypes = [(prompt, caption(objects, ctx.cfg.grid))], ["caption"]
     else:
         available = [t for t in QUESTIONS if question_subjects(t, objects, ctx.cfg.grid)]
-        k = min(int(rng.integers(1, 4)), len(available))
-        weights = np.array([QTYPE_WEIGHTS[t] for t in available])
-        qtypes = [available[i] for i in rng.choice(len(available), size=k, replace=False, p=weights / weights.sum())]
+        qtypes = pick_qtypes(rng, available, weights=QTYPE_WEIGHTS)
         pairs = []
         for qtype in qtypes:
             subjects = question_subjects(qtype, objects, ctx.cfg.grid)

@@ -9,7 +9,8 @@ between its first frame and the last one; other shapes stay still, cross the fra
 vertically. Shapes that stay still or move vertically lie entirely on one side of the vertical centre line,
 horizontal movers always cross it, and shapes never touch (2 px apart in every frame). Questions:
 
-* ``motion``: direction of the mover (left/right/up/down);
+* ``motion``: direction of the mover (left/right/up/down), drawn 3x as often as each other type
+  (``VIDEO_QTYPE_WEIGHTS``);
 * ``first_colour`` / ``last_colour``: colour of the shape that appears first / last;
 * ``crossing``: how many shapes cross the vertical centre line (zero/one/two).
 
@@ -74,6 +75,9 @@ VIDEO_QUESTIONS: dict[str, tuple[str, ...]] = {
     "last_colour": ("Which colour appears last?", "What colour is the last shape to appear?"),
     "crossing": ("How many shapes cross the middle?", "How many shapes cross the vertical center line?"),
 }
+# motion is the video question a small model learns last (binding the named shape across frames): it is
+# drawn three times as often as each of the others, so it is in 3 of 4 QA clips instead of 1 in 2
+VIDEO_QTYPE_WEIGHTS = {"motion": 3.0, "first_colour": 1.0, "last_colour": 1.0, "crossing": 1.0}
 AUDIO_QUESTIONS: dict[str, tuple[str, ...]] = {
     "pitch": ("Is the tone high or low?", "Is the beep high-pitched or low-pitched?"),
     "beeps": ("How many beeps are there?", "How many beeps do you hear?"),
@@ -208,7 +212,7 @@ def make_video_sample(ctx: SampleContext) -> Sample:
     if ctx.style == "caption":
         pairs, qtypes = [(VIDEO_PROMPTS[int(rng.integers(len(VIDEO_PROMPTS)))], video_caption(objects))], ["caption"]
     else:
-        qtypes = pick_qtypes(rng, list(VIDEO_QUESTIONS))
+        qtypes = pick_qtypes(rng, list(VIDEO_QUESTIONS), weights=VIDEO_QTYPE_WEIGHTS)
         answers = {
             "motion": objects[mover]["motion"],
             "first_colour": objects[0]["colour"],

@@ -161,10 +161,19 @@ def render_image(
     return buf.getvalue()
 
 
-def pick_qtypes(rng: np.random.Generator, available: Sequence[str], max_turns: int = 3) -> list[str]:
-    """1..max_turns distinct question types, uniformly chosen from ``available``."""
+def pick_qtypes(
+    rng: np.random.Generator,
+    available: Sequence[str],
+    max_turns: int = 3,
+    weights: Mapping[str, float] | None = None,
+) -> list[str]:
+    """1..max_turns distinct question types from ``available``: uniformly, or drawn in proportion to
+    ``weights`` (one per available type) without replacement."""
     k = min(int(rng.integers(1, max_turns + 1)), len(available))
-    return [available[i] for i in rng.choice(len(available), size=k, replace=False)]
+    if weights is None:
+        return [available[i] for i in rng.choice(len(available), size=k, replace=False)]
+    p = np.array([float(weights[t]) for t in available])
+    return [available[i] for i in rng.choice(len(available), size=k, replace=False, p=p / p.sum())]
 
 
 def _with_placeholder(text: str, tag: str, rng: np.random.Generator) -> str:

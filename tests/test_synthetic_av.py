@@ -21,6 +21,7 @@ from synth_fixtures import file_tree, generated, load_records
 from data_tools import make_synthetic as ms
 from data_tools import synth_av
 from data_tools.convert_to_wds import convert
+from data_tools.synth_core import pick_qtypes
 from llava_wb.data.audio import read_audio
 from llava_wb.data.video import read_video
 
@@ -236,7 +237,8 @@ def test_audio_decodes_pitch_and_beeps(dataset: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- balance
 @pytest.mark.parametrize("modality,qtypes", [("video", VIDEO_QTYPES), ("audio", AUDIO_QTYPES)])
 def test_answer_balance(tmp_path: Path, modality: str, qtypes: tuple[str, ...]) -> None:
-    out = ms.generate(tmp_path, n_pretrain=0, n_instruct=0, n_heldout=200, progress=False, seed=11, mix={modality: 1.0})
+    # 400 records: with motion drawn 3x as often, each other video type is asked in about 5 of 12 clips
+    out = ms.generate(tmp_path, n_pretrain=0, n_instruct=0, n_heldout=400, progress=False, seed=11, mix={modality: 1.0})
     info = json.loads(Path(out["info"]).read_text())
     for qtype in qtypes:
         k = len(info["vocab"][qtype])
@@ -244,6 +246,29 @@ def test_answer_balance(tmp_path: Path, modality: str, qtypes: tuple[str, ...]) 
         baseline = info["majority_baseline"][qtype]
         assert set(counts) == set(info["vocab"][qtype]) and baseline["n"] >= 80, (qtype, counts)
         assert baseline["fraction"] <= 1 / k + 0.12, (qtype, baseline, counts)
+
+
+def test_motion_questions_drawn_by_weight(tmp_path: Path) -> None:
+    """``VIDEO_QTYPE_WEIGHTS``: motion (weight 3) is asked in about 3 of 4 QA clips, each other type in
+    about 5 of 12 (1 of 2 each with uniform draws)."""
+    assert synth_av.VIDEO_QTYPE_WEIGHTS == {"motion": 3.0, "first_colour": 1.0, "last_colour": 1.0, "crossing": 1.0}
+    out = ms.generate(tmp_path, n_pretrain=0, n_instruct=400, n_heldout=0, progress=False, seed=5, mix={"video": 1.0})
+    turns = out["counts"]["instruct"]["turns_by_qtype"]
+    assert 0.68 * 400 <= turns["motion"] <= 0.82 * 400, turns
+    for qtype in VIDEO_QTYPES[1:]:
+        assert 0.33 * 400 <= turns[qtype] <= 0.50 * 400, (qtype, turns)
+
+
+def test_pick_qtypes_weights() -> None:
+    rng = np.random.default_rng(0)
+    drawn = Counter(
+        t for _ in range(3000) for t in pick_qtypes(rng, ["a", "b", "c"], max_turns=1, weights={"a": 2, "b": 1, "c": 0})
+    )
+    assert set(drawn) == {"a", "b"} and 1.8 <= drawn["a"] / drawn["b"] <= 2.2, drawn  # weight 0: never drawn
+    # without weights the draws are the uniform ones of before (image, audio and caption records unchanged)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    k = min(int(b.integers(1, 4)), 4)
+    assert pick_qtypes(a, ["w", "x", "y", "z"]) == [["w", "x", "y", "z"][i] for i in b.choice(4, size=k, replace=False)]
 
 
 # ----------------------------------------------------------------------------- validation, CLI, converter
