@@ -87,13 +87,14 @@ def test_deepspeed_launcher(ws, tmp_path, zero):
         tmp_path / f"zero{zero}.yaml",
         tiny_config(ws, out, max_steps=STEPS, save_steps=STEPS, deepspeed=f"configs/deepspeed/zero{zero}.json"),
     )
+    port = free_port()
     run(
         [
             str(launcher) if launcher.exists() else "deepspeed",
             "--num_gpus",
             "2",
             "--master_port",
-            str(free_port()),
+            str(port),
             "--module",
             "llava_wb.train",
             str(cfg),
@@ -104,6 +105,8 @@ def test_deepspeed_launcher(ws, tmp_path, zero):
     result = check_ranks(out, in_sync=True if zero == 2 else None)
     assert result["distributed"] == "DistributedType.DEEPSPEED"
     assert (out / f"checkpoint-{STEPS}" / f"global_step{STEPS}").is_dir()  # DeepSpeed's own shards
+    # DeepSpeed's CPU shm allreduce buffers (about 66 MB a rank) are gone with the run, not left in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
     from llava_wb.model import load_bundle
 

@@ -27,6 +27,33 @@ def init_deepspeed_on_cpu() -> None:
         PartialState(backend="gloo")
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    unlink_shm_buffer()
+
+
+SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
+
+
+def unlink_shm_buffer() -> None:
+    """Remove this rank's name of DeepSpeed's CPU shm allreduce buffer once every rank has mapped it.
+
+    DeepSpeed's CPU communication op (``deepspeed/ops/csrc/cpu/comm/shm.cpp``) creates ``SHM_BUFFER``
+    (about 66 MB) per rank and never unlinks it, so every CPU DeepSpeed run left its buffers in
+    ``/dev/shm``: 18 GB after this repository's test runs, until the machine ran out of memory. Each
+    rank opens every other rank's buffer inside ``init_distributed``; after a barrier all of them
+    have, and the name can go (the mappings, and the memory, live on until the processes exit)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    name = SHM_BUFFER.format(
+        uid=os.getuid(),
+        addr=os.environ.get("MASTER_ADDR", ""),
+        port=os.environ.get("MASTER_PORT", ""),
+        rank=dist.get_rank(),
+    )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 def replicas_in_sync(trainer: Any, model: Any) -> bool | None:
