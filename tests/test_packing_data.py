@@ -24,7 +24,7 @@ from train_fixtures import (
 from llava_wb.data.config import DataConfig, PackingConfig
 from llava_wb.data.errors import DataConfigError
 from llava_wb.data.loader import build_train_loader
-from llava_wb.data.packing import Pending, RowPacker, padding_fraction
+from llava_wb.data.packing import Pending, RowPacker, fill_row, padding_fraction
 from llava_wb.train.config import load_config
 from llava_wb.train.run import train
 
@@ -64,7 +64,7 @@ def batches(loader, limit: int | None = None) -> list[dict]:
     lengths=st.lists(st.integers(1, 64), min_size=1, max_size=80),
     rows=st.integers(1, 4),
     buffer=st.integers(1, 24),
-    strategy=st.sampled_from(["best_fit", "first_fit"]),
+    strategy=st.sampled_from(["best_fit", "first_fit", "max_fill"]),
 )
 def test_rows_stay_within_budget_and_every_sample_leaves_once(lengths, rows, buffer, strategy):
     packer = RowPacker(PackingConfig(max_tokens=64, buffer=buffer, strategy=strategy), rows)
@@ -80,6 +80,33 @@ def test_rows_stay_within_budget_and_every_sample_leaves_once(lengths, rows, buf
         out += [[p.ordinal for p in row] for row in packer.take()]
     assert sorted(i for row in out for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 64 for row in out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), max_size=10), free=st.integers(-3, 60))
+def test_fill_row_is_the_fullest_subset_reaching_least_far(lengths, free):
+    """Against every subset: the largest sum <= free, and of the subsets making it, one whose newest item
+    is as old as any can be (the pool is in arrival order: older samples go first)."""
+    picks = fill_row(lengths, free)
+    assert picks == sorted(set(picks)) and all(0 <= i < len(lengths) for i in picks)
+    subsets = [[i for i in range(len(lengths)) if m >> i & 1] for m in range(1 << len(lengths))]
+    fits = [c for c in subsets if sum(lengths[i] for i in c) <= max(free, 0)]
+    best = max(sum(lengths[i] for i in c) for c in fits)
+    assert sum(lengths[i] for i in picks) == best
+    reach = min(max(c, default=-1) for c in fits if sum(lengths[i] for i in c) == best)
+    assert max(picks, default=-1) == reach
+
+
+def test_max_fill_fills_a_row_that_best_fit_leaves_short():
+    """Row of 10, pool 6 (oldest), 3, 2, 2: best_fit takes the largest that fits (6 + 3, one position
+    empty); max_fill finds 6 + 2 + 2."""
+    rows = {}
+    for strategy in ("best_fit", "max_fill"):
+        packer = RowPacker(PackingConfig(max_tokens=10, buffer=4, strategy=strategy), 1)
+        for i, n in enumerate((6, 3, 2, 2)):
+            packer.add(Pending(i, n, {"id": i}, {}))
+        rows[strategy] = [p.length for p in packer.take()[0]]
+    assert rows == {"best_fit": [6, 3], "max_fill": [6, 2, 2]}
 
 
 def test_a_sample_longer_than_a_row_is_refused_by_config_and_by_name():
@@ -104,10 +131,12 @@ def test_packed_epoch_sees_every_sample_once_with_little_padding(ws, tok, worker
     assert sum(padding_fraction(b) for b in full) / len(full) < 0.1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("stop", [1, 3, 5])
-def test_packed_resume_mid_epoch_continues_exactly(ws, tok, workers, stop):
-    cfg = data_cfg(ws, workers)
+@pytest.mark.parametrize(
+    "workers,stop,strategy",
+    [(w, s, "best_fit") for w in (0, 2) for s in (1, 3, 5)] + [(0, 3, "max_fill"), (2, 3, "max_fill")],
+)
+def test_packed_resume_mid_epoch_continues_exactly(ws, tok, workers, stop, strategy):
+    cfg = data_cfg(ws, workers, packing={"max_tokens": 160, "buffer": 12, "strategy": strategy})
     ref = [b["id"] for b in batches(build_train_loader(cfg, tok, media_tokens=MEDIA, rank=0, world_size=1))]
     first = build_train_loader(cfg, tok, media_tokens=MEDIA, rank=0, world_size=1)
     seen = [b["id"] for b in batches(first, stop)]

@@ -90,12 +90,13 @@ class MediaSettings:
 class PackingConfig:
     """Sequence packing (``llava_wb.data.packing``): each batch is ``data.batch_size`` rows of at most
     ``max_tokens`` LLM positions, filled from a pool of ``buffer`` tokenized samples, ``best_fit``
-    (largest pending sample that fits) or ``first_fit`` (arrival order). ``max_tokens`` must be at
-    least ``data.max_length`` so every sample fits in a row."""
+    (largest pending sample that fits, one after another), ``first_fit`` (arrival order) or ``max_fill``
+    (the pending samples that fill the row the most: fewest padding positions, docs/packing.md).
+    ``max_tokens`` must be at least ``data.max_length`` so every sample fits in a row."""
 
     max_tokens: PositiveInt = 2048
     buffer: PositiveInt = 256
-    strategy: Literal["best_fit", "first_fit"] = "best_fit"
+    strategy: Literal["best_fit", "first_fit", "max_fill"] = "best_fit"
 
 
 @section

@@ -9,7 +9,9 @@ With ``data.packing`` set, each batch is ``data.batch_size`` *rows* of at most
   576 placeholder slots for an image the reducer cuts to 144.
 - Each row starts with the oldest pending sample (no sample waits for ever), then takes the
   largest pending sample that still fits (``best_fit``) or pending samples in arrival order that fit
-  (``first_fit``), until none fits. Rows are right-padded to the longest row of the batch.
+  (``first_fit``), until none fits; or (``max_fill``) the set of pending samples that fills the rest
+  of the row the most, the oldest preferred among equal fills (``fill_row``: a subset sum over the
+  pool, exact). Rows are right-padded to the longest row of the batch.
 - ``PackedCollator`` writes one row as ``input_ids``/``labels``/``position_ids`` with positions
   restarting at 0 for every sample and *no* ``attention_mask``: transformers 5.x then builds a
   block-diagonal causal mask from the restarts (SDPA, eager, flex) or uses them as varlen
@@ -74,6 +76,13 @@ class RowPacker:
         while self.pool and len(rows) < self.rows:
             row = [self.pool.pop(0)]
             free = self.cfg.max_tokens - row[0].length
+            if self.cfg.strategy == "max_fill":
+                picks = fill_row([p.length for p in self.pool], free)
+                row += [self.pool[i] for i in picks]
+                for i in reversed(picks):
+                    del self.pool[i]
+                rows.append(row)
+                continue
             while free > 0:
                 pick = self._pick(free)
                 if pick is None:
@@ -95,6 +104,29 @@ class RowPacker:
                     if best_len == free:
                         break
         return best
+
+
+def fill_row(lengths: Sequence[int], free: int) -> list[int]:
+    """Indices (ascending) of the ``lengths`` whose sum is the largest one <= ``free``; among subsets with
+    that sum, the one that reaches furthest back: an item is left out whenever the items before it can
+    make the sum without it. A subset sum over bitsets (Python ints, bit s set: sum s reachable), one
+    shift per item, stopping at the first item that makes ``free`` exactly."""
+    if free <= 0:
+        return []
+    cap = (1 << (free + 1)) - 1
+    reach = [1]  # reach[i]: the sums the first i items can make
+    for n in lengths:
+        now = (reach[-1] | (reach[-1] << n)) & cap
+        reach.append(now)
+        if now >> free & 1:
+            break
+    total = reach[-1].bit_length() - 1
+    picks = []
+    for i in range(len(reach) - 2, -1, -1):
+        if not reach[i] >> total & 1:  # the first i items cannot make it: item i is in
+            picks.append(i)
+            total -= lengths[i]
+    return picks[::-1]
 
 
 def packed_batches(
