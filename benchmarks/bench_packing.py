@@ -5,7 +5,7 @@
 Writes ``<out>/packing.md`` and ``<out>/packing.json`` (``--quick``: tiny sizes, default out
 ``runs/bench_quick``; the numbers mean nothing there).
 
-(a) Share of the LLM positions that are padding, packed (``llava_wb.data.packing``, both strategies)
+(a) Share of the LLM positions that are padding, packed (``llava_wb.data.packing``, each strategy)
     vs padded (``llava_wb.data.collate.Collator``, right padding to the batch's longest sample):
     (i) the demo mix: synthetic shards of ``recipes.demo.DEMO_MIX`` (images, videos, audio clips,
     text) through the converter, read by the real ``build_train_loader`` with ``configs/demo.yaml``'s
@@ -73,7 +73,8 @@ from benchmarks.packing_shapes import (
 )
 
 NAME = "packing"
-STRATEGIES = ("best_fit", "first_fit")
+STRATEGIES = ("best_fit", "first_fit", "max_fill")
+B_STRATEGIES = ("best_fit", "max_fill")  # (b): first_fit packs about as full as best_fit (a) and costs the same
 GPU_HINT = "run `python -m benchmarks.bench_packing --gpu-only` on a lent GPU"
 # The demo's packed layouts (max_tokens, rows per batch): about 2048 positions per batch, the real tokens
 # of a padded batch of 32 demo samples (~48 tokens each): rows of 512, of 256 (stage 1's) and of 96 (stage 2's), just
@@ -352,8 +353,9 @@ def part_b(
     padded = [Collator(pad_token_id=tok.pad_token_id)(samples[i : i + bs]) for i in range(0, len(samples), bs)]
     layouts = {f"padded, batch {bs}": padded}
     for max_tokens, rows in demo_rows:
-        packed = [PackedCollator(pad_token_id=tok.pad_token_id)(b) for b in pack_rows(samples, max_tokens, rows)]
-        layouts[f"packed best_fit, {rows} rows x {max_tokens}"] = packed
+        for s in B_STRATEGIES:
+            batches = pack_rows(samples, max_tokens, rows, s)
+            layouts[f"packed {s}, {rows} rows x {max_tokens}"] = [PackedCollator(tok.pad_token_id)(b) for b in batches]
     model.train()
     trainable = apply_stage(model, cfg)
     bf16, fp32_attention, cache = False, [], None
@@ -563,7 +565,10 @@ def llava_padding_section(m: dict[str, Any] | None) -> Section:
             "(the 'flattened' layout of flash-attention's varlen kernels, transformers' DataCollatorWithFlattening) "
             "has nothing to pad to: each sample keeps max_length 2048 and only the row grows. With varlen attention "
             "(flash-attention 2, flex) a longer row costs no cross-sample attention; SDPA on the CPU computes the "
-            "whole row x row score matrix, so there rows stay short (part (b))."
+            "whole row x row score matrix, so there rows stay short (part (b)). max_fill fills the rest of each row "
+            "with the set of pending samples that fills it the most: rows of 4096 and 8192 close completely; at "
+            "2048 the rest of a row is often shorter than any pending image sample (576 + its text), so no "
+            "streaming choice closes it."
         ],
     )
 
@@ -612,9 +617,10 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
         f"The padded batches are {pct(base['padding'])} padding, so packing without any padding and a pass costing "
         f"in proportion to its LLM positions would give 1 / (1 - {base['padding']:.3f}) = "
         f"{1 / (1 - base['padding']):.2f}x: the target of 1.5x asks for {pct(1 - 1.5 * (1 - base['padding']))} "
-        "packed padding or less at that proportion ('positions ratio' is each layout's own proportion). Rows of 96 "
-        "hold samples of up to 80 positions, so a few positions of a row stay empty; longer rows pack fuller but "
-        "cost more attention (next note)."
+        "packed padding or less at that proportion ('positions ratio' is each layout's own proportion). best_fit "
+        "leaves a few positions of many rows of 96 empty (the samples are up to 80 positions long); max_fill fills "
+        "them, except in the last batch of these samples, where the pool runs dry ((a)(i) has the whole epoch). "
+        "Longer rows pack fuller but cost more attention (next note)."
     )
     if as_trained:
         notes.append(

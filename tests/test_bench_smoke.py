@@ -164,14 +164,17 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     }  # the demo config (4 frames x 2x2 + a separator each), not hard-coded in the bench
     padded, *packed = a["layouts"].values()
     demo_rows = bench_packing.demo_layouts(load_config(f"{ROOT}/configs/demo.yaml").data.packing)
-    assert len(packed) == 2 * len(demo_rows) and all(p["samples"] == padded["samples"] > 0 for p in packed)
+    assert len(packed) == len(bench_packing.STRATEGIES) * len(demo_rows) and all(
+        p["samples"] == padded["samples"] > 0 for p in packed
+    )
     assert all(p["real_tokens"] == padded["real_tokens"] and p["padding"] < padded["padding"] for p in packed)
     padded, *packed = raw["a_llava"]["layouts"].values()
-    assert len(packed) == 6 + 1 + 3 and all(p["padding"] < padded["padding"] for p in packed)  # + flattened, references
+    n_rows = len(bench_packing.STRATEGIES) * len(bench_packing.LLAVA_ROW_LENGTHS)
+    assert len(packed) == n_rows + 1 + 3 and all(p["padding"] < padded["padding"] for p in packed)  # + flattened, refs
     flat = [v for k, v in raw["a_llava"]["layouts"].items() if "flattened" in k]
     assert len(flat) == 1 and flat[0]["padding"] == 0.0
     b = raw["b"]["layouts"]
-    assert len(b) == 1 + len(demo_rows)
+    assert len(b) == 1 + len(bench_packing.B_STRATEGIES) * len(demo_rows)
     assert len({v["real_tokens"] for v in b.values()}) == 1  # the same samples every way
     assert all(len(v["timing"]["seconds"]) == 1 and v["median_towers_forward_s"] > 0 for v in b.values())
     from llava_wb.train.run import resolve_bf16
