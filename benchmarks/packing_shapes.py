@@ -208,8 +208,8 @@ def measure_gpu(
                     Collator(pad_token_id=tok.pad_token_id)(data[i : i + LLAVA_BATCH])
                     for i in range(0, len(data), LLAVA_BATCH)
                 ],
-                f"packed best_fit, {rows} rows x {max_len}": [
-                    PackedCollator(pad_token_id=tok.pad_token_id)(b) for b in pack_rows(data, max_len, rows)
+                f"packed max_fill, {rows} rows x {max_len}": [  # the fullest rows of (a)(ii)
+                    PackedCollator(pad_token_id=tok.pad_token_id)(b) for b in pack_rows(data, max_len, rows, "max_fill")
                 ],
             }
             layouts = {
@@ -310,7 +310,8 @@ def gpu_section(c: dict[str, Any]) -> Section:
     if not c.get("run"):
         explain = (
             "CLIP ViT-L/14-336 (frozen) + LLaMA-1.1B (`train_shapes.REALISTIC`), bf16 autocast, on LLaVA-1.5-like "
-            f"samples built in memory, padded batches of {LLAVA_BATCH} vs packed rows of {LLAVA_MAX_LEN}, with SDPA, "
+            f"samples built in memory, padded batches of {LLAVA_BATCH} vs packed rows of {LLAVA_MAX_LEN} (`max_fill`), "
+            "with SDPA, "
             "flex_attention and flash_attention_2: real tokens/s and MFU. It needs a CUDA device."
         )
         return Section(title, explain, head, [["all", c["reason"]] + [""] * 8], notes)
@@ -348,7 +349,7 @@ def gpu_section(c: dict[str, Any]) -> Section:
         title,
         f"{c['shape']}, random init, {c['precision']}, fused AdamW, through `LlavaWBForCausalLM.forward`, on "
         f"{c['device']}. The same samples collated both ways: padded batches of {LLAVA_BATCH} vs packed rows of "
-        f"{c['max_len']} ({c['rows']} per batch); one pass = a step on every batch; median of the interleaved passes "
+        f"{c['max_len']} ({c['rows']} per batch, `max_fill`); one pass = a step on every batch; median of the interleaved passes "
         "after one warm-up pass per layout (flex_attention compiles there, once per new shape).",
         head,
         rows,
