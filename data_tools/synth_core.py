@@ -170,10 +170,11 @@ def pick_qtypes(
     """1..max_turns distinct question types from ``available``: uniformly, or drawn in proportion to
     ``weights`` (one per available type) without replacement."""
     k = min(int(rng.integers(1, max_turns + 1)), len(available))
-    if weights is None:
-        return [available[i] for i in rng.choice(len(available), size=k, replace=False)]
-    p = np.array([float(weights[t]) for t in available])
-    return [available[i] for i in rng.choice(len(available), size=k, replace=False, p=p / p.sum())]
+    p = None
+    if weights is not None:
+        w = np.array([float(weights[t]) for t in available])
+        p = w / w.sum()
+    return [available[i] for i in rng.choice(len(available), size=k, replace=False, p=p)]
 
 
 def _with_placeholder(text: str, tag: str, rng: np.random.Generator) -> str:

@@ -75,35 +75,31 @@ class RowPacker:
         rows: list[list[Pending]] = []
         while self.pool and len(rows) < self.rows:
             row = [self.pool.pop(0)]
-            free = self.cfg.max_tokens - row[0].length
+            lengths, free = [p.length for p in self.pool], self.cfg.max_tokens - row[0].length
             if self.cfg.strategy == "max_fill":
-                picks = fill_row([p.length for p in self.pool], free)
-                row += [self.pool[i] for i in picks]
-                for i in reversed(picks):
-                    del self.pool[i]
-                rows.append(row)
-                continue
-            while free > 0:
-                pick = self._pick(free)
-                if pick is None:
-                    break
-                row.append(self.pool.pop(pick))
-                free -= row[-1].length
+                picks = fill_row(lengths, free)
+            else:
+                picks = greedy_row(lengths, free, first_fit=self.cfg.strategy == "first_fit")
+            row += [self.pool[i] for i in picks]
+            for i in sorted(picks, reverse=True):
+                del self.pool[i]
             rows.append(row)
         return rows
 
-    def _pick(self, free: int) -> int | None:
-        """Index into the pool of the next sample for a row with ``free`` positions left."""
-        best, best_len = None, 0
-        for i, p in enumerate(self.pool):
-            if p.length <= free:
-                if self.cfg.strategy == "first_fit":
-                    return i
-                if p.length > best_len:
-                    best, best_len = i, p.length
-                    if best_len == free:
-                        break
-        return best
+
+def greedy_row(lengths: Sequence[int], free: int, first_fit: bool) -> list[int]:
+    """Indices of the ``lengths`` in the order a greedy policy takes them, one after another until none
+    fits: the first that fits (``first_fit``) or the largest that fits, the earliest among equals."""
+    picks, left = [], list(range(len(lengths)))
+    while free > 0:
+        fits = [i for i in left if lengths[i] <= free]
+        if not fits:
+            break
+        pick = fits[0] if first_fit else max(fits, key=lengths.__getitem__)
+        picks.append(pick)
+        left.remove(pick)
+        free -= lengths[pick]
+    return picks
 
 
 def fill_row(lengths: Sequence[int], free: int) -> list[int]:
