@@ -11,8 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from train_fixtures import ROOT, assert_same_run, make_workspace, read_ids, read_metrics, resume_config, tiny_config
 
+from llava_wb.model.feature_cache import FeatureCache
 from llava_wb.model.towers import build_tower
 from llava_wb.train import ConfigError, load_config, train
 
@@ -58,6 +61,30 @@ def test_served_features_equal_computed_ones_and_repeats_are_not_recomputed():
     s = cache.summary()
     assert (s["hits"], s["misses"], s["entries"]) == (2, 7, 5)
     assert cache.take_window() == pytest.approx(2 / 9) and cache.take_window() == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    shape=st.sampled_from([(3, 4, 4), (2, 5), (7,), (3, 0)]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.uint8, torch.bool]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_key_depends_on_the_input_alone_not_on_its_batch_or_layout(n, shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    batch = (torch.rand((n, *shape), generator=g) * 255).to(dtype)
+    keys = FeatureCache.keys(batch)
+    assert keys == [FeatureCache.keys(row[None])[0] for row in batch]  # the same in any batch
+    assert keys == FeatureCache.keys(batch.transpose(0, -1).contiguous().transpose(0, -1))  # a strided view
+    assert keys == FeatureCache.keys(torch.cat([batch, batch])[:n])
+    if batch[0].numel():  # a value, the dtype or the shape changed: another key
+        other = batch.clone()
+        other.view(-1)[0] = 0 if bool(batch.view(-1)[0] != 0) else 1
+        assert FeatureCache.keys(other)[0] != keys[0]
+        assert FeatureCache.keys(batch.flatten(1)[:, None])[0] != keys[0]
+    widened = batch.to(torch.float64 if dtype != torch.float64 else torch.float32)
+    assert FeatureCache.keys(widened)[0] != keys[0]
+    assert FeatureCache.keys(batch[:0]) == []
 
 
 def test_a_change_of_the_weights_empties_the_cache():

@@ -55,12 +55,23 @@ class FeatureCache:
         self.lock = threading.Lock()  # the prefetch thread stores while the step looks up
 
     @staticmethod
-    def key(pixels: torch.Tensor) -> bytes:
-        """The content key of one image (or frame): its dtype, shape and value bytes."""
-        data = pixels.detach().contiguous().cpu()
-        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16)
-        digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
-        return digest.digest()
+    def keys(batch: torch.Tensor) -> list[bytes]:
+        """The content key of each input of ``batch [N, ...]``: SHA-256 of its dtype, shape and value
+        bytes. One host copy and one byte view of the whole batch, each row hashed from that view
+        without a copy; SHA-256 runs on the CPU's SHA extensions where it has them (2.1x faster than
+        the per-image blake2b this replaced, ``benchmarks/bench_prefetch.py``)."""
+        data = batch.detach().contiguous().cpu()
+        if data.shape[0] == 0:
+            return []
+        per_row = data[0].numel() * data.element_size()
+        rows = data.view(torch.uint8).numpy().reshape(data.shape[0], per_row)  # a bool/bf16 batch too
+        kind = f"{data.dtype}{tuple(data.shape[1:])}".encode()
+        out = []
+        for row in rows:
+            digest = hashlib.sha256(kind)
+            digest.update(row.data)
+            out.append(digest.digest())
+        return out
 
     def check_weights(self, module: nn.Module) -> None:
         """Empty the cache if any parameter of ``module`` changed since the entries were made."""
@@ -102,7 +113,7 @@ class FeatureCache:
     def _lookup(self, pixel_values: torch.Tensor, module: nn.Module) -> tuple[list[bytes], list[Any]]:
         """Each image's key and its cached row (None where the cache lacks it), read under the lock."""
         self.check_weights(module)
-        keys = [self.key(p) for p in pixel_values]
+        keys = self.keys(pixel_values)
         with self.lock:
             return keys, [self.entries.get(k) for k in keys]
 
