@@ -202,3 +202,29 @@ def test_bench_packing_gpu_only_without_cuda_is_a_clear_error(capsys):
         bench_packing.main(["--gpu-only"])
     assert exc.value.code == 2
     assert "--gpu-only needs a CUDA device" in capsys.readouterr().err
+
+
+def test_bench_transport_quick_receives_real_demo_batches_both_ways(tmp_path):
+    """``bench_transport --quick``: real demo batches through a one-worker loader, per tensor and in one block."""
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "benchmarks.bench_transport", "--quick", "--out", str(out), "--cache", str(cache)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads((out / "transport.json").read_text(encoding="utf-8"))
+    from benchmarks.bench_transport import WAYS
+
+    assert raw["quick"] is True and raw["tensors_per_batch"] >= 8 and raw["first_batch"]["pixel_values"][1] == "uint8"
+    assert set(raw["runs"]) == set(WAYS) and all(
+        r["batches"] == raw["batches"] - 1 for v in raw["runs"].values() for r in v
+    )
+    assert "## Receiving a demo stage-2 batch" in (out / "transport.md").read_text(encoding="utf-8")
+
+
+def test_bench_prefetch_keys_section_times_both_keys():
+    from benchmarks.bench_prefetch import KEY_BATCHES, keys_section, measure_keys
+
+    keys = measure_keys(quick=True)
+    assert set(keys["batches"]) == set(KEY_BATCHES)
+    assert all(len(b["us_per_input"]) == 2 and min(b["us_per_input"].values()) > 0 for b in keys["batches"].values())
+    assert len(keys_section(keys).rows) == len(KEY_BATCHES) + 1

@@ -6,5 +6,5 @@ patterns, list files, URLs), ``stream`` (the resumable IterableDataset), ``decod
 decoders of ``decoders.MEDIA_DECODERS``), ``conversation`` (templates, labels from spans; registers
 the templates of ``templates`` in ``template_base.TEMPLATES``),
 ``collate`` (padding), ``skips`` (counting and limiting bad samples), ``loader`` (DataLoader with
-state_dict / load_state_dict).
+state_dict / load_state_dict), ``transport`` (a worker's batch tensors in one shared block).
 """

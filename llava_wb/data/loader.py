@@ -69,7 +69,14 @@ class StreamDataset:
     def __iter__(self) -> Iterator[dict]:
         import torch.utils.data as tud
 
+        from .transport import pack
+
         info = tud.get_worker_info()
+        for batch in self._batches(info):
+            # from a worker process: the tensors in one shared block, one descriptor to receive (transport)
+            yield batch if info is None else pack(batch)
+
+    def _batches(self, info: Any) -> Iterator[dict]:
         workers = max(1, self.cfg.num_workers)
         physical = info.id if info is not None else 0
         worker = (physical + self.worker_offset) % workers
@@ -224,10 +231,13 @@ class StreamingLoader:
         return tud.DataLoader(_as_iterable(self.dataset), **kw)
 
     def __iter__(self) -> Iterator[dict]:
+        from .transport import unpack
+
         limit = self.batches_per_epoch
         if limit is not None and self.batches_in_epoch >= limit:
             self._next_epoch()
         for batch in self._dataloader():
+            batch = unpack(batch)
             worker, state = batch.pop("_worker"), batch.pop("_state")
             self.worker_states[worker] = state
             if batch.pop("_state_only", False):  # a worker's final counts, no samples
