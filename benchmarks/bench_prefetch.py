@@ -16,21 +16,15 @@ run with ``train.feature_prefetch: false`` (the towers compute in the step). Bot
 the table gives medians of the training seconds the run reports (start-up included), of the
 per-step samples per second in the first pass (steps 6-100) and after it (steps 140 on), and how
 busy other processes kept the machine. Each pair's losses are compared: prefetch must not change a single one.
-
-A second section times what every lookup of the cache costs, served or prefetched: the content keys
-(``FeatureCache.keys``) of one demo stage-2 step's inputs, against the key it replaced (blake2b of
-each input's bytes, one copy per input), interleaved, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,44 +86,6 @@ def measure(quick: bool, cache: str, steps: int, repeats: int) -> dict[str, Any]
     return {"steps": steps, "repeats": repeats, "runs": runs, "same_losses": same}
 
 
-# One demo stage-2 step's tower inputs, float32 as the towers take them: 10 packed rows of 96 hold about 22
-# samples, by DEMO_MIX about 10 images [3, 64, 64], 7 clips of 4 frames and 3 log-mel clips [80, 200].
-KEY_BATCHES = {"images": (10, 3, 64, 64), "video frames": (28, 3, 64, 64), "audio clips": (3, 80, 200)}
-
-
-def blake2b_key(x: Any) -> bytes:
-    """The key ``FeatureCache`` used before ``keys``: blake2b of one input's bytes (copied), dtype and shape."""
-    import torch
-
-    data = x.detach().contiguous().cpu()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16)
-    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
-    return digest.digest()
-
-
-def measure_keys(quick: bool) -> dict[str, Any]:
-    """Microseconds per input for both keys on ``KEY_BATCHES``, interleaved repeats, medians."""
-    import torch
-
-    from llava_wb.model.feature_cache import FeatureCache
-
-    torch.manual_seed(0)
-    batches = {name: torch.randn(shape) for name, shape in KEY_BATCHES.items()}
-    ways = {"blake2b per input (before)": lambda b: [blake2b_key(x) for x in b], "FeatureCache.keys": FeatureCache.keys}
-    loops, repeats = (2, 1) if quick else (40, 7)
-    out: dict[str, Any] = {}
-    for name, batch in batches.items():
-        times: dict[str, list[float]] = {w: [] for w in ways}
-        for _ in range(repeats):
-            for way, fn in ways.items():
-                t = time.perf_counter()
-                for _ in range(loops):
-                    fn(batch)
-                times[way].append((time.perf_counter() - t) / loops / batch.shape[0] * 1e6)
-        out[name] = {"shape": list(batch.shape), "us_per_input": {w: statistics.median(v) for w, v in times.items()}}
-    return {"loops": loops, "repeats": repeats, "batches": out}
-
-
 def window_rate(rates: list[float], window: tuple[int, int | None]) -> float | None:
     part = rates[window[0] : window[1]]
     return statistics.median(part) if part else None
@@ -181,28 +137,6 @@ def sections(raw: dict[str, Any]) -> list[Section]:
     ]
 
 
-def keys_section(k: dict[str, Any]) -> Section:
-    rows, step = [], {w: 0.0 for w in next(iter(k["batches"].values()))["us_per_input"]}
-    for name, b in k["batches"].items():
-        us = b["us_per_input"]
-        before, now = us.values()
-        rows.append([name, "x".join(map(str, b["shape"])), before, now, _ratio(before, now)])
-        for w, v in us.items():
-            step[w] += v * b["shape"][0] / 1000
-    before, now = step.values()
-    rows.append(["one step's inputs (ms)", "", before, now, _ratio(before, now)])
-    return Section(
-        title="Content keys of one stage-2 step's tower inputs",
-        explain=f"Microseconds per input (float32, random values), median of {k['repeats']} interleaved repeats of "
-        f"{k['loops']} batches; the last row adds up one step's inputs in milliseconds. Both keys cover the value "
-        "bytes, dtype and shape; `FeatureCache.keys` copies the batch to the host once and hashes each input "
-        "from a view of it with SHA-256 (the CPU's SHA extensions), the one before copied each input to bytes "
-        "and ran blake2b.",
-        headers=["inputs", "batch", "blake2b per input (before), us", "FeatureCache.keys, us", "speed-up"],
-        rows=rows,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_prefetch", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; numbers meaningless)")
@@ -217,15 +151,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     args = build_parser().parse_args(argv)
     steps = args.steps or (3 if args.quick else 300)
     repeats = args.repeats or (1 if args.quick else 3)
-    keys = measure_keys(args.quick)
-    raw = {**measure(args.quick, args.cache, steps, repeats), "keys": keys}
+    raw = measure(args.quick, args.cache, steps, repeats)
     machine = machine_info()
     return write_results(
         results_dir(args.out, args.quick),
         NAME,
         title="Feature prefetch benchmark",
         intro=__doc__.split("\n\n")[3],
-        sections=[*sections(raw), keys_section(keys)],
+        sections=sections(raw),
         raw={**raw, "summary": summary(raw)},
         machine=machine,
     )

@@ -221,10 +221,13 @@ def test_bench_transport_quick_receives_real_demo_batches_both_ways(tmp_path):
     assert "## Receiving a demo stage-2 batch" in (out / "transport.md").read_text(encoding="utf-8")
 
 
-def test_bench_prefetch_keys_section_times_both_keys():
-    from benchmarks.bench_prefetch import KEY_BATCHES, keys_section, measure_keys
+def test_bench_overheads_quick_times_both_ways_of_each(tmp_path):
+    from benchmarks import bench_overheads
 
-    keys = measure_keys(quick=True)
-    assert set(keys["batches"]) == set(KEY_BATCHES)
-    assert all(len(b["us_per_input"]) == 2 and min(b["us_per_input"].values()) > 0 for b in keys["batches"].values())
-    assert len(keys_section(keys).rows) == len(KEY_BATCHES) + 1
+    paths = bench_overheads.main(["--quick", "--out", str(tmp_path)])
+    raw = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
+    assert set(raw["keys"]) == set(bench_overheads.KEY_BATCHES)
+    assert all(len(b["us_per_input"]) == 2 and min(b["us_per_input"].values()) > 0 for b in raw["keys"].values())
+    assert raw["splice"]["same_values_and_gradients"] is True and min(raw["splice"]["ms"].values()) > 0
+    text = Path(paths["md"]).read_text(encoding="utf-8")
+    assert "## (a) Content keys" in text and "## (b) Splicing" in text

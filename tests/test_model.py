@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llava_wb.data.collate import Collator
 from llava_wb.data.conversation import IGNORE_INDEX, tokenize_conversation
@@ -294,3 +296,31 @@ def test_model_config_imports_without_torch() -> None:
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    length=st.integers(1, 12),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_splice_is_masked_scatter_in_values_and_gradients(b, length, d, seed, dtype):
+    """``splice`` writes the media rows where ``masked_scatter`` did, in the same (row-major) order, and
+    passes back the same gradients to the text embeddings and to the media features."""
+    from llava_wb.model.llava import splice
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(b, length, generator=g) < 0.4
+    n = int(mask.sum())
+    tokens = next(t for t in (3, 2, 1) if n % t == 0)  # [items, tokens per item, D]
+    text = torch.randn(b, length, d, generator=g).requires_grad_()
+    feats = torch.randn(n // tokens, tokens, d, generator=g).to(dtype).requires_grad_()
+    upstream = torch.randn(b, length, d, generator=g)
+    got = splice(text, mask, feats)
+    want = text.masked_scatter(mask.unsqueeze(-1), feats.to(text.dtype))
+    assert torch.equal(got, want)
+    grads = torch.autograd.grad((got * upstream).sum(), (text, feats))
+    expected = torch.autograd.grad((want * upstream).sum(), (text, feats))
+    assert all(torch.equal(x, y) for x, y in zip(grads, expected, strict=True))

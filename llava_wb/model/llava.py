@@ -11,9 +11,9 @@ adds the tokenizer to that folder.
 Splicing: every ``<image>`` in the text was expanded to ``tokens_per_image`` copies of
 ``image_token_id`` (``llava_wb.data.conversation``); the images of the batch, concatenated in
 sample order (``pixel_values [N_img, 3, S, S]``), are encoded to ``[N_img, tokens_per_image, D]``
-and written into those positions with one ``masked_scatter`` (row-major order = sample order, then
-position order), so any mix of samples with zero, one or several images works without a Python
-loop over samples. ``tokens_per_image`` is derived in one place (``llava_wb.model.tokens``, which
+and written into those positions with one ``index_copy`` over the flattened positions (``splice``:
+row-major order = sample order, then position order), so any mix of samples with zero, one or
+several images works without a Python loop over samples. ``tokens_per_image`` is derived in one place (``llava_wb.model.tokens``, which
 the config checks and the budget use too) and checked against the placeholders of every batch: a
 mismatch raises ``ValueError`` naming both numbers. Labels at image positions are forced to -100;
 position ids come from the attention mask (left padding).
@@ -142,6 +142,18 @@ def _flat_view(path: tuple[str, ...]) -> property:
 
 for _name, _path in _FLAT_FIELDS.items():
     setattr(LlavaWBConfig, _name, _flat_view(_path))
+
+
+def splice(embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``embeds [B, L, D]`` with the rows of ``feats [N, T, D]`` (cast to its dtype) written where
+    ``mask [B, L]`` is set, in row-major order: ``masked_scatter``'s values and gradients, but as an
+    ``index_copy`` of whole rows, whose backward gathers rows where masked_scatter's selected
+    elements through a ``[B, L, D]`` mask (``benchmarks/bench_overheads.py``; equality:
+    ``tests/test_model.py``)."""
+    b, length, d = embeds.shape
+    where = mask.reshape(-1).nonzero().squeeze(1)
+    rows = feats.reshape(-1, d).to(embeds.dtype)
+    return embeds.reshape(b * length, d).index_copy(0, where, rows).view(b, length, d)
 
 
 @dataclass
@@ -413,7 +425,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
                     position_ids = self.visual_position_ids(mask, attn, features.reduced.positions, segments)
             else:
                 feats = self.encode_videos(values, instruction) if kind == "video" else self.encode_audios(values)
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+            embeds = splice(embeds, mask, feats)
         if self.training and len(present) < 3:
             embeds = embeds + self.blank_media_term(present, embeds.device).to(embeds.dtype)
         if labels is not None:
