@@ -151,8 +151,9 @@ def splice(embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor) -> tor
     elements through a ``[B, L, D]`` mask (``benchmarks/bench_overheads.py``; equality:
     ``tests/test_model.py``)."""
     b, length, d = embeds.shape
-    where = mask.reshape(-1).nonzero().squeeze(1)
     rows = feats.reshape(-1, d).to(embeds.dtype)
+    # as many positions as rows (``check_placeholders`` saw to it): no device-to-host sync on a GPU
+    where = torch.nonzero_static(mask.reshape(-1), size=rows.shape[0]).squeeze(1)
     return embeds.reshape(b * length, d).index_copy(0, where, rows).view(b, length, d)
 
 
