@@ -152,8 +152,11 @@ def splice(embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor) -> tor
     ``tests/test_model.py``)."""
     b, length, d = embeds.shape
     rows = feats.reshape(-1, d).to(embeds.dtype)
-    # as many positions as rows (``check_placeholders`` saw to it): no device-to-host sync on a GPU
-    where = torch.nonzero_static(mask.reshape(-1), size=rows.shape[0]).squeeze(1)
+    flat = mask.reshape(-1)
+    if flat.device.type in ("cpu", "cuda"):  # as many positions as rows (check_placeholders): no GPU sync
+        where = torch.nonzero_static(flat, size=rows.shape[0]).squeeze(1)
+    else:  # other backends may lack nonzero_static
+        where = flat.nonzero().squeeze(1)
     return embeds.reshape(b * length, d).index_copy(0, where, rows).view(b, length, d)
 
 
