@@ -104,7 +104,7 @@ def measure_splice(loops: int, repeats: int) -> dict[str, Any]:
     def spliced() -> torch.Tensor:
         e = text
         for m, f in zip(masks, feats, strict=True):
-            e = splice(e, m, f)
+            e = splice(e, m, f, f.shape[0] * f.shape[1])
         return e
 
     def step(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -318,9 +318,21 @@ def test_splice_is_masked_scatter_in_values_and_gradients(b, length, d, seed, dt
     text = torch.randn(b, length, d, generator=g).requires_grad_()
     feats = torch.randn(n // tokens, tokens, d, generator=g).to(dtype).requires_grad_()
     upstream = torch.randn(b, length, d, generator=g)
-    got = splice(text, mask, feats)
+    got = splice(text, mask, feats, n)
     want = text.masked_scatter(mask.unsqueeze(-1), feats.to(text.dtype))
     assert torch.equal(got, want)
     grads = torch.autograd.grad((got * upstream).sum(), (text, feats))
     expected = torch.autograd.grad((want * upstream).sum(), (text, feats))
     assert all(torch.equal(x, y) for x, y in zip(grads, expected, strict=True))
+
+
+def test_splice_refuses_features_that_do_not_fill_the_placeholders():
+    """``masked_scatter`` raised on too few source values; ``splice`` must not write some positions and
+    leave the rest as placeholder embeddings, nor read a wrong width as more rows."""
+    from llava_wb.model.llava import splice
+
+    text, mask = torch.zeros(2, 5, 4), torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(splice(text, mask, torch.ones(2, 2, 4), 4)[mask], torch.ones(4, 4))
+    for feats in (torch.ones(1, 2, 4), torch.ones(3, 2, 4), torch.ones(4, 2, 2)):  # too few, too many, too narrow
+        with pytest.raises(ValueError, match="do not fill the 4 placeholder positions of width 4"):
+            splice(text, mask, feats, 4)

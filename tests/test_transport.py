@@ -4,6 +4,7 @@ processes equal the in-process ones while their tensors share one storage."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,3 +89,8 @@ def test_worker_batches_equal_in_process_ones_and_arrive_in_one_block(tmp_path):
             for k in tensors:
                 assert t[k].dtype == h[k].dtype and torch.equal(t[k], h[k]), k
             assert len({t[k].untyped_storage().data_ptr() for k in tensors}) == 1
+
+
+def test_a_batch_with_the_block_key_of_its_own_is_refused():
+    with pytest.raises(ValueError, match="_tensor_block"):
+        pack({BLOCK: 1, "a": torch.zeros(2), "b": torch.ones(3)})

@@ -5,7 +5,7 @@ process receives each segment's file descriptor over a socket, with an authentic
 descriptor. A demo stage-2 batch has 12 tensors, and receiving it was 4.3% of the step (py-spy).
 ``pack`` copies a batch's top-level tensors into one uint8 tensor inside the worker, where the copy
 runs beside the step; ``unpack`` gives them back in the training process as views of that block, so
-a batch costs one descriptor: 0.72 against 2.70 ms of the training thread per demo batch, and the
+a batch costs one descriptor: 0.82 against 3.24 ms of the training thread per demo batch, and the
 worker spends less too (``benchmarks/results/transport.md``). Keys, dtypes, shapes and values come
 back exactly; every other entry of the batch travels as before (pickled).
 
@@ -25,6 +25,8 @@ ALIGN = 64  # every tensor starts at a multiple of 64 bytes: a view of any dtype
 
 def pack(batch: dict[str, Any]) -> dict[str, Any]:
     """``batch`` with its top-level tensors moved into one uint8 block (itself when it has fewer than 2)."""
+    if BLOCK in batch:
+        raise ValueError(f"a batch to pack has a key {BLOCK!r} of its own; rename it")
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     if len(tensors) < 2:
         return batch

@@ -58,7 +58,7 @@ class FeatureCache:
     def keys(batch: torch.Tensor) -> list[bytes]:
         """The content key of each input of ``batch [N, ...]``: SHA-256 of its dtype, shape and value
         bytes. One host copy and one byte view of the whole batch, each row hashed from that view
-        without a copy; SHA-256 runs on the CPU's SHA extensions where it has them (2.1x faster than
+        without a copy; SHA-256 runs on the CPU's SHA extensions where it has them (2.0x faster than
         the per-image blake2b this replaced, ``benchmarks/bench_overheads.py``)."""
         data = batch.detach().contiguous().cpu()
         if data.shape[0] == 0:

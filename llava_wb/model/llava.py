@@ -144,17 +144,23 @@ for _name, _path in _FLAT_FIELDS.items():
     setattr(LlavaWBConfig, _name, _flat_view(_path))
 
 
-def splice(embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+def splice(embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor, positions: int) -> torch.Tensor:
     """``embeds [B, L, D]`` with the rows of ``feats [N, T, D]`` (cast to its dtype) written where
     ``mask [B, L]`` is set, in row-major order: ``masked_scatter``'s values and gradients, but as an
     ``index_copy`` of whole rows, whose backward gathers rows where masked_scatter's selected
     elements through a ``[B, L, D]`` mask (``benchmarks/bench_overheads.py``; equality:
-    ``tests/test_model.py``)."""
+    ``tests/test_model.py``). ``positions``: how many positions ``mask`` sets, known on the host
+    (``check_placeholders`` counted them), so that a GPU does not wait for the count; ``ValueError``
+    when ``feats`` does not hold exactly that many rows of width D."""
     b, length, d = embeds.shape
+    if feats.shape[-1] != d or feats.numel() != positions * d:
+        raise ValueError(
+            f"media features {tuple(feats.shape)} do not fill the {positions} placeholder positions of width {d}"
+        )
     rows = feats.reshape(-1, d).to(embeds.dtype)
     flat = mask.reshape(-1)
-    if flat.device.type in ("cpu", "cuda"):  # as many positions as rows (check_placeholders): no GPU sync
-        where = torch.nonzero_static(flat, size=rows.shape[0]).squeeze(1)
+    if flat.device.type in ("cpu", "cuda"):
+        where = torch.nonzero_static(flat, size=positions).squeeze(1)
     else:  # other backends may lack nonzero_static
         where = flat.nonzero().squeeze(1)
     return embeds.reshape(b * length, d).index_copy(0, where, rows).view(b, length, d)
@@ -429,7 +435,7 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
                     position_ids = self.visual_position_ids(mask, attn, features.reduced.positions, segments)
             else:
                 feats = self.encode_videos(values, instruction) if kind == "video" else self.encode_audios(values)
-            embeds = splice(embeds, mask, feats)
+            embeds = splice(embeds, mask, feats, num * self.media_tokens[kind])
         if self.training and len(present) < 3:
             embeds = embeds + self.blank_media_term(present, embeds.device).to(embeds.dtype)
         if labels is not None:
