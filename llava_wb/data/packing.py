@@ -105,8 +105,9 @@ def greedy_row(lengths: Sequence[int], free: int, first_fit: bool) -> list[int]:
 def fill_row(lengths: Sequence[int], free: int) -> list[int]:
     """Indices (ascending) of the ``lengths`` whose sum is the largest one <= ``free``; among subsets with
     that sum, one that reaches least far into the list (the pool is in arrival order, so older samples go
-    first): an item is left out whenever the items before it can make the sum without it. A subset sum over bitsets (Python ints, bit s set: sum s reachable), one
-    shift per item, stopping at the first item that makes ``free`` exactly."""
+    first): an item is left out whenever the items before it can make the sum without it. A subset sum
+    over bitsets (Python ints, bit s set: sum s reachable), one shift per item, stopping at the first
+    item that makes ``free`` exactly."""
     if free <= 0:
         return []
     cap = (1 << (free + 1)) - 1

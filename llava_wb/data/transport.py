@@ -54,7 +54,5 @@ def unpack(batch: dict[str, Any]) -> dict[str, Any]:
     for key, dtype, shape, start in layout:
         nbytes = torch.Size(shape).numel() * dtype.itemsize
         tensors[key] = block[start : start + nbytes].view(dtype).view(shape)
-    rest = {k: v for k, v in batch.items() if k != BLOCK}
-    return {k: tensors[k] if k in tensors else rest[k] for k in order} | {
-        k: v for k, v in rest.items() if k not in tensors and k not in order
-    }
+    out = {k: v for k, v in batch.items() if k != BLOCK} | tensors
+    return {k: out.pop(k) for k in order if k in out} | out  # the first order, then any key added since
