@@ -5,7 +5,7 @@ process receives each segment's file descriptor over a socket, with an authentic
 descriptor. A demo stage-2 batch has 12 tensors, and receiving it was 4.3% of the step (py-spy).
 ``pack`` copies a batch's top-level tensors into one uint8 tensor inside the worker, where the copy
 runs beside the step; ``unpack`` gives them back in the training process as views of that block, so
-a batch costs one descriptor: 0.82 against 3.24 ms of the training thread per demo batch, and the
+a batch costs one descriptor: 0.74 against 3.44 ms of the training thread per demo batch, and the
 worker spends less too (``benchmarks/results/transport.md``). Keys, dtypes, shapes and values come
 back exactly; every other entry of the batch travels as before (pickled).
 
