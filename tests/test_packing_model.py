@@ -227,3 +227,22 @@ def test_unsupported_llm_or_attention_is_refused(tok: Any) -> None:
     model = build(tok, REDUCERS["local_merge_original"], attn="flex_attention")
     with pytest.raises(ValueError, match="position_ids 'original'.*'flex_attention'"):
         run(model, pack(tok, [s[:2]]))
+
+
+@pytest.mark.parametrize("name", ["avgpool", "local_merge_original"])
+def test_llm_inputs_are_what_forward_feeds_the_llm(tok: Any, name: str) -> None:
+    """``llm_inputs`` (what bench_packing times the LLM alone on) gives the LLM what ``forward`` does:
+    a packed row keeps no attention mask and restarting positions, unless the reducer numbers its
+    tokens by their patches (then a mask per sample)."""
+    model = build(tok, REDUCERS[name]).eval()
+    s = samples(tok, model)
+    row = pack(tok, [[s[0], s[1], s[4]]])
+    inputs = model.llm_inputs(**model_inputs(row))
+    assert (inputs["attention_mask"] is None) == (name == "avgpool")
+    positions = inputs["position_ids"][0]
+    assert int((positions == 0).sum()) == 3  # each sample counts from 0
+    steps = positions[1:] - positions[:-1]
+    assert bool((steps > 1).any()) == (name != "avgpool")  # original positions jump over merged patches
+    want = run(model, row)
+    got = model.language_model(**inputs, use_cache=False)
+    assert torch.equal(want.logits, got.logits) and torch.equal(want.loss, got.loss)

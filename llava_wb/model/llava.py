@@ -464,6 +464,41 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         to the LLM; other batch keys (``id``, ...) are ignored. A packed batch
         (``llava_wb.data.packing``) has ``position_ids`` restarting at every sample and no
         ``attention_mask``; its samples never see each other."""
+        inputs = self.llm_inputs(
+            input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            pixel_values=pixel_values,
+            image_counts=image_counts,
+            position_ids=position_ids,
+            video_values=video_values,
+            video_counts=video_counts,
+            audio_values=audio_values,
+            audio_counts=audio_counts,
+            instruction_mask=instruction_mask,
+        )
+        extra: dict[str, Any] = {k: metadata[k] for k in PASSED_TO_LLM if metadata.get(k) is not None}
+        if num_items_in_batch is not None:
+            extra["num_items_in_batch"] = num_items_in_batch
+        return self.language_model(**inputs, use_cache=False, logits_to_keep=logits_to_keep, **extra)
+
+    def llm_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_counts: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        video_values: torch.Tensor | None = None,
+        video_counts: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_counts: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """What the LLM computes on for a collated batch (``forward``'s first half): ``inputs_embeds``
+        with the media features spliced in, ``labels``, and the ``attention_mask`` / ``position_ids``
+        that keep packed samples apart (``benchmarks/bench_packing.py`` times the LLM alone on them)."""
         segments = None
         if attention_mask is None and position_ids is not None and is_packed(position_ids):
             check_packing(self.language_model.config, self.reducer.position_ids == "original")
@@ -490,18 +525,12 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
             position_ids = visual_positions
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        extra: dict[str, Any] = {k: metadata[k] for k in PASSED_TO_LLM if metadata.get(k) is not None}
-        if num_items_in_batch is not None:
-            extra["num_items_in_batch"] = num_items_in_batch
-        return self.language_model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-            **extra,
-        )
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "labels": labels,
+        }
 
     @torch.no_grad()
     def generate(
