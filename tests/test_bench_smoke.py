@@ -184,6 +184,9 @@ def test_bench_packing_quick_writes_every_part(tmp_path):
     assert trained["timed_misses"] == 0 and trained["feature_cache"]["hits"] > 0  # the towers' features are cached
     assert {v["real_tokens"] for v in trained["layouts"].values()} == {v["real_tokens"] for v in b.values()}
     assert "## (b)(ii) CPU training throughput as the demo trains" in text
+    for part in (b, trained["layouts"]):  # the LLM alone on the same batches, beside each whole pass
+        assert all(0 < v["median_llm_s"] and len(v["llm_timing"]["seconds"]) == 1 for v in part.values())
+    assert "LLM alone ratio" in text
     c = raw["c"]
     assert c["run"] and set(c["runs"]) == {"sdpa", "flex_attention", "flash_attention_2"}
     assert "skipped" in c["runs"]["flex_attention"]
