@@ -466,11 +466,11 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         ``attention_mask``; its samples never see each other."""
         inputs = self.llm_inputs(
             input_ids,
-            attention_mask=attention_mask,
-            labels=labels,
+            attention_mask,
+            labels,
+            position_ids,
             pixel_values=pixel_values,
             image_counts=image_counts,
-            position_ids=position_ids,
             video_values=video_values,
             video_counts=video_counts,
             audio_values=audio_values,
@@ -487,34 +487,19 @@ class LlavaWBForCausalLM(MediaMixin, PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_counts: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        video_values: torch.Tensor | None = None,
-        video_counts: torch.Tensor | None = None,
-        audio_values: torch.Tensor | None = None,
-        audio_counts: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
+        **media: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | None]:
         """What the LLM computes on for a collated batch (``forward``'s first half): ``inputs_embeds``
         with the media features spliced in, ``labels``, and the ``attention_mask`` / ``position_ids``
-        that keep packed samples apart (``benchmarks/bench_packing.py`` times the LLM alone on them)."""
+        that keep packed samples apart (``benchmarks/bench_packing.py`` times the LLM alone on them).
+        ``media``: ``embed_inputs``' keyword arguments (``pixel_values``, ``video_counts``, ...)."""
         segments = None
         if attention_mask is None and position_ids is not None and is_packed(position_ids):
             check_packing(self.language_model.config, self.reducer.position_ids == "original")
             segments = segment_ids(position_ids)
         embeds, labels, visual_positions = self.embed_inputs(
-            input_ids,
-            pixel_values,
-            image_counts,
-            labels,
-            attention_mask,
-            video_values,
-            video_counts,
-            audio_values,
-            audio_counts,
-            instruction_mask,
-            segments,
+            input_ids, labels=labels, attention_mask=attention_mask, segments=segments, **media
         )
         if visual_positions is not None and attention_mask is None:
             # The positions jump over merged patches, and transformers would read every jump as the
