@@ -392,17 +392,19 @@ def part_b(
     clock = ForwardClock([m for m in (model.vision_tower, getattr(model, "audio_tower", None)) if m is not None])
     towers: dict[str, list[float]] = {name: [] for name in layouts}
 
+    real = {name: float(sum(real_tokens(b) for b in batches)) for name, batches in layouts.items()}
+
     def one_pass(name: str) -> float:
         clock.seconds = 0.0
         for b in layouts[name]:
             step(b)
         towers[name].append(clock.seconds)
-        return float(sum(real_tokens(b) for b in layouts[name]))
+        return real[name]
 
     def llm_pass(name: str) -> float:
         for inputs in llm_inputs[name]:
             llm_step(inputs)
-        return float(sum(real_tokens(b) for b in layouts[name]))
+        return real[name]
 
     threads = torch_threads(cfg.train.threads, cfg.data.num_workers) if as_trained else contextlib.nullcontext(None)
     with threads as n_threads:
@@ -412,13 +414,7 @@ def part_b(
         for batches in layouts.values():  # warm-up: one step of each layout
             step(batches[0])
         with torch.no_grad(), autocast():  # what the LLM computes on (media spliced in), made once per batch
-            llm_inputs = {
-                name: [
-                    {k: v.detach() if torch.is_tensor(v) else v for k, v in model.llm_inputs(**model_inputs(b)).items()}
-                    for b in batches
-                ]
-                for name, batches in layouts.items()
-            }
+            llm_inputs = {name: [model.llm_inputs(**model_inputs(b)) for b in bs] for name, bs in layouts.items()}
         for inputs in llm_inputs.values():
             llm_step(inputs[0])
         caches = [c for c in (cache, getattr(getattr(model, "audio_tower", None), "feature_cache", None)) if c]
@@ -680,9 +676,9 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
             "`llm_inputs` (the embeddings with the media spliced in, the labels and the positions or masks that keep "
             "packed samples apart; made once, before the timed passes), timed right after the layout's whole pass. It "
             "is what packing shrinks: on short rows its ratio follows the positions ratio (longer rows add attention, "
-            "last note). The rest of a pass is the work "
-            "around the LLM on each sample's media and text (towers or their caches, reducers, projectors, "
-            "splicing, the embedding and the projector's update), the same in every layout: "
+            "last note). The rest of a pass is the work around the LLM on each sample's media and text (towers or "
+            "their caches, reducers, projectors, splicing, the embedding and the projector's update), the same in "
+            "every layout: "
             f"{around:.2f} s of the padded pass's {base['timing']['median_seconds']:.2f} s here "
             f"({around / base['timing']['median_seconds']:.0%}), so the whole step gains less than the LLM."
             + around_budget(base["padding"], around / base["median_llm_s"])
@@ -724,8 +720,8 @@ def cpu_section(b: dict[str, Any] | None, as_trained: bool = False) -> Section:
         f"pass seconds; {b['repeats']} passes per layout, interleaved (padded, packed, packed, padded, ...), medians "
         "after one warm-up step each. 'per CPU s': per second of our process's CPU time (robust to other jobs); "
         "'towers fwd': seconds of the pass inside the vision and audio towers' forward (hooks); 'rest': the pass "
-        "without them; 'LLM alone': the language model's step on the same batches (notes); 'positions ratio': padded LLM positions / this layout's; 'others' CPU': share of the cores "
-        "other processes used meanwhile.",
+        "without them; 'LLM alone': the language model's step on the same batches (notes); 'positions ratio': "
+        "padded LLM positions / this layout's; 'others' CPU': share of the cores other processes used meanwhile.",
         [
             "layout",
             "batches",

@@ -15,8 +15,9 @@ and written into those positions with one ``index_copy`` over the flattened posi
 row-major order = sample order, then position order), so any mix of samples with zero, one or
 several images works without a Python loop over samples. ``tokens_per_image`` is derived in one
 place (``llava_wb.model.tokens``, which the config checks and the budget use too) and checked
-against the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers. Labels at image positions are forced to -100;
-position ids come from the attention mask (left padding).
+against the placeholders of every batch: a mismatch raises ``ValueError`` naming both numbers.
+Labels at image positions are forced to -100; position ids come from the attention mask (left
+padding).
 
 Videos (``video_values [N_vid, T, 3, S, S]``, ``<video>`` expanded to ``tokens_per_video``) and
 audio (``audio_values [N_aud, n_mels, frames]``, ``<audio>`` to ``tokens_per_audio``) are spliced
